@@ -1,0 +1,214 @@
+"""The agent base class: one job, turn a batch of documents into a label and a raw score per document.
+
+Concrete agents implement `create` (build the config when a user adds the agent: fit a model, discover
+labels), `labels`, `model_files` and `score`. The base class owns fingerprinting, lazy model loading and
+the batch wrapper, so an agent is cheap to construct and to pickle to worker processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from corpus_agents.errors import AgentError
+
+
+@dataclass
+class ScoreResult:
+    """Per-document output of an agent: `labels` index into `Agent.labels` (-1 = no label), `scores` raw values.
+
+    `scores` may contain NaN where the agent has no raw score for a document (or none at all).
+    """
+
+    labels: np.ndarray  # int32, -1 where the document could not be labelled
+    scores: np.ndarray  # float32, NaN where there is no raw score
+
+
+class DocBatch:
+    """A batch of documents read once and shared by every agent scoring the same shard.
+
+    `texts` are Python strings (null -> "", invalid UTF-8 decoded with replacement characters); derived
+    forms (`single_line_texts` for fastText) are computed once on first use and cached.
+    """
+
+    def __init__(self, text: pa.Array, columns: dict[str, pa.Array] | None = None):
+        self.text_array = text
+        self.columns = columns or {}
+        self._texts: list[str] | None = None
+        self._single_line: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.text_array)
+
+    @property
+    def texts(self) -> list[str]:
+        if self._texts is None:
+            self._texts = decode_texts(self.text_array)
+        return self._texts
+
+    @property
+    def single_line_texts(self) -> list[str]:
+        """Texts with line breaks replaced by spaces (fastText predicts one line per document)."""
+        if self._single_line is None:
+            self._single_line = [t.replace("\n", " ").replace("\r", " ") for t in self.texts]
+        return self._single_line
+
+    @property
+    def null_mask(self) -> np.ndarray:
+        return np.asarray(self.text_array.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+
+    def column(self, name: str) -> pa.Array:
+        return self.columns[name]
+
+
+def decode_texts(arr: pa.Array) -> list[str]:
+    """Arrow string array -> list of str; nulls become "" and invalid UTF-8 is decoded with U+FFFD."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_large_string(arr.type) or pa.types.is_string_view(arr.type):
+        arr = arr.cast(pa.string())
+    try:
+        arr.validate(full=True)
+        valid = True
+    except pa.ArrowInvalid:
+        valid = False
+    if valid:
+        if arr.null_count:
+            arr = pc.fill_null(arr, "")
+        return arr.to_pylist()
+    raw = arr.view(pa.binary()).to_pylist()
+    return ["" if b is None else b.decode("utf-8", errors="replace") for b in raw]
+
+
+def hash_path(path: str | os.PathLike, h: hashlib._Hash | None = None) -> str:
+    """Content hash of a model file or of every file under a model directory (names + bytes)."""
+    h = h or hashlib.blake2b(digest_size=16)
+    p = Path(path)
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    for f in files:
+        h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def parse_bins(spec: str | list[float] | None) -> list[float] | None:
+    """'0,0.2,0.4' -> [0.0, 0.2, 0.4]; must be strictly increasing with at least two edges."""
+    if spec is None or spec == "":
+        return None
+    edges = [float(x) for x in spec.split(",")] if isinstance(spec, str) else [float(x) for x in spec]
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise AgentError(f"--bins must be at least two strictly increasing numbers, got {spec!r}")
+    return edges
+
+
+def bin_labels(edges: list[float]) -> list[str]:
+    """Readable names of the bins [e0,e1) [e1,e2) ... [e_{n-1}, e_n]."""
+
+    def fmt(x: float) -> str:
+        return f"{x:g}"
+
+    return [f"{fmt(a)}-{fmt(b)}" for a, b in zip(edges, edges[1:])]
+
+
+def digitize(values: np.ndarray, edges: list[float]) -> np.ndarray:
+    """Bin index of each value; values below/above the range clamp into the end bins, NaN -> -1."""
+    idx = np.searchsorted(np.asarray(edges[1:-1]), values, side="right").astype(np.int32)
+    idx[np.isnan(values)] = -1
+    return idx
+
+
+class Agent:
+    """Base class. Subclasses set `kind`, implement `create`, `labels`, `score` and, if they use models,
+    `model_files` and `load_model`."""
+
+    kind: ClassVar[str] = ""
+    #: Python modules this agent needs beyond the core dependencies, with the pip package to install.
+    requires: ClassVar[dict[str, str]] = {}
+    #: True if the agent benefits from a GPU (executors place it accordingly).
+    uses_gpu: ClassVar[bool] = False
+
+    def __init__(self, name: str, config: dict[str, Any]):
+        self.name = name
+        self.config = dict(config)
+        self._model: Any = None
+
+    # ----- what subclasses implement -------------------------------------------------------------
+    @classmethod
+    def create(cls, name: str, options: dict[str, Any], context: AgentContext) -> Agent:
+        """Build an agent from CLI options when a user adds it (may fit a model into the workspace)."""
+        raise NotImplementedError
+
+    @property
+    def labels(self) -> list[str]:
+        """Declared label names; `ScoreResult.labels` index into this list."""
+        return list(self.config["labels"])
+
+    @property
+    def columns(self) -> list[str]:
+        """Extra corpus columns the agent reads besides the text column."""
+        return []
+
+    def model_files(self) -> list[str]:
+        """Files or directories whose content is part of the fingerprint."""
+        return []
+
+    def load_model(self) -> Any:
+        """Load the model (called once per process, on first use)."""
+        return None
+
+    def score(self, batch: DocBatch) -> ScoreResult:
+        raise NotImplementedError
+
+    # ----- shared machinery ----------------------------------------------------------------------
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            self._model = self.load_model()
+        return self._model
+
+    def fingerprint(self) -> str:
+        """Hash of kind + config + model file contents: any change forces this agent to rescore."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(self.kind.encode())
+        h.update(json.dumps(self.config, sort_keys=True, default=str).encode())
+        for f in self.model_files():
+            if not os.path.exists(f):
+                raise AgentError(f"agent {self.name!r}: model file {f} is missing")
+            h.update(hash_path(f).encode())
+        return h.hexdigest()
+
+    def check_requirements(self) -> None:
+        import importlib.util
+
+        for module, package in self.requires.items():
+            if importlib.util.find_spec(module) is None:
+                raise AgentError(
+                    f"agent kind {self.kind!r} needs the package {package!r}: pip install {package}"
+                )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_model"] = None  # models are reloaded lazily in the receiving process
+        return state
+
+
+@dataclass
+class AgentContext:
+    """What `Agent.create` may use: where to keep fitted models and how to sample the corpus."""
+
+    workspace_dir: Path
+    models_dir: Path
+    sample_texts: Any = None  # callable (n, seed) -> list[str]: a seeded random sample of corpus texts
+    sample_columns: Any = None  # callable (columns, n, seed) -> pa.Table: sample of metadata columns
+    distinct_values: Any = None  # callable (column) -> list of distinct values over the whole corpus
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,182 @@
+"""fastText agent: any fastText `.bin`/`.ftz` model, or a DCLM-style quality classifier fitted in the workspace.
+
+Label modes: the predicted class (labels = the model's classes), or, with `label`, a bin of that class's
+probability (labels = the bins). Fitting trains positives (a reference set) against negatives (a random
+corpus sample) and keeps the model under the workspace's `models/` directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from corpus_agents.agents.base import (
+    Agent,
+    AgentContext,
+    AgentError,
+    DocBatch,
+    ScoreResult,
+    bin_labels,
+    digitize,
+    hash_path,
+    parse_bins,
+)
+
+PREFIX = "__label__"
+DEFAULT_PROBABILITY_BINS = "0,0.2,0.4,0.6,0.8,1"
+#: fastText training parameters for fitted classifiers (DCLM's quality filter uses a bigram model like this).
+FIT_PARAMS = {"epoch": 5, "lr": 0.1, "wordNgrams": 2, "dim": 64, "minCount": 2, "bucket": 2_000_000}
+
+
+def load_fasttext(path: str) -> Any:
+    """Load a fastText model quietly (the library prints a deprecation warning on every load)."""
+    import fasttext
+
+    fasttext.FastText.eprint = lambda *args, **kwargs: None
+    try:
+        return fasttext.load_model(path)
+    except ValueError as exc:
+        raise AgentError(f"cannot load fastText model {path}: {exc}") from None
+
+
+def train_fasttext(texts: Sequence[str], labels: Sequence[str], path: Path, **params: Any) -> None:
+    """Train a supervised fastText classifier on (text, label) pairs and save it to `path` atomically."""
+    import fasttext
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+        "w", suffix=".txt", dir=path.parent, delete=False, encoding="utf-8"
+    ) as fh:
+        train_file = fh.name
+        for text, label in zip(texts, labels):
+            line = " ".join(text.split())
+            if line:
+                fh.write(f"{PREFIX}{label} {line}\n")
+    try:
+        model = fasttext.train_supervised(train_file, verbose=0, seed=0, thread=1, **{**FIT_PARAMS, **params})
+        tmp = f"{path}.tmp-{os.getpid()}"
+        model.save_model(tmp)
+        os.replace(tmp, path)
+    finally:
+        os.unlink(train_file)
+
+
+def read_reference_texts(path: str, columns: str | None) -> list[str]:
+    """Texts of a reference Parquet file: the given comma-separated columns joined, or `text`, or all strings."""
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as exc:
+        raise AgentError(f"cannot read reference set {path}: {exc}") from None
+    import pyarrow as pa
+
+    if columns:
+        names = [c.strip() for c in columns.split(",")]
+        missing = [c for c in names if c not in table.column_names]
+        if missing:
+            raise AgentError(
+                f"reference set {path} has no column {missing[0]!r}; columns: {table.column_names}"
+            )
+    elif "text" in table.column_names:
+        names = ["text"]
+    else:
+        names = [
+            f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+        ]
+        if not names:
+            raise AgentError(f"reference set {path} has no string column; pass the columns to use")
+    rows = zip(*(table.column(c).to_pylist() for c in names))
+    return [" ".join(str(v) for v in row if v) for row in rows]
+
+
+class FastTextAgent(Agent):
+    kind = "fasttext"
+    requires = {"fasttext": "fasttext-numpy2-wheel"}
+
+    @classmethod
+    def create(cls, name: str, options: dict[str, Any], context: AgentContext) -> FastTextAgent:
+        if options.get("fit_positive"):
+            model_path = cls._fit(name, options, context)
+            label = options.get("label") or "hq"
+        elif options.get("model"):
+            model_path = Path(options["model"]).expanduser().resolve()
+            if not model_path.is_file():
+                raise AgentError(f"fastText model {options['model']} does not exist")
+            label = options.get("label")
+        else:
+            raise AgentError("a fasttext agent needs --model FILE or --fit-positive REFERENCE.parquet")
+        model = load_fasttext(str(model_path))
+        classes = [lab.removeprefix(PREFIX) for lab in model.get_labels()]
+        config: dict[str, Any] = {"model": str(model_path), "classes": classes}
+        if label:
+            label = label.removeprefix(PREFIX)
+            if label not in classes:
+                raise AgentError(
+                    f"model {model_path} has no class {label!r}; classes: {', '.join(classes[:20])}"
+                )
+            edges = parse_bins(options.get("bins") or DEFAULT_PROBABILITY_BINS)
+            config.update(label=label, bins=edges, labels=bin_labels(edges))
+        else:
+            if options.get("bins"):
+                raise AgentError("--bins needs --label (the class whose probability is binned)")
+            config["labels"] = classes
+        return cls(name, config)
+
+    @staticmethod
+    def _fit(name: str, options: dict[str, Any], context: AgentContext) -> Path:
+        """DCLM-style: reference texts are positives (`hq`), a random corpus sample (or a file) negatives (`cc`)."""
+        positives = read_reference_texts(options["fit_positive"], options.get("positive_columns"))
+        limit = int(options.get("fit_samples") or 20_000)
+        rng = np.random.default_rng(0)
+        if len(positives) > limit:
+            positives = [positives[i] for i in sorted(rng.choice(len(positives), limit, replace=False))]
+        negative = options.get("fit_negative") or "sample"
+        if negative == "sample":
+            negatives = context.sample_texts(len(positives), seed=0)
+        else:
+            negatives = read_reference_texts(negative, options.get("negative_columns"))
+        if not positives or not negatives:
+            raise AgentError(f"agent {name!r}: cannot fit a classifier without positive and negative texts")
+        texts = positives + negatives
+        labels = ["hq"] * len(positives) + ["cc"] * len(negatives)
+        order = rng.permutation(len(texts))
+        path = context.models_dir / f"{name}.fasttext.bin"
+        train_fasttext([texts[i] for i in order], [labels[i] for i in order], path)
+        return path
+
+    def model_files(self) -> list[str]:
+        return [self.config["model"]]
+
+    def load_model(self) -> Any:
+        return load_fasttext(self.config["model"])
+
+    def score(self, batch: DocBatch) -> ScoreResult:
+        texts = batch.single_line_texts
+        n = len(texts)
+        if "label" in self.config:
+            target = PREFIX + self.config["label"]
+            classes = len(self.config["classes"])
+            # k = all classes: the target's probability is exact even when it is not among the top ones.
+            predicted, probs = self.model.predict(texts, k=-1 if classes > 2 else classes)
+            scores = np.array(
+                [p[labs.index(target)] if target in labs else 0.0 for labs, p in zip(predicted, probs)],
+                dtype=np.float32,
+            )
+            return ScoreResult(digitize(scores, self.config["bins"]), scores)
+        predicted, probs = self.model.predict(texts, k=1)
+        index = {PREFIX + c: i for i, c in enumerate(self.config["classes"])}
+        labels = np.full(n, -1, dtype=np.int32)
+        scores = np.full(n, np.nan, dtype=np.float32)
+        for i, (labs, p) in enumerate(zip(predicted, probs)):
+            if labs:
+                labels[i] = index[labs[0]]
+                scores[i] = p[0]
+        return ScoreResult(labels, scores)
+
+
+__all__ = ["FastTextAgent", "hash_path", "load_fasttext", "train_fasttext"]

@@ -1,0 +1,49 @@
+"""Metadata agent: the label is the value of a corpus column (e.g. the source domain); no raw score.
+
+The label set is discovered over the whole corpus when the agent is added. Values seen later that were
+not there then, and nulls, get the label `(other)`. Nested fields are addressed with dots (`meta.source`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from corpus_agents.agents.base import Agent, AgentContext, AgentError, DocBatch, ScoreResult
+
+OTHER = "(other)"
+MAX_LABELS = 10_000
+
+
+class MetadataAgent(Agent):
+    kind = "metadata"
+
+    @classmethod
+    def create(cls, name: str, options: dict[str, Any], context: AgentContext) -> MetadataAgent:
+        column = options.get("column")
+        if not column:
+            raise AgentError("a metadata agent needs --column NAME (dots address nested fields: meta.source)")
+        values = context.distinct_values(column)
+        values = sorted(str(v) for v in values if v is not None)
+        if len(values) > MAX_LABELS:
+            raise AgentError(
+                f"column {column!r} has {len(values):,} distinct values; a metadata agent takes at most "
+                f"{MAX_LABELS:,} (bin or map the column first)"
+            )
+        return cls(name, {"column": column, "labels": values + [OTHER]})
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.config["column"]]
+
+    def score(self, batch: DocBatch) -> ScoreResult:
+        values = batch.column(self.config["column"])
+        if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+            values = values.cast(pa.string())
+        known = pa.array(self.config["labels"][:-1], pa.string())
+        index = pc.index_in(values, value_set=known).fill_null(len(known))
+        labels = np.asarray(index.to_numpy(zero_copy_only=False), dtype=np.int32)
+        return ScoreResult(labels, np.full(len(labels), np.nan, dtype=np.float32))

@@ -1,0 +1,351 @@
+"""The `corpus-agents` command line: init, agent add/list/remove, score, status, query, demo."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from corpus_agents.errors import CorpusAgentsError
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Print user-facing errors as one line (`error: ...`) and exit 2 instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CorpusAgentsError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="corpus-agents")
+def main() -> None:
+    """Multi-agent data selection for LM pretraining: score Parquet corpora with agents into DuckDB.
+
+    \b
+    Example:
+      corpus-agents init ws --corpus 'shards/*.parquet'
+      corpus-agents agent add ws domain --kind metadata --column source
+      corpus-agents score ws
+      corpus-agents query ws "SELECT domain, count(*) FROM doc_labels GROUP BY ALL"
+    """
+
+
+@main.command()
+@click.argument("workspace", type=click.Path(file_okay=False))
+@click.option(
+    "--corpus",
+    "patterns",
+    multiple=True,
+    required=True,
+    help="Parquet shards: paths, globs or URLs (s3://, gs://, file://); repeatable.",
+)
+@click.option(
+    "--text-column", default="text", show_default=True, help="String column holding the document text."
+)
+@click.option("--threads", default=4, show_default=True, help="Shards inspected in parallel.")
+@user_errors
+def init(workspace: str, patterns: tuple[str, ...], text_column: str, threads: int) -> None:
+    """Create a workspace and register shards (re-run to add new shards; known ones are skipped).
+
+    \b
+    Example:
+      corpus-agents init ws --corpus 'data/*.parquet' --text-column text
+    """
+    from corpus_agents.catalog import Catalog
+    from corpus_agents.corpus import register_corpus
+
+    with Catalog(workspace, create=True) as cat:
+        stored = cat.get_meta("text_column")
+        if stored and stored != text_column:
+            raise CorpusAgentsError(f"workspace {workspace} uses text column {stored!r}, not {text_column!r}")
+        cat.set_meta("text_column", text_column)
+        report = register_corpus(cat, list(patterns), text_column, threads)
+        total = cat.con.execute("SELECT count(*), coalesce(sum(num_rows), 0) FROM shards").fetchone()
+    click.echo(
+        f"registered {len(report.added)} new shards ({len(report.unchanged)} already known); "
+        f"workspace has {total[0]} shards, {total[1]:,} documents"
+    )
+    for err in report.errors:
+        click.echo(f"error: {err}", err=True)
+    if report.errors:
+        sys.exit(1)
+
+
+@main.group()
+def agent() -> None:
+    """Add, list and remove agents (scorers) of a workspace."""
+
+
+@agent.command("add")
+@click.argument("workspace", type=click.Path(exists=True, file_okay=False))
+@click.argument("name")
+@click.option("--kind", required=True, help="fasttext, metadata, topic or hf-classifier.")
+@click.option("--model", help="fasttext: a .bin/.ftz file; hf-classifier: a model directory or hub name.")
+@click.option("--label", help="Class whose probability is the score (binned into labels with --bins).")
+@click.option(
+    "--bins", help="Bin edges of the score, e.g. 0,0.2,0.4,0.6,0.8,1 (hf regression default 0,1,2,3,4,5)."
+)
+@click.option(
+    "--fit-positive",
+    type=click.Path(exists=True, dir_okay=False),
+    help="fasttext: fit a classifier with this reference Parquet as positives (DCLM-style).",
+)
+@click.option(
+    "--positive-columns", help="Columns of the positive set joined as text (default: text or all strings)."
+)
+@click.option(
+    "--fit-negative",
+    default="sample",
+    show_default=True,
+    help="Negatives: 'sample' (random corpus documents) or a Parquet file.",
+)
+@click.option("--column", help="metadata: the column (dots for nested fields: meta.source).")
+@click.option("--topics", type=int, default=16, show_default=True, help="topic: number of topics.")
+@click.option(
+    "--sample",
+    "sample_size",
+    type=int,
+    default=20000,
+    show_default=True,
+    help="topic: corpus documents to fit on.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["tfidf", "minilm"]),
+    default="tfidf",
+    show_default=True,
+    help="topic: document representation clustered by k-means.",
+)
+@click.option(
+    "--max-length", type=int, default=512, show_default=True, help="hf-classifier: truncation in tokens."
+)
+@click.option(
+    "--batch-tokens", type=int, default=16384, show_default=True, help="hf-classifier: tokens per batch."
+)
+@click.option(
+    "--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True
+)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--trust-remote-code", is_flag=True, help="hf-classifier: allow the model's own code to run.")
+@click.option("--replace", is_flag=True, help="Redefine an existing agent (drops its scores).")
+@user_errors
+def agent_add(workspace: str, name: str, kind: str, replace: bool, **options: Any) -> None:
+    """Add an agent: fits what needs fitting, discovers its labels, stores its config.
+
+    \b
+    Examples:
+      corpus-agents agent add ws lang --kind fasttext --model lid.176.ftz
+      corpus-agents agent add ws quality --kind fasttext --fit-positive ref.parquet
+      corpus-agents agent add ws domain --kind metadata --column source
+      corpus-agents agent add ws topic --kind topic --topics 16
+      corpus-agents agent add ws edu --kind hf-classifier --model HuggingFaceFW/fineweb-edu-classifier
+    """
+    from corpus_agents.agents import AgentContext, agent_class
+    from corpus_agents.catalog import Catalog
+    from corpus_agents.corpus import distinct_values, sample_texts
+
+    options["sample"] = options.pop("sample_size")
+    cls = agent_class(kind)
+    with Catalog(workspace) as cat:
+        if not replace and name in {n for n, _, _ in cat.agent_rows()}:
+            raise CorpusAgentsError(
+                f"agent {name!r} exists; pass --replace to redefine it (its scores are dropped)"
+            )
+        context = AgentContext(
+            workspace_dir=cat.dir,
+            models_dir=cat.models_dir,
+            sample_texts=lambda n, seed=0: sample_texts(cat, n, seed),
+            distinct_values=lambda column: distinct_values(cat, column),
+        )
+        new = cls.create(name, options, context)
+        new.check_requirements()
+        cat.add_agent(new, replace=replace)
+        labels = new.labels
+    shown = ", ".join(labels[:12]) + (f", ... ({len(labels)} in all)" if len(labels) > 12 else "")
+    click.echo(f"added agent {name} ({kind}) with labels: {shown}")
+
+
+@agent.command("list")
+@click.argument("workspace", type=click.Path(exists=True, file_okay=False))
+@user_errors
+def agent_list(workspace: str) -> None:
+    """List a workspace's agents with their kind, labels and config."""
+    import json
+
+    from corpus_agents.catalog import Catalog
+
+    with Catalog(workspace) as cat:
+        for name, kind, config in cat.agent_rows():
+            labels = config.get("labels", [])
+            rest = {k: v for k, v in config.items() if k not in ("labels", "classes", "top_terms")}
+            click.echo(f"{name}\t{kind}\t{len(labels)} labels\t{json.dumps(rest)}")
+
+
+@agent.command("remove")
+@click.argument("workspace", type=click.Path(exists=True, file_okay=False))
+@click.argument("name")
+@user_errors
+def agent_remove(workspace: str, name: str) -> None:
+    """Remove an agent and its scores."""
+    from corpus_agents.catalog import Catalog
+    from corpus_agents.scoring import remove_stale_files
+
+    with Catalog(workspace) as cat:
+        cat.remove_agent(name)
+        remove_stale_files(cat, keep_uncommitted=False)
+    click.echo(f"removed agent {name}")
+
+
+@main.command()
+@click.argument("workspace", type=click.Path(exists=True, file_okay=False))
+@click.option("--agents", help="Comma-separated agents to run (default: all).")
+@click.option("--workers", type=int, default=None, help="Worker processes (default: CPU cores).")
+@click.option("--limit", type=int, help="Score only the first N documents (partial parts, for a quick look).")
+@click.option(
+    "--sample", type=click.FloatRange(0, 1, min_open=True), help="Score a random fraction of each shard."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample.")
+@click.option("--batch-rows", type=int, default=2048, show_default=True, help="Documents per batch.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def score(
+    workspace: str,
+    agents: str | None,
+    workers: int | None,
+    limit: int | None,
+    sample: float | None,
+    seed: int,
+    batch_rows: int,
+    quiet: bool,
+) -> None:
+    """Score every pending (agent, shard) part; committed parts with an unchanged agent are skipped.
+
+    A failed shard is reported with its reason and retried by the next run; the others finish.
+
+    \b
+    Example:
+      corpus-agents score ws --agents quality,domain --workers 8
+    """
+    from corpus_agents.catalog import Catalog
+    from corpus_agents.scoring import run_scoring
+
+    names = [a.strip() for a in agents.split(",") if a.strip()] if agents else None
+    with Catalog(workspace) as cat:
+        summary = run_scoring(
+            cat,
+            names,
+            workers=workers or os.cpu_count() or 1,
+            limit=limit,
+            sample=sample,
+            seed=seed,
+            batch_rows=batch_rows,
+            show_progress=not quiet,
+        )
+    rate = summary.docs / summary.seconds if summary.seconds else 0.0
+    click.echo(
+        f"committed {len(summary.committed)} parts, {summary.skipped} already done, "
+        f"{len(summary.failed)} failed; {summary.docs:,} docs in {summary.seconds:.1f}s ({rate:,.0f} docs/s)"
+    )
+    for r in summary.failed:
+        click.echo(f"failed: {r.error}", err=True)
+    if summary.failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("workspace", type=click.Path(exists=True, file_okay=False))
+@user_errors
+def status(workspace: str) -> None:
+    """Shards, agents, and parts committed / pending / failed, with documents scored."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from corpus_agents.catalog import Catalog
+    from corpus_agents.sqlfiles import statement
+
+    console = Console()
+    with Catalog(workspace) as cat:
+        shards, docs, size = cat.con.execute(
+            "SELECT count(*), coalesce(sum(num_rows), 0), coalesce(sum(num_bytes), 0) FROM shards"
+        ).fetchone()
+        console.print(f"workspace {cat.dir}: {shards} shards, {docs:,} documents, {size / 1e6:,.1f} MB")
+        parts = cat.parts()
+        table = Table("agent", "kind", "labels", "committed", "partial", "pending", "failed", "docs scored")
+        for row in cat.con.execute(statement("catalog.sql", "status_agents")).fetchall():
+            name, kind, labels, committed, partial, failed, scored = row
+            agent = cat.agents([name])[0]
+            try:
+                fp = agent.fingerprint()
+                current = sum(
+                    1 for (a, _), p in parts.items() if a == name and p.complete and p.fingerprint == fp
+                )
+                pending = str(shards - current)
+            except CorpusAgentsError as exc:
+                pending = f"? ({exc})"
+            table.add_row(
+                name, kind, str(labels), str(committed), str(partial), pending, str(failed), f"{scored:,}"
+            )
+        console.print(table)
+        for agent_name, shard_id, error in cat.failures():
+            console.print(f"[red]failed[/] {agent_name} shard {shard_id}: {error}", highlight=False)
+
+
+@main.command()
+@click.argument("workspace", type=click.Path(exists=True, file_okay=False))
+@click.argument("sql")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json", "parquet"]),
+    default="table",
+    show_default=True,
+)
+@click.option("--output", type=click.Path(dir_okay=False), help="Write the result to this file.")
+@click.option("--max-rows", type=int, default=100, show_default=True, help="Rows shown by --format table.")
+@user_errors
+def query(workspace: str, sql: str, fmt: str, output: str | None, max_rows: int) -> None:
+    """Run SQL on the catalog (tables: shards, docs, agents, agent_labels, scores, score_parts; view: doc_labels).
+
+    \b
+    Example:
+      corpus-agents query ws "SELECT domain, quality, count(*) FROM doc_labels GROUP BY ALL ORDER BY ALL"
+    """
+    from corpus_agents.catalog import Catalog
+    from corpus_agents.query import run_query, write_result
+
+    with Catalog(workspace) as cat:
+        table = run_query(cat, sql)
+    write_result(table, fmt, output, max_rows)
+
+
+@main.command()
+@click.option(
+    "--workspace",
+    type=click.Path(file_okay=False),
+    default="demo-workspace",
+    show_default=True,
+    help="Where to build the demo corpus and workspace (recreated).",
+)
+@click.option("--workers", type=int, default=None, help="Worker processes (default: CPU cores).")
+@user_errors
+def demo(workspace: str, workers: int | None) -> None:
+    """Build a small multi-domain corpus from text on this machine, add three agents, score, and query."""
+    from corpus_agents.demo import run_demo
+
+    run_demo(Path(workspace), workers or os.cpu_count() or 1)
+
+
+if __name__ == "__main__":
+    main()

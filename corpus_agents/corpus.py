@@ -1,0 +1,292 @@
+"""Corpus registration and reading: Parquet shards on local paths, globs or fsspec/pyarrow URLs.
+
+A shard is never rewritten. Registration records its size, a fingerprint (size + Parquet footer hash),
+its row-group layout and one row per document (doc_id = shard_id << 32 | row_idx, text length in bytes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from corpus_agents.agents.base import DocBatch
+from corpus_agents.errors import CorpusError
+
+_STRING_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
+
+
+def _filesystem(uri: str) -> tuple[Any, str]:
+    """fsspec filesystem and path for a local path or URL (s3://, gs://, file://, memory://, ...)."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs, path
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def expand_patterns(patterns: list[str]) -> list[str]:
+    """Expand paths and globs into a sorted list of shard URIs (absolute paths for local files)."""
+    uris: list[str] = []
+    for pattern in patterns:
+        fs, path = _filesystem(pattern)
+        matches = sorted(fs.glob(path)) if any(c in path for c in "*?[") else [path]
+        if any(c in path for c in "*?[") and not matches:
+            raise CorpusError(f"no files match {pattern}")
+        for m in matches:
+            if fs.isdir(m):
+                matches_in_dir = sorted(p for p in fs.find(m) if p.endswith(".parquet"))
+                if not matches_in_dir:
+                    raise CorpusError(f"directory {pattern} holds no .parquet files")
+                uris.extend(_unstrip(pattern, p) for p in matches_in_dir)
+            else:
+                uris.append(_unstrip(pattern, m))
+    return sorted(dict.fromkeys(uris))
+
+
+def _unstrip(pattern: str, path: str) -> str:
+    """fsspec strips the protocol; put it back for remote filesystems, make local paths absolute."""
+    if _is_local(pattern):
+        return str(Path(path).resolve())
+    return f"{pattern.split('://', 1)[0]}://{path}"
+
+
+def open_parquet(uri: str) -> pq.ParquetFile:
+    """Open a shard for reading; local files through pyarrow's native reader, others through fsspec."""
+    if _is_local(uri):
+        return pq.ParquetFile(uri.removeprefix("file://"), memory_map=False)
+    fs, path = _filesystem(uri)
+    return pq.ParquetFile(fs.open(path, "rb"))
+
+
+def shard_fingerprint(uri: str) -> tuple[str, int]:
+    """(fingerprint, size): a hash of the file size and its Parquet footer, read without the data pages."""
+    fs, path = _filesystem(uri)
+    with fs.open(path, "rb") as fh:
+        size = fh.seek(0, 2)
+        if size < 12:
+            raise CorpusError(f"shard {uri}: not a Parquet file ({size} bytes)")
+        fh.seek(size - 8)
+        tail = fh.read(8)
+        if tail[4:] != b"PAR1":
+            raise CorpusError(f"shard {uri}: not a Parquet file or truncated (no footer magic)")
+        footer_len = struct.unpack("<I", tail[:4])[0]
+        if footer_len + 12 > size:
+            raise CorpusError(f"shard {uri}: truncated (footer of {footer_len} bytes in a {size}-byte file)")
+        fh.seek(size - 8 - footer_len)
+        footer = fh.read(footer_len)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str(size).encode())
+    h.update(footer)
+    return h.hexdigest(), size
+
+
+def resolve_column(table_or_batch: pa.Table | pa.RecordBatch, path: str) -> pa.Array:
+    """Column by name, or a nested struct field by dotted path (`meta.redpajama_set_name`)."""
+    top, *rest = path.split(".")
+    arr = table_or_batch.column(top)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    for name in rest:
+        arr = pc.struct_field(arr, name)
+    return arr
+
+
+def check_column(schema: pa.Schema, path: str, uri: str) -> pa.DataType:
+    """The Arrow type at a (possibly dotted) column path, or a CorpusError naming the shard."""
+    top, *rest = path.split(".")
+    if top not in schema.names:
+        raise CorpusError(f"shard {uri}: no column {top!r} (columns: {', '.join(schema.names)})")
+    dtype = schema.field(top).type
+    for name in rest:
+        if not pa.types.is_struct(dtype) or dtype.get_field_index(name) < 0:
+            raise CorpusError(f"shard {uri}: column {path!r} does not exist ({top!r} is {dtype})")
+        dtype = dtype.field(name).type
+    return dtype
+
+
+def inspect_shard(uri: str, text_column: str) -> tuple[dict[str, Any], pa.Table]:
+    """Read a shard's footer and text lengths: (shard info, per-document table) or a CorpusError."""
+    fingerprint, size = shard_fingerprint(uri)
+    try:
+        pf = open_parquet(uri)
+        schema = pf.schema_arrow
+    except (OSError, pa.ArrowException) as exc:
+        raise CorpusError(f"shard {uri}: cannot read Parquet metadata: {exc}") from None
+    dtype = check_column(schema, text_column, uri)
+    if not any(is_type(dtype) for is_type in _STRING_TYPES):
+        raise CorpusError(f"shard {uri}: text column {text_column!r} is {dtype}, expected a string column")
+    meta = pf.metadata
+    row_group_rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    if sum(row_group_rows) >= 2**31:
+        raise CorpusError(f"shard {uri}: {sum(row_group_rows):,} rows; split shards above 2^31 rows")
+    lengths, nulls, groups = [], [], []
+    try:
+        for g in range(meta.num_row_groups):
+            col = resolve_column(pf.read_row_group(g, columns=[text_column.split(".")[0]]), text_column)
+            if pa.types.is_string_view(col.type):
+                col = col.cast(pa.large_string())
+            lengths.append(pc.binary_length(col).fill_null(0).cast(pa.int32()))
+            nulls.append(col.is_null())
+            groups.append(pa.array(np.full(len(col), g, dtype=np.int32)))
+    except (OSError, pa.ArrowException) as exc:
+        raise CorpusError(f"shard {uri}: cannot read row group {g}: {exc}") from None
+    num_rows = sum(row_group_rows)
+    docs = pa.table(
+        {
+            "row_idx": pa.array(np.arange(num_rows, dtype=np.int32)),
+            "row_group": pa.concat_arrays(groups) if groups else pa.array([], pa.int32()),
+            "text_bytes": pa.concat_arrays(lengths) if lengths else pa.array([], pa.int32()),
+            "text_null": pa.concat_arrays(nulls) if nulls else pa.array([], pa.bool_()),
+        }
+    )
+    info = {
+        "uri": uri,
+        "num_rows": num_rows,
+        "num_bytes": size,
+        "fingerprint": fingerprint,
+        "num_row_groups": meta.num_row_groups,
+        "row_group_rows": row_group_rows,
+        "text_column": text_column,
+    }
+    return info, docs
+
+
+@dataclass
+class RegisterReport:
+    added: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def register_corpus(catalog: Any, patterns: list[str], text_column: str, threads: int = 4) -> RegisterReport:
+    """Register new shards (idempotent: known unchanged shards are skipped, changed ones are an error)."""
+    report = RegisterReport()
+    known = {s.uri: s for s in catalog.shards()}
+    uris = expand_patterns(patterns)
+    new: list[str] = []
+    for uri in uris:
+        if uri not in known:
+            new.append(uri)
+            continue
+        try:
+            fingerprint, _ = shard_fingerprint(uri)
+        except (CorpusError, OSError) as exc:
+            report.errors.append(str(exc) if isinstance(exc, CorpusError) else f"shard {uri}: {exc}")
+            continue
+        if fingerprint != known[uri].fingerprint:
+            report.errors.append(
+                f"shard {uri} changed since it was registered; shards are never rewritten: write a new file"
+            )
+        else:
+            report.unchanged.append(uri)
+
+    def inspect(uri: str) -> tuple[str, Any]:
+        try:
+            return uri, inspect_shard(uri, text_column)
+        except CorpusError as exc:
+            return uri, exc
+        except (OSError, pa.ArrowException) as exc:
+            return uri, CorpusError(f"shard {uri}: {exc}")
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for uri, result in pool.map(inspect, new):  # map keeps the sorted order: stable shard ids
+            if isinstance(result, CorpusError):
+                report.errors.append(str(result))
+            else:
+                catalog.add_shard(*result)
+                report.added.append(uri)
+    return report
+
+
+def iter_doc_batches(
+    uri: str, text_column: str, columns: list[str], batch_rows: int, rows: np.ndarray | None = None
+) -> Iterator[tuple[np.ndarray, DocBatch]]:
+    """Yield (row indices, DocBatch) over a shard, reading the text and extra columns once.
+
+    `rows` (sorted row indices) restricts reading to those rows; None reads every row.
+    """
+    pf = open_parquet(uri)
+    needed = list(dict.fromkeys(c.split(".")[0] for c in [text_column, *columns]))
+    meta = pf.metadata
+    start = 0
+    for g in range(meta.num_row_groups):
+        n = meta.row_group(g).num_rows
+        if rows is not None:
+            lo, hi = np.searchsorted(rows, [start, start + n])
+            if lo == hi:
+                start += n
+                continue
+        table = pf.read_row_group(g, columns=needed)
+        if rows is not None:
+            table = table.take(pa.array(rows[lo:hi] - start))
+            row_idx = rows[lo:hi]
+        else:
+            row_idx = np.arange(start, start + n)
+        for off in range(0, len(table), batch_rows):
+            part = table.slice(off, batch_rows)
+            text = resolve_column(part, text_column)
+            extra = {c: resolve_column(part, c) for c in columns}
+            yield row_idx[off : off + batch_rows], DocBatch(text, extra)
+        start += n
+
+
+def sample_rows(catalog: Any, n: int, seed: int) -> dict[int, np.ndarray]:
+    """A seeded uniform sample of n documents as {shard_id: sorted row indices}."""
+    rows = catalog.con.execute(
+        f"SELECT shard_id, row_idx FROM docs WHERE NOT text_null AND text_bytes > 0 "
+        f"USING SAMPLE reservoir({int(n)} ROWS) REPEATABLE ({int(seed)})"
+    ).fetchall()
+    by_shard: dict[int, list[int]] = {}
+    for shard_id, row in rows:
+        by_shard.setdefault(shard_id, []).append(row)
+    return {s: np.array(sorted(r), dtype=np.int64) for s, r in by_shard.items()}
+
+
+def sample_texts(catalog: Any, n: int, seed: int = 0) -> list[str]:
+    """Texts of a seeded random sample of n documents (for fitting agents), in a seeded random order."""
+    shards = {s.shard_id: s for s in catalog.shards()}
+    texts: list[str] = []
+    for shard_id, rows in sorted(sample_rows(catalog, n, seed).items()):
+        shard = shards[shard_id]
+        for _, batch in iter_doc_batches(shard.uri, shard.text_column, [], 8192, rows):
+            texts.extend(batch.texts)
+    order = np.random.default_rng(seed).permutation(len(texts))
+    return [texts[i] for i in order]
+
+
+def distinct_values(catalog: Any, column: str) -> list[Any]:
+    """Distinct values of a (possibly dotted) column over every registered shard."""
+    values: set[Any] = set()
+    for shard in catalog.shards():
+        pf = open_parquet(shard.uri)
+        check_column(pf.schema_arrow, column, shard.uri)
+        for g in range(pf.metadata.num_row_groups):
+            arr = resolve_column(pf.read_row_group(g, columns=[column.split(".")[0]]), column)
+            values.update(pc.unique(arr).to_pylist())
+    return sorted(values, key=lambda v: (v is None, str(v)))
+
+
+__all__ = [
+    "RegisterReport",
+    "distinct_values",
+    "expand_patterns",
+    "inspect_shard",
+    "iter_doc_batches",
+    "open_parquet",
+    "register_corpus",
+    "sample_texts",
+    "shard_fingerprint",
+]

@@ -1,0 +1,63 @@
+"""Runs user SQL on the catalog and writes the result as a table, CSV, JSON or Parquet."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import duckdb
+import pyarrow as pa
+
+from corpus_agents.catalog import Catalog
+from corpus_agents.errors import CorpusAgentsError
+
+
+def run_query(catalog: Catalog, sql: str) -> pa.Table:
+    """Execute one SQL statement; a DuckDB error becomes a one-line user error."""
+    try:
+        rel = catalog.con.sql(sql)
+        return rel.to_arrow_table() if rel is not None else pa.table({})
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CorpusAgentsError(f"SQL error: {first}") from None
+
+
+def write_result(table: pa.Table, fmt: str, output: str | None, max_rows: int = 100) -> None:
+    if fmt == "parquet":
+        if not output:
+            raise CorpusAgentsError("--format parquet needs --output FILE")
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, output)
+        return
+    out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
+    try:
+        if fmt == "csv":
+            import pyarrow.csv as pacsv
+
+            buf = pa.BufferOutputStream()
+            pacsv.write_csv(table, buf)
+            out.write(buf.getvalue().to_pybytes().decode("utf-8"))
+        elif fmt == "json":
+            for row in table.to_pylist():
+                out.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+        else:
+            _print_table(table, out, max_rows)
+    finally:
+        if output:
+            out.close()
+
+
+def _print_table(table: pa.Table, out: object, max_rows: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=out) if out is not sys.stdout else Console()
+    shown = Table(*table.column_names)
+    for row in table.slice(0, max_rows).to_pylist():
+        shown.add_row(
+            *("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values())
+        )
+    console.print(shown)
+    if table.num_rows > max_rows:
+        console.print(f"({table.num_rows:,} rows, {max_rows} shown; --max-rows or --format csv for all)")

@@ -1,0 +1,40 @@
+"""Loads the SQL statements in `sql/` (every statement the catalog runs lives there, readable by hand)."""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+_BLOCK = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+def sql_dir() -> Path:
+    """`corpus_agents/sql` in an installed wheel, the repository's top-level `sql/` in a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "sql", here.parent / "sql"):
+        if (candidate / "schema.sql").is_file():
+            return candidate
+    raise FileNotFoundError(f"cannot find the sql/ directory next to {here}")
+
+
+@functools.cache
+def read_sql_file(name: str) -> str:
+    return (sql_dir() / name).read_text(encoding="utf-8")
+
+
+@functools.cache
+def statement(file: str, name: str) -> str:
+    """The block `-- name: <name>` of `sql/<file>`, up to the next block."""
+    text = read_sql_file(file)
+    parts = _BLOCK.split(text)
+    blocks = dict(zip(parts[1::2], parts[2::2]))
+    if name not in blocks:
+        raise KeyError(f"no statement {name!r} in sql/{file}")
+    return blocks[name].strip()
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split a block into statements at `;` line ends, dropping comment-only lines."""
+    body = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    return [s.strip() for s in re.split(r";\s*$", body, flags=re.MULTILINE) if s.strip()]

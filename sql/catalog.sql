@@ -1,0 +1,52 @@
+-- Statements the catalog runs, one per `-- name:` block. `?` are bound parameters; `{x}` are identifiers
+-- or literals filled in by catalog.py (always quoted there).
+
+-- name: insert_shard
+INSERT INTO shards (shard_id, uri, num_rows, num_bytes, fingerprint, num_row_groups, row_group_rows, text_column)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: insert_docs
+-- Arrow table `new_docs` (shard_id, row_idx, row_group, text_bytes, text_null) is registered by the caller.
+INSERT INTO docs
+SELECT (CAST(shard_id AS BIGINT) << 32) | row_idx, shard_id, row_idx, row_group, text_bytes, text_null
+FROM new_docs;
+
+-- name: commit_part
+-- Replace an (agent, shard) part's scores and manifest row; runs inside one transaction.
+DELETE FROM scores
+WHERE agent = $agent AND doc_id >= (CAST($shard_id AS BIGINT) << 32) AND doc_id < (CAST($shard_id + 1 AS BIGINT) << 32);
+INSERT INTO scores SELECT $agent, doc_id, label, score FROM read_parquet($path);
+INSERT OR REPLACE INTO score_parts (agent, shard_id, fingerprint, path, num_rows, complete, seconds)
+VALUES ($agent, $shard_id, $fingerprint, $path, $num_rows, $complete, $seconds);
+DELETE FROM part_failures WHERE agent = $agent AND shard_id = $shard_id;
+
+-- name: record_failure
+INSERT OR REPLACE INTO part_failures (agent, shard_id, error) VALUES (?, ?, ?);
+
+-- name: drop_agent
+DELETE FROM scores WHERE agent = $agent;
+DELETE FROM score_parts WHERE agent = $agent;
+DELETE FROM part_failures WHERE agent = $agent;
+DELETE FROM agent_labels WHERE agent = $agent;
+DELETE FROM agents WHERE name = $agent;
+
+-- name: doc_labels_head
+-- One row per document, one label column and one `<agent>_score` column per agent (joins appended below).
+SELECT d.doc_id, d.shard_id, d.row_idx, d.text_bytes
+
+-- name: doc_labels_agent_columns
+, l{i}.name AS {label_col}, s{i}.score AS {score_col}
+
+-- name: doc_labels_agent_join
+LEFT JOIN (SELECT doc_id, label, score FROM scores WHERE agent = {agent_lit}) s{i} ON s{i}.doc_id = d.doc_id
+LEFT JOIN (SELECT label_id, name FROM agent_labels WHERE agent = {agent_lit}) l{i} ON l{i}.label_id = s{i}.label
+
+-- name: status_agents
+SELECT a.name AS agent, a.kind,
+       (SELECT count(*) FROM agent_labels l WHERE l.agent = a.name) AS labels,
+       count(p.shard_id) FILTER (WHERE p.complete) AS parts_committed,
+       count(p.shard_id) FILTER (WHERE NOT p.complete) AS parts_partial,
+       (SELECT count(*) FROM part_failures f WHERE f.agent = a.name) AS parts_failed,
+       coalesce(sum(p.num_rows), 0) AS docs_scored
+FROM agents a LEFT JOIN score_parts p ON p.agent = a.name
+GROUP BY a.name, a.kind ORDER BY a.name;

@@ -1,0 +1,73 @@
+-- corpus-agents catalog schema. One DuckDB file per workspace; bump SCHEMA_VERSION in catalog.py on change.
+
+CREATE TABLE IF NOT EXISTS meta (
+    key   VARCHAR PRIMARY KEY,
+    value VARCHAR NOT NULL
+);
+
+-- One row per registered Parquet shard. doc_id = shard_id << 32 | row_idx.
+CREATE TABLE IF NOT EXISTS shards (
+    shard_id       INTEGER PRIMARY KEY,
+    uri            VARCHAR NOT NULL UNIQUE,
+    num_rows       BIGINT NOT NULL,
+    num_bytes      BIGINT NOT NULL,
+    fingerprint    VARCHAR NOT NULL,
+    num_row_groups INTEGER NOT NULL,
+    row_group_rows BIGINT[] NOT NULL,
+    text_column    VARCHAR NOT NULL,
+    registered_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+-- One row per document: where it lives and how long its text is (UTF-8 bytes; 0 for null).
+CREATE TABLE IF NOT EXISTS docs (
+    doc_id     BIGINT NOT NULL,
+    shard_id   INTEGER NOT NULL,
+    row_idx    INTEGER NOT NULL,
+    row_group  INTEGER NOT NULL,
+    text_bytes INTEGER NOT NULL,
+    text_null  BOOLEAN NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS agents (
+    name       VARCHAR PRIMARY KEY,
+    kind       VARCHAR NOT NULL,
+    config     JSON NOT NULL,
+    added_at   TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+-- Declared labels of each agent: label_id indexes agents' output, name is what users read.
+CREATE TABLE IF NOT EXISTS agent_labels (
+    agent    VARCHAR NOT NULL,
+    label_id SMALLINT NOT NULL,
+    name     VARCHAR NOT NULL
+);
+
+-- The manifest: one row per committed (agent, shard) part. A part counts only once it is here.
+CREATE TABLE IF NOT EXISTS score_parts (
+    agent        VARCHAR NOT NULL,
+    shard_id     INTEGER NOT NULL,
+    fingerprint  VARCHAR NOT NULL,
+    path         VARCHAR NOT NULL,
+    num_rows     BIGINT NOT NULL,
+    complete     BOOLEAN NOT NULL,   -- false for --limit / --sample runs: rescored by the next full run
+    seconds      DOUBLE NOT NULL,
+    committed_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (agent, shard_id)
+);
+
+-- The last failure of a part that has not been committed since; cleared when it commits.
+CREATE TABLE IF NOT EXISTS part_failures (
+    agent     VARCHAR NOT NULL,
+    shard_id  INTEGER NOT NULL,
+    error     VARCHAR NOT NULL,
+    failed_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (agent, shard_id)
+);
+
+-- Scores of committed parts: label indexes agent_labels (NULL = the agent could not label the document).
+CREATE TABLE IF NOT EXISTS scores (
+    agent  VARCHAR NOT NULL,
+    doc_id BIGINT NOT NULL,
+    label  SMALLINT,
+    score  FLOAT
+);
