@@ -158,6 +158,7 @@ def agent_add(workspace: str, name: str, kind: str, replace: bool, **options: An
 
     options["sample"] = options.pop("sample_size")
     cls = agent_class(kind)
+    cls.check_requirements()
     with Catalog(workspace) as cat:
         if not replace and name in {n for n, _, _ in cat.agent_rows()}:
             raise CorpusAgentsError(
@@ -170,7 +171,6 @@ def agent_add(workspace: str, name: str, kind: str, replace: bool, **options: An
             distinct_values=lambda column: distinct_values(cat, column),
         )
         new = cls.create(name, options, context)
-        new.check_requirements()
         cat.add_agent(new, replace=replace)
         labels = new.labels
     shown = ", ".join(labels[:12]) + (f", ... ({len(labels)} in all)" if len(labels) > 12 else "")

@@ -136,6 +136,8 @@ class Agent:
     requires: ClassVar[dict[str, str]] = {}
     #: True if the agent benefits from a GPU (executors place it accordingly).
     uses_gpu: ClassVar[bool] = False
+    #: Config keys that change how fast an agent runs, not what it outputs: left out of the fingerprint.
+    runtime_keys: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, name: str, config: dict[str, Any]):
         self.name = name
@@ -180,20 +182,23 @@ class Agent:
         """Hash of kind + config + model file contents: any change forces this agent to rescore."""
         h = hashlib.blake2b(digest_size=16)
         h.update(self.kind.encode())
-        h.update(json.dumps(self.config, sort_keys=True, default=str).encode())
+        output_config = {k: v for k, v in self.config.items() if k not in self.runtime_keys}
+        h.update(json.dumps(output_config, sort_keys=True, default=str).encode())
         for f in self.model_files():
             if not os.path.exists(f):
                 raise AgentError(f"agent {self.name!r}: model file {f} is missing")
             h.update(hash_path(f).encode())
         return h.hexdigest()
 
-    def check_requirements(self) -> None:
+    @classmethod
+    def check_requirements(cls) -> None:
+        """A one-line install hint if a package this kind needs is missing (checked before any import)."""
         import importlib.util
 
-        for module, package in self.requires.items():
+        for module, package in cls.requires.items():
             if importlib.util.find_spec(module) is None:
                 raise AgentError(
-                    f"agent kind {self.kind!r} needs the package {package!r}: pip install {package}"
+                    f"agent kind {cls.kind!r} needs the package {package!r}: pip install {package}"
                 )
 
     def __getstate__(self) -> dict[str, Any]:

@@ -1,0 +1,310 @@
+"""Hugging Face sequence-classification agent: a regression score (FineWeb-Edu style) or class probabilities."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from corpus_agents.agents.base import (
+    Agent,
+    AgentContext,
+    AgentError,
+    DocBatch,
+    ScoreResult,
+    bin_labels,
+    digitize,
+    parse_bins,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+#: Default bins of a regression head: the 0-5 educational-value scale of the FineWeb-Edu classifier.
+REGRESSION_BINS = "0,1,2,3,4,5"
+#: Default bins of a class probability (`label` option).
+PROBABILITY_BINS = "0,0.2,0.4,0.6,0.8,1"
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+DEVICES = ("auto", "cpu", "cuda")
+#: Texts are cut at a space before this many characters per token of `max_length` before tokenising, so a
+#: 200k-character page costs no more than a normal one. Cutting at a space keeps every earlier word intact, so
+#: the first `max_length` tokens are unchanged; a text that still comes out shorter is tokenised in full.
+CUT_CHARS_PER_TOKEN = 16
+#: Weight formats that AutoModelForSequenceClassification never reads, left out of hub snapshots.
+HUB_IGNORE_PATTERNS = ["*.h5", "*.msgpack", "*.ot", "*.tflite", "*.onnx*", "onnx/*", "openvino/*"]
+
+
+@dataclass
+class LoadedClassifier:
+    """What `load_model` returns: the tokenizer and model, and where and in which dtype the model runs."""
+
+    tokenizer: PreTrainedTokenizerBase
+    model: PreTrainedModel
+    device: torch.device
+    dtype: torch.dtype
+
+
+class HFClassifierAgent(Agent):
+    """Scores documents with an AutoModelForSequenceClassification checkpoint.
+
+    Three modes, chosen from the model head and the `label` option when the agent is created:
+    - "regression" (num_labels == 1, e.g. HuggingFaceFW/fineweb-edu-classifier): score = the raw output,
+      label = its bin (values outside the bins clamp into the end bins);
+    - "argmax" (classifier, no `label`): label = the predicted class, score = its probability;
+    - "probability" (classifier, `label=X`): score = the probability of class X, label = its bin.
+
+    Config keys: model (absolute directory or hub name), revision (hub commit the agent is pinned to, None for
+    a local directory), mode, label, class_index, num_labels, bins, labels, max_length, batch_tokens, dtype,
+    device, trust_remote_code.
+    """
+
+    kind = "hf-classifier"
+    requires = {"torch": "torch", "transformers": "transformers"}
+    uses_gpu = True
+    runtime_keys = frozenset({"batch_tokens", "device"})
+
+    @classmethod
+    def create(cls, name: str, options: dict[str, Any], context: AgentContext) -> HFClassifierAgent:
+        """Read the model's config (only the config: weights load lazily) to pick the mode and labels."""
+        model = options.get("model")
+        if not model:
+            raise AgentError(f"agent {name!r}: --model is required (a local model directory or a hub name)")
+        trust_remote_code = _bool_option(options, "trust_remote_code")
+        model_ref, revision = _locate_model(str(model))
+        hf_config = _load_hf_config(model_ref, revision, trust_remote_code)
+
+        num_labels = int(hf_config.num_labels)
+        class_names = [str(hf_config.id2label.get(i, f"LABEL_{i}")) for i in range(num_labels)]
+        label = options.get("label")
+        bins = options.get("bins")
+        class_index = None
+        if num_labels == 1:
+            if label:
+                raise AgentError(f"--label needs a classification model; {model} is a regression model")
+            mode, edges = "regression", parse_bins(bins or REGRESSION_BINS)
+        elif not label:
+            if bins:
+                raise AgentError(f"--bins needs --label: {model} is a classifier, labelled by its top class")
+            mode, edges = "argmax", None
+        elif label in class_names:
+            mode, edges = "probability", parse_bins(bins or PROBABILITY_BINS)
+            class_index = class_names.index(label)
+        else:
+            raise AgentError(f"{model} has no class {label!r}; its classes: {', '.join(class_names)}")
+
+        max_length = _positive_int_option(options, "max_length", 512)
+        positions = getattr(hf_config, "max_position_embeddings", None)
+        if positions and max_length > positions:
+            raise AgentError(f"--max-length {max_length} exceeds the {positions} positions of {model}")
+        return cls(
+            name,
+            {
+                "model": model_ref,
+                "revision": revision,
+                "mode": mode,
+                "label": label if mode == "probability" else None,
+                "class_index": class_index,
+                "num_labels": num_labels,
+                "bins": edges,
+                "labels": class_names if edges is None else bin_labels(edges),
+                "max_length": max_length,
+                "batch_tokens": _positive_int_option(options, "batch_tokens", 16384),
+                "dtype": _choice_option(options, "dtype", DTYPES),
+                "device": _choice_option(options, "device", DEVICES),
+                "trust_remote_code": trust_remote_code,
+            },
+        )
+
+    def model_files(self) -> list[str]:
+        """The model directory (a hub model's snapshot), so the fingerprint covers weights and tokenizer."""
+        return [self._model_dir()]
+
+    def _model_dir(self) -> str:
+        """The local directory holding the model: the configured one, or the pinned hub snapshot (downloaded
+        on first use unless the cache already has it or HF_HUB_OFFLINE is set)."""
+        if self.config["revision"] is None:
+            return self.config["model"]
+        from huggingface_hub import snapshot_download
+
+        try:
+            return snapshot_download(
+                self.config["model"], revision=self.config["revision"], ignore_patterns=HUB_IGNORE_PATTERNS
+            )
+        except (OSError, ValueError) as exc:
+            raise AgentError(
+                f"agent {self.name!r}: hub model {self.config['model']} (revision {self.config['revision']}) "
+                f"is not available locally and cannot be downloaded: {_one_line(exc)}"
+            ) from exc
+
+    def load_model(self) -> LoadedClassifier:
+        """Tokenizer and model in eval mode, on CUDA when available (unless device=cpu), in the configured dtype
+        (auto: bf16 on CUDA, fp32 on CPU)."""
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        cuda = torch.cuda.is_available()
+        if self.config["device"] == "cuda" and not cuda:
+            raise AgentError(f"agent {self.name!r}: device=cuda but no CUDA device is available")
+        device = torch.device("cuda" if cuda and self.config["device"] != "cpu" else "cpu")
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(
+            self.config["dtype"], torch.bfloat16 if device.type == "cuda" else torch.float32
+        )
+        path = self._model_dir()
+        trust = self.config["trust_remote_code"]
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, dtype=dtype, trust_remote_code=trust
+            )
+        except (OSError, ValueError) as exc:
+            raise AgentError(f"agent {self.name!r}: cannot load model {path}: {_one_line(exc)}") from exc
+        if model.config.num_labels != self.config["num_labels"]:
+            raise AgentError(
+                f"agent {self.name!r}: model {path} now has {model.config.num_labels} outputs, "
+                f"{self.config['num_labels']} when the agent was added; add the agent again"
+            )
+        return LoadedClassifier(tokenizer, model.to(device).eval(), device, dtype)
+
+    def score(self, batch: DocBatch) -> ScoreResult:
+        """Labels and scores of the batch per the agent's mode (label -1 and score NaN if the model gives NaN)."""
+        logits = self._logits(batch.texts)
+        mode = self.config["mode"]
+        if mode == "regression":
+            scores = logits[:, 0]
+        else:
+            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+            probs = shifted / shifted.sum(axis=1, keepdims=True)
+            scores = probs.max(axis=1) if mode == "argmax" else probs[:, self.config["class_index"]]
+        if mode == "argmax":
+            labels = np.where(np.isnan(scores), -1, logits.argmax(axis=1)).astype(np.int32)
+        else:
+            labels = digitize(scores, self.config["bins"])
+        return ScoreResult(labels=labels, scores=scores.astype(np.float32))
+
+    def _logits(self, texts: list[str]) -> np.ndarray:
+        """Model outputs (documents x num_labels, float32) in document order; NaN rows for documents that
+        produce no tokens. Documents run longest first in padded batches of at most `batch_tokens` tokens."""
+        import torch
+
+        loaded = self.model
+        logits = np.full((len(texts), self.config["num_labels"]), np.nan, dtype=np.float32)
+        if not texts:
+            return logits
+        encoded = self._tokenize(loaded.tokenizer, texts)
+        lengths = np.array([len(ids) for ids in encoded["input_ids"]])
+        order = np.argsort(-lengths, kind="stable")
+        order = order[lengths[order] > 0]
+        autocast = (
+            torch.autocast("cuda", dtype=loaded.dtype)
+            if loaded.device.type == "cuda" and loaded.dtype != torch.float32
+            else contextlib.nullcontext()
+        )
+        budget = self.config["batch_tokens"]
+        with torch.inference_mode(), autocast:
+            start = 0
+            while start < len(order):
+                rows = order[start : start + max(1, budget // int(lengths[order[start]]))]  # longest first
+                start += len(rows)
+                features = loaded.tokenizer.pad(
+                    {key: [values[i] for i in rows] for key, values in encoded.items()}, return_tensors="pt"
+                )
+                output = loaded.model(**{key: t.to(loaded.device) for key, t in features.items()})
+                logits[rows] = output.logits.float().cpu().numpy()
+        return logits
+
+    def _tokenize(self, tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> dict[str, list[list[int]]]:
+        """Token ids (and masks) of every text, truncated to `max_length` tokens, without padding."""
+        max_length = self.config["max_length"]
+        limit = max_length * CUT_CHARS_PER_TOKEN
+        cut = [_cut_at_space(text, limit) for text in texts]
+        encoded = dict(tokenizer(cut, truncation=True, max_length=max_length))
+        ids = encoded["input_ids"]
+        redo = [i for i, text in enumerate(texts) if len(cut[i]) < len(text) and len(ids[i]) < max_length]
+        if redo:
+            full = tokenizer([texts[i] for i in redo], truncation=True, max_length=max_length)
+            for key, values in encoded.items():
+                for i, value in zip(redo, full[key]):
+                    values[i] = value
+        return encoded
+
+
+def _cut_at_space(text: str, limit: int) -> str:
+    """`text` cut at its last space before `limit` characters (unchanged if shorter or without such a space)."""
+    if len(text) <= limit:
+        return text
+    space = text.rfind(" ", 0, limit)
+    return text[:space] if space > 0 else text
+
+
+def _locate_model(model: str) -> tuple[str, str | None]:
+    """(absolute directory, None) for a local model, (hub name, commit) for a hub model: the commit pins the
+    agent to the snapshot it was added with, so the fingerprint and the scores stay reproducible."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return str(path.resolve()), None
+    if path.exists():
+        raise AgentError(f"model {model} is not a directory")
+    if path.is_absolute() or model.startswith((".", "~")):
+        raise AgentError(f"model directory {model} does not exist")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        config_file = hf_hub_download(model, "config.json")
+    except (OSError, ValueError) as exc:
+        raise AgentError(
+            f"model {model} is neither a local directory nor a hub model available here: {_one_line(exc)}"
+        ) from exc
+    return model, Path(config_file).parent.name  # the cache layout is <repo>/snapshots/<commit>/config.json
+
+
+def _load_hf_config(model: str, revision: str | None, trust_remote_code: bool) -> Any:
+    """The model's transformers config (num_labels, id2label), or a one-line AgentError."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise AgentError(f"cannot read the config of model {model}: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    """First line of an exception message (transformers errors span paragraphs)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _positive_int_option(options: dict[str, Any], key: str, default: int) -> int:
+    """The option as a positive int (CLI values may be strings), or `default` when missing."""
+    value = options.get(key)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number <= 0:
+        raise AgentError(f"--{key.replace('_', '-')} must be a positive integer, got {value!r}")
+    return number
+
+
+def _choice_option(options: dict[str, Any], key: str, choices: tuple[str, ...]) -> str:
+    """The option's value, lower-cased, or the first choice when missing."""
+    value = str(options.get(key) or choices[0]).lower()
+    if value not in choices:
+        raise AgentError(f"--{key.replace('_', '-')} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _bool_option(options: dict[str, Any], key: str) -> bool:
+    """The option as a bool (CLI values may be strings such as "true" or "0"); missing means False."""
+    value = options.get(key)
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no", ""):
+        raise AgentError(f"--{key.replace('_', '-')} must be true or false, got {value!r}")
+    return text in ("true", "1", "yes")
