@@ -127,6 +127,11 @@ def digitize(values: np.ndarray, edges: list[float]) -> np.ndarray:
     return idx
 
 
+#: Models loaded in this process, by agent kind and config: agents arrive pickled (without their model)
+#: with every task, and a worker process must not reload the same model for each shard.
+_LOADED_MODELS: dict[tuple[str, str], Any] = {}
+
+
 class Agent:
     """Base class. Subclasses set `kind`, implement `create`, `labels`, `score` and, if they use models,
     `model_files` and `load_model`."""
@@ -174,8 +179,12 @@ class Agent:
     # ----- shared machinery ----------------------------------------------------------------------
     @property
     def model(self) -> Any:
+        """The loaded model, shared by every copy of this agent in the process (a worker loads it once)."""
         if self._model is None:
-            self._model = self.load_model()
+            key = (self.kind, json.dumps(self.config, sort_keys=True, default=str))
+            if key not in _LOADED_MODELS:
+                _LOADED_MODELS[key] = self.load_model()
+            self._model = _LOADED_MODELS[key]
         return self._model
 
     def fingerprint(self) -> str:
