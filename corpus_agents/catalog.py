@@ -308,3 +308,31 @@ class Catalog:
             joins.append(statement("catalog.sql", "doc_labels_agent_join").format(**fill))
         body = "\n".join([head, *columns, "FROM docs d", *joins])
         self.con.execute(f"CREATE OR REPLACE VIEW doc_labels AS {body}")
+        self._refresh_documents_view()
+
+    def register_filesystems(self) -> None:
+        """Let DuckDB read non-local shards through fsspec (needed by the `documents` view)."""
+        import fsspec
+
+        protocols = {s.uri.split("://", 1)[0] for s in self.shards() if "://" in s.uri}
+        for protocol in sorted(protocols - {"file"}):
+            if not self.con.filesystem_is_registered(protocol):
+                self.con.register_filesystem(fsspec.filesystem(protocol))
+
+    def _refresh_documents_view(self) -> None:
+        """`documents` (doc_id, shard_id, row_idx, text): the texts, read from the shards when queried."""
+        shards = self.shards()
+        if not shards:
+            self.con.execute(
+                "CREATE OR REPLACE VIEW documents AS "
+                "SELECT NULL::BIGINT AS doc_id, NULL::INTEGER AS shard_id, NULL::INTEGER AS row_idx, "
+                "NULL::VARCHAR AS text WHERE false"
+            )
+            return
+        self.register_filesystems()
+        uris = "[" + ", ".join(quote_literal(s.uri.removeprefix("file://")) for s in shards) + "]"
+        self.con.execute(
+            statement("catalog.sql", "documents_view").format(
+                uris=uris, text_column=".".join(quote_ident(c) for c in shards[0].text_column.split("."))
+            )
+        )

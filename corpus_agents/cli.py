@@ -269,13 +269,13 @@ def score(
 @user_errors
 def status(workspace: str) -> None:
     """Shards, agents, and parts committed / pending / failed, with documents scored."""
-    from rich.console import Console
     from rich.table import Table
 
     from corpus_agents.catalog import Catalog
+    from corpus_agents.query import make_console
     from corpus_agents.sqlfiles import statement
 
-    console = Console()
+    console = make_console()
     with Catalog(workspace) as cat:
         shards, docs, size = cat.con.execute(
             "SELECT count(*), coalesce(sum(num_rows), 0), coalesce(sum(num_bytes), 0) FROM shards"

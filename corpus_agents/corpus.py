@@ -208,6 +208,8 @@ def register_corpus(catalog: Any, patterns: list[str], text_column: str, threads
             else:
                 catalog.add_shard(*result)
                 report.added.append(uri)
+    if report.added:
+        catalog.refresh_views()
     return report
 
 

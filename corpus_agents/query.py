@@ -7,6 +7,7 @@ import sys
 
 import duckdb
 import pyarrow as pa
+from rich.console import Console
 
 from corpus_agents.catalog import Catalog
 from corpus_agents.errors import CorpusAgentsError
@@ -48,11 +49,16 @@ def write_result(table: pa.Table, fmt: str, output: str | None, max_rows: int = 
             out.close()
 
 
+def make_console(file: object = None) -> Console:
+    """A rich console; output that is not a terminal (a pipe, a file) gets a wide fixed width, not 80."""
+    stream = file or sys.stdout
+    return Console(file=stream, width=None if stream.isatty() else 160)
+
+
 def _print_table(table: pa.Table, out: object, max_rows: int) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=out) if out is not sys.stdout else Console()
+    console = make_console(out)
     shown = Table(*table.column_names)
     for row in table.slice(0, max_rows).to_pylist():
         shown.add_row(

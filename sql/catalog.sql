@@ -50,3 +50,11 @@ SELECT a.name AS agent, a.kind,
        coalesce(sum(p.num_rows), 0) AS docs_scored
 FROM agents a LEFT JOIN score_parts p ON p.agent = a.name
 GROUP BY a.name, a.kind ORDER BY a.name;
+
+-- name: documents_view
+-- The text of every document, read from the shards when a query needs it (joins by doc_id are a scan).
+CREATE OR REPLACE VIEW documents AS
+SELECT (CAST(s.shard_id AS BIGINT) << 32) | p.file_row_number AS doc_id, s.shard_id,
+       CAST(p.file_row_number AS INTEGER) AS row_idx, p.{text_column} AS text
+FROM read_parquet({uris}, filename = true, file_row_number = true, union_by_name = true) p
+JOIN shards s ON s.uri = p.filename OR s.uri = 'file://' || p.filename
