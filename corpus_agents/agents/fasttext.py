@@ -7,9 +7,13 @@ corpus sample) and keeps the model under the workspace's `models/` directory.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import sys
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,30 @@ def fit_params(num_examples: int) -> dict[str, Any]:
     return {**FIT_PARAMS, **schedule}
 
 
+M_PERTURB = -6  # glibc mallopt parameter
+_MALLOC_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def zeroed_allocations() -> Iterator[None]:
+    """Make glibc's malloc hand out zero-filled memory while fastText trains.
+
+    fastText 0.9.2 with thread=1 initialises only the first tenth of its input matrix and leaves the rest as
+    allocated: fresh pages are zero, but reused heap memory (after torch ran in the process, say) is garbage
+    that makes training diverge ("Encountered NaN") or irreproducible. M_PERTURB=0xff memsets new blocks to 0
+    (and freed ones to 0xff); a no-op where libc has no mallopt.
+    """
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None) if sys.platform.startswith("linux") else None
+    with _MALLOC_LOCK:
+        if mallopt:
+            mallopt(M_PERTURB, 0xFF)
+        try:
+            yield
+        finally:
+            if mallopt:
+                mallopt(M_PERTURB, 0)
+
+
 def load_fasttext(path: str) -> Any:
     """Load a fastText model quietly (the library prints a deprecation warning on every load)."""
     import fasttext
@@ -65,9 +93,12 @@ def train_fasttext(texts: Sequence[str], labels: Sequence[str], path: Path, **pa
             if line:
                 fh.write(f"{PREFIX}{label} {line}\n")
     try:
-        model = fasttext.train_supervised(
-            train_file, verbose=0, seed=0, thread=1, **{**fit_params(len(texts)), **params}
-        )
+        # thread=1 for reproducible models; zeroed allocations because this fastText build then initialises
+        # only a tenth of the input matrix and leaves the rest as allocated (see zeroed_allocations).
+        with zeroed_allocations():
+            model = fasttext.train_supervised(
+                train_file, verbose=0, seed=0, thread=1, **{**fit_params(len(texts)), **params}
+            )
         tmp = f"{path}.tmp-{os.getpid()}"
         model.save_model(tmp)
         os.replace(tmp, path)
@@ -164,26 +195,31 @@ class FastTextAgent(Agent):
         return load_fasttext(self.config["model"])
 
     def score(self, batch: DocBatch) -> ScoreResult:
+        """Blank (null, empty, whitespace) documents get no label and no score: fastText would only return
+        its class prior for them."""
         texts = batch.single_line_texts
         n = len(texts)
+        labels = np.full(n, -1, dtype=np.int32)
+        scores = np.full(n, np.nan, dtype=np.float32)
+        keep = [i for i, t in enumerate(texts) if t and not t.isspace()]
+        if not keep:
+            return ScoreResult(labels, scores)
+        texts = [texts[i] for i in keep] if len(keep) < n else texts
         if "label" in self.config:
             target = PREFIX + self.config["label"]
             classes = len(self.config["classes"])
             # k = all classes: the target's probability is exact even when it is not among the top ones.
             predicted, probs = self.model.predict(texts, k=-1 if classes > 2 else classes)
-            scores = np.array(
-                [p[labs.index(target)] if target in labs else 0.0 for labs, p in zip(predicted, probs)],
-                dtype=np.float32,
-            )
-            return ScoreResult(digitize(scores, self.config["bins"]), scores)
+            values = [p[labs.index(target)] if target in labs else 0.0 for labs, p in zip(predicted, probs)]
+            scores[keep] = np.minimum(values, 1.0)  # fastText's softmax can exceed 1 by a rounding error
+            labels[keep] = digitize(scores[keep], self.config["bins"])
+            return ScoreResult(labels, scores)
         predicted, probs = self.model.predict(texts, k=1)
         index = {PREFIX + c: i for i, c in enumerate(self.config["classes"])}
-        labels = np.full(n, -1, dtype=np.int32)
-        scores = np.full(n, np.nan, dtype=np.float32)
-        for i, (labs, p) in enumerate(zip(predicted, probs)):
+        for i, labs, p in zip(keep, predicted, probs):
             if labs:
                 labels[i] = index[labs[0]]
-                scores[i] = p[0]
+                scores[i] = min(p[0], 1.0)
         return ScoreResult(labels, scores)
 
 

@@ -101,8 +101,14 @@ def test_fit_dclm_style_from_reference_parquet(tmp_path: Path) -> None:
 
 def test_empty_null_and_multiline_documents(prose_vs_code: Path, tmp_path: Path) -> None:
     agent = FastTextAgent.create("kind", {"model": str(prose_vs_code)}, context(tmp_path))
-    out = agent.score(DocBatch(pa.array(["", None, "line one\nline two\r\nthree", "x" * 100_000])))
-    assert len(out.labels) == 4 and out.labels[2] >= 0
+    out = agent.score(DocBatch(pa.array(["", None, "line one\nline two\r\nthree", "x" * 100_000, " \n\t"])))
+    assert (
+        out.labels.tolist()[:2] == [-1, -1] and out.labels[4] == -1 and np.isnan(out.scores[[0, 1, 4]]).all()
+    )
+    assert out.labels[2] >= 0 and out.labels[3] >= 0 and 0.5 <= out.scores[2] <= 1.0
+    prob = FastTextAgent.create("p", {"model": str(prose_vs_code), "label": "prose"}, context(tmp_path))
+    out = prob.score(DocBatch(pa.array([None, "", "text"])))
+    assert out.labels.tolist()[:2] == [-1, -1] and 0 <= out.labels[2] < 5 and np.isnan(out.scores[:2]).all()
 
 
 def test_pickles_without_model_and_fingerprint_tracks_the_file(prose_vs_code: Path, tmp_path: Path) -> None:
