@@ -104,11 +104,22 @@ class Catalog:
         self.models_dir.mkdir(exist_ok=True)
         self.lock = WorkspaceLock(self.dir / LOCK_FILE, command or " ".join(["corpus-agents", *sys.argv[1:]]))
         try:
+            if not db_path.exists():
+                self._create_database(db_path)
             self.con = duckdb.connect(str(db_path))
         except duckdb.IOException as exc:
             self.lock.release()
             raise WorkspaceError(f"cannot open {db_path}: {str(exc).splitlines()[0]}") from None
         self._init_schema()
+
+    def _create_database(self, db_path: Path) -> None:
+        """Create an empty database under a temporary name, then rename it: a kill -9 while DuckDB writes
+        a new file's headers must not leave a file that every later command fails to open (we hold the lock)."""
+        for stale in self.dir.glob(f"{CATALOG_FILE}.new-*"):
+            stale.unlink()
+        tmp = db_path.with_name(f"{CATALOG_FILE}.new-{os.getpid()}")
+        duckdb.connect(str(tmp)).close()
+        os.replace(tmp, db_path)
 
     @property
     def parts_dir(self) -> Path:
@@ -289,6 +300,22 @@ class Catalog:
             self.con.execute("ROLLBACK")
             raise
 
+    def drop_parts(self, keys: list[tuple[str, int]]) -> None:
+        """Remove committed (agent, shard_id) parts and their scores, all in one transaction."""
+        if not keys:
+            return
+        by_agent: dict[str, list[int]] = {}
+        for agent, shard_id in keys:
+            by_agent.setdefault(agent, []).append(shard_id)
+        self.con.execute("BEGIN")
+        try:
+            for agent, shard_ids in by_agent.items():
+                self.run_block("catalog.sql", "drop_parts", {"agent": agent, "shard_ids": sorted(shard_ids)})
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+
     def record_failure(self, agent: str, shard_id: int, error: str) -> None:
         self.con.execute(statement("catalog.sql", "record_failure"), [agent, shard_id, error[:2000]])
 
@@ -331,8 +358,13 @@ class Catalog:
             return
         self.register_filesystems()
         uris = "[" + ", ".join(quote_literal(s.uri.removeprefix("file://")) for s in shards) + "]"
-        self.con.execute(
-            statement("catalog.sql", "documents_view").format(
-                uris=uris, text_column=".".join(quote_ident(c) for c in shards[0].text_column.split("."))
+        try:
+            self.con.execute(
+                statement("catalog.sql", "documents_view").format(
+                    uris=uris, text_column=".".join(quote_ident(c) for c in shards[0].text_column.split("."))
+                )
             )
-        )
+        except duckdb.Error:
+            # Creating the view reads every shard's schema: a missing or unreadable shard must not fail
+            # `init` or `agent add`. The previous definition stays; querying it names the bad shard.
+            pass

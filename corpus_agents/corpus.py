@@ -257,14 +257,22 @@ def sample_rows(catalog: Any, n: int, seed: int) -> dict[int, np.ndarray]:
     return {s: np.array(sorted(r), dtype=np.int64) for s, r in by_shard.items()}
 
 
+def _read_error(uri: str, what: str, exc: BaseException) -> CorpusError:
+    lines = str(exc).strip().splitlines()
+    return CorpusError(f"shard {uri}: cannot read {what}: {lines[0] if lines else type(exc).__name__}")
+
+
 def sample_texts(catalog: Any, n: int, seed: int = 0) -> list[str]:
     """Texts of a seeded random sample of n documents (for fitting agents), in a seeded random order."""
     shards = {s.shard_id: s for s in catalog.shards()}
     texts: list[str] = []
     for shard_id, rows in sorted(sample_rows(catalog, n, seed).items()):
         shard = shards[shard_id]
-        for _, batch in iter_doc_batches(shard.uri, shard.text_column, [], 8192, rows):
-            texts.extend(batch.texts)
+        try:
+            for _, batch in iter_doc_batches(shard.uri, shard.text_column, [], 8192, rows):
+                texts.extend(batch.texts)
+        except (OSError, pa.ArrowException) as exc:
+            raise _read_error(shard.uri, "a sample of its texts", exc) from None
     order = np.random.default_rng(seed).permutation(len(texts))
     return [texts[i] for i in order]
 
@@ -273,12 +281,24 @@ def distinct_values(catalog: Any, column: str) -> list[Any]:
     """Distinct values of a (possibly dotted) column over every registered shard."""
     values: set[Any] = set()
     for shard in catalog.shards():
-        pf = open_parquet(shard.uri)
-        check_column(pf.schema_arrow, column, shard.uri)
-        for g in range(pf.metadata.num_row_groups):
-            arr = resolve_column(pf.read_row_group(g, columns=[column.split(".")[0]]), column)
-            values.update(pc.unique(arr).to_pylist())
+        try:
+            pf = open_parquet(shard.uri)
+            check_column(pf.schema_arrow, column, shard.uri)
+            for g in range(pf.metadata.num_row_groups):
+                arr = resolve_column(pf.read_row_group(g, columns=[column.split(".")[0]]), column)
+                values.update(_python_values(pc.unique(arr)))
+        except (OSError, pa.ArrowException) as exc:
+            raise _read_error(shard.uri, f"column {column!r}", exc) from None
     return sorted(values, key=lambda v: (v is None, str(v)))
+
+
+def _python_values(arr: pa.Array) -> list[Any]:
+    """Python values of an array; strings that are not valid UTF-8 are decoded with replacement characters."""
+    try:
+        return arr.to_pylist()
+    except UnicodeDecodeError:
+        raw = arr.cast(pa.large_binary()).to_pylist()
+        return [None if b is None else b.decode("utf-8", errors="replace") for b in raw]
 
 
 __all__ = [
@@ -292,3 +312,17 @@ __all__ = [
     "sample_texts",
     "shard_fingerprint",
 ]
+
+
+def read_doc_texts(shards: dict[int, Any], doc_ids: np.ndarray) -> list[str]:
+    """Texts of the given documents (in the given order), reading each shard once for its rows."""
+    doc_ids = np.asarray(doc_ids, dtype=np.int64)
+    shard_of, row_of = doc_ids >> 32, doc_ids & 0xFFFFFFFF
+    texts: dict[int, str] = {}
+    for shard_id in np.unique(shard_of):
+        shard = shards[int(shard_id)]
+        rows = np.unique(row_of[shard_of == shard_id])
+        for batch_rows, batch in iter_doc_batches(shard.uri, shard.text_column, [], 8192, rows):
+            for row, text in zip(batch_rows, batch.texts):
+                texts[(int(shard_id) << 32) | int(row)] = text
+    return [texts[int(d)] for d in doc_ids]

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from corpus_agents.agents import Agent
 from corpus_agents.catalog import Catalog, Shard
 from corpus_agents.corpus import iter_doc_batches, shard_fingerprint
+from corpus_agents.errors import CorpusError
 
 PART_SCHEMA = pa.schema([("doc_id", pa.int64()), ("label", pa.int16()), ("score", pa.float32())])
 DEFAULT_BATCH_ROWS = 2048
@@ -93,14 +94,16 @@ def plan_tasks(
     sample: float | None = None,
     seed: int = 0,
     batch_rows: int = DEFAULT_BATCH_ROWS,
+    fingerprints: dict[str, str] | None = None,
 ) -> tuple[list[ShardTask], int]:
     """Tasks for every shard with at least one part missing or stale; returns (tasks, parts skipped).
 
     A part is done when it is committed, complete, and has the agent's current fingerprint. With `limit`
     (documents in total, first rows of the first shards) or `sample` (fraction of each shard's rows,
     seeded) parts are partial: they are committed for a look at the scores and rescored by a full run.
+    `fingerprints` (agent name -> current fingerprint) saves hashing the model files again.
     """
-    fingerprints = {a.name: a.fingerprint() for a in agents}
+    fingerprints = fingerprints or {a.name: a.fingerprint() for a in agents}
     done = catalog.parts()
     tasks, skipped = [], 0
     remaining = limit
@@ -171,6 +174,8 @@ def score_shard(task: ShardTask, progress: Callable[[int], None] | None = None) 
             raise RuntimeError(
                 "the shard changed since it was registered (fingerprint differs); shards are never rewritten"
             )
+    except CorpusError as exc:  # already one line naming the shard
+        return results + [result(s, str(exc)) for s in todo]
     except Exception as exc:  # noqa: BLE001 - any read failure fails this shard, not the run
         return results + [result(s, f"shard {shard.uri}: {one_line(exc)}") for s in todo]
 
@@ -283,7 +288,21 @@ def run_scoring(
     for agent in agents:
         agent.check_requirements()
     remove_stale_files(catalog, keep_uncommitted=True)
-    tasks, skipped = plan_tasks(catalog, agents, limit=limit, sample=sample, seed=seed, batch_rows=batch_rows)
+    fingerprints = {a.name: a.fingerprint() for a in agents}
+    # Scores of a changed agent (model file or config) go before its new ones come: a run that fails or is
+    # killed half-way leaves some documents without its scores, never old and new scores mixed.
+    catalog.drop_parts(
+        [k for k, p in catalog.parts().items() if p.fingerprint != fingerprints.get(k[0], p.fingerprint)]
+    )
+    tasks, skipped = plan_tasks(
+        catalog,
+        agents,
+        limit=limit,
+        sample=sample,
+        seed=seed,
+        batch_rows=batch_rows,
+        fingerprints=fingerprints,
+    )
     summary = RunSummary(skipped=skipped)
     total = sum(t.num_docs for t in tasks)
     started = time.perf_counter()

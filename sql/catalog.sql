@@ -16,12 +16,19 @@ FROM new_docs;
 DELETE FROM scores
 WHERE agent = $agent AND doc_id >= (CAST($shard_id AS BIGINT) << 32) AND doc_id < (CAST($shard_id + 1 AS BIGINT) << 32);
 INSERT INTO scores SELECT $agent, doc_id, label, score FROM read_parquet($path);
-INSERT OR REPLACE INTO score_parts (agent, shard_id, fingerprint, path, num_rows, complete, seconds)
-VALUES ($agent, $shard_id, $fingerprint, $path, $num_rows, $complete, $seconds);
+-- (timestamps are set explicitly: on a conflict INSERT OR REPLACE updates only the columns it lists)
+INSERT OR REPLACE INTO score_parts (agent, shard_id, fingerprint, path, num_rows, complete, seconds, committed_at)
+VALUES ($agent, $shard_id, $fingerprint, $path, $num_rows, $complete, $seconds, current_timestamp);
 DELETE FROM part_failures WHERE agent = $agent AND shard_id = $shard_id;
 
+-- name: drop_parts
+-- Remove an agent's parts (list of shard ids) whose agent changed (model file or config), before rescoring.
+DELETE FROM scores
+WHERE agent = $agent AND CAST(doc_id >> 32 AS INTEGER) IN (SELECT unnest($shard_ids));
+DELETE FROM score_parts WHERE agent = $agent AND shard_id IN (SELECT unnest($shard_ids));
+
 -- name: record_failure
-INSERT OR REPLACE INTO part_failures (agent, shard_id, error) VALUES (?, ?, ?);
+INSERT OR REPLACE INTO part_failures (agent, shard_id, error, failed_at) VALUES (?, ?, ?, current_timestamp);
 
 -- name: drop_agent
 DELETE FROM scores WHERE agent = $agent;

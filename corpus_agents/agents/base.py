@@ -101,6 +101,15 @@ def hash_path(path: str | os.PathLike, h: hashlib._Hash | None = None) -> str:
     return h.hexdigest()
 
 
+def file_stamp(path: str | os.PathLike) -> tuple:
+    """(name, inode, size, mtime) of a model file or of every file under a model directory: cheap, and
+    different once a file is rewritten or replaced at the same path."""
+    p = Path(path)
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    stats = [(str(f), f.stat()) for f in files if f.exists()]
+    return tuple((name, st.st_ino, st.st_size, st.st_mtime_ns) for name, st in stats)
+
+
 def parse_bins(spec: str | list[float] | None) -> list[float] | None:
     """'0,0.2,0.4' -> [0.0, 0.2, 0.4]; must be strictly increasing with at least two edges."""
     if spec is None or spec == "":
@@ -181,7 +190,8 @@ class Agent:
     def model(self) -> Any:
         """The loaded model, shared by every copy of this agent in the process (a worker loads it once)."""
         if self._model is None:
-            key = (self.kind, json.dumps(self.config, sort_keys=True, default=str))
+            stamps = tuple(file_stamp(f) for f in self.model_files())  # a replaced model file is reloaded
+            key = (self.kind, json.dumps(self.config, sort_keys=True, default=str), stamps)
             if key not in _LOADED_MODELS:
                 _LOADED_MODELS[key] = self.load_model()
             self._model = _LOADED_MODELS[key]

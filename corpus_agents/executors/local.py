@@ -5,47 +5,97 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 from corpus_agents.scoring import PartResult, ShardTask, one_line, score_shard
 
 _progress_queue: mp.Queue[int] | None = None
+_started_queue: Any = None
 
 
-def _init_worker(progress_queue: mp.Queue[int]) -> None:
-    """Pool initializer: one model-thread per worker so N workers use N cores, and the progress queue."""
-    global _progress_queue
-    _progress_queue = progress_queue
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
+def _init_worker(progress_queue: mp.Queue[int], started_queue: Any) -> None:
+    """Pool initializer: one model-thread per worker so N workers use N cores, and the progress queues."""
+    global _progress_queue, _started_queue
+    _progress_queue, _started_queue = progress_queue, started_queue
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # read by torch/OpenMP when an agent first imports them
+    if "torch" in sys.modules:  # importing torch here would cost seconds per worker for fastText-only runs
+        sys.modules["torch"].set_num_threads(1)
 
 
-def _run_task(task: ShardTask) -> list[PartResult]:
+def _exit_with_parent() -> None:
+    """Exit when the pool's owner dies (kill -9): pool workers hold both ends of their queues' pipes, so
+    without this they would wait forever, keeping their models (and GPU memory) and writing stray parts."""
+    parent = mp.parent_process()
+    if parent is not None:
+        parent.join()
+        os._exit(1)
+
+
+def _run_task(task: ShardTask, key: int) -> list[PartResult]:
+    """Worker entry point; announces the task first, so that if this worker dies, the owner knows which
+    task it was running (and does not blame the tasks queued behind it)."""
+    if _started_queue is not None:
+        _started_queue.put(key)  # a SimpleQueue writes at once: the message outlives a crash right after
     return score_shard(task, _progress_queue.put if _progress_queue is not None else None)
+
+
+#: A task interrupted this many times by broken pools is failed, whatever it was doing (termination bound).
+MAX_POOL_RESTARTS = 3
 
 
 def run_local(
     tasks: list[ShardTask], workers: int, on_progress: Callable[[int], None]
 ) -> Iterator[list[PartResult]]:
-    """Yield each task's results as it finishes. A dead worker fails its in-flight tasks, not the run."""
+    """Yield each task's results as it finishes. A dead worker fails the task it was running, not the run.
+
+    A worker that dies (killed, out of memory, crashed in native code) breaks its process pool, which fails
+    every pending future. Tasks that had not started run again in a new pool; those that were running run
+    again alone, each in a pool of its own, and fail only if that pool breaks too.
+    """
     if workers <= 1:
         for task in tasks:
             yield score_shard(task, on_progress)
         return
+    todo = list(enumerate(tasks))
+    suspects: list[tuple[int, ShardTask]] = []
+    restarts = dict.fromkeys(range(len(tasks)), 0)
+    while todo or suspects:
+        alone = not todo
+        batch, todo = (todo, []) if todo else ([suspects.pop(0)], [])
+        interrupted = yield from _run_pool(batch, 1 if alone else workers, on_progress)
+        for key, task, started in interrupted:
+            restarts[key] += 1
+            if (alone and started) or restarts[key] >= MAX_POOL_RESTARTS:
+                yield _failed(
+                    task, "worker process died while scoring this shard (killed, out of memory or crashed)"
+                )
+            elif started:
+                suspects.append((key, task))
+            else:
+                todo.append((key, task))
+
+
+def _run_pool(
+    todo: list[tuple[int, ShardTask]], workers: int, on_progress: Callable[[int], None]
+) -> Generator[list[PartResult], None, list[tuple[int, ShardTask, bool]]]:
+    """Run (key, task) pairs in a new pool, yielding results; return the tasks a broken pool interrupted,
+    each with whether it had started."""
     ctx = mp.get_context("spawn")
-    progress_queue = ctx.Queue()
+    # New queues per pool: a worker killed while writing to one may leave its lock held.
+    progress_queue, started_queue = ctx.Queue(), ctx.SimpleQueue()
+    started: set[int] = set()
     stop = threading.Event()
 
     def drain() -> None:
         while not stop.is_set():
+            while not started_queue.empty():  # read as they come: a full pipe would block the workers
+                started.add(started_queue.get())
             try:
                 on_progress(progress_queue.get(timeout=0.2))
             except queue.Empty:
@@ -53,25 +103,37 @@ def run_local(
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
+    interrupted: list[tuple[int, ShardTask]] = []
     try:
         with ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_init_worker, initargs=(progress_queue,)
+            min(workers, len(todo)),
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(progress_queue, started_queue),
         ) as pool:
-            futures = {pool.submit(_run_task, t): t for t in tasks}
+            futures = {}
+            for key, task in todo:
+                try:
+                    futures[pool.submit(_run_task, task, key)] = (key, task)
+                except BrokenProcessPool:
+                    interrupted.append((key, task))
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    task = futures[fut]
+                    key, task = futures[fut]
                     try:
                         yield fut.result()
-                    except BrokenProcessPool as exc:
-                        yield _failed(task, f"worker process died: {one_line(exc)}")
+                    except BrokenProcessPool:
+                        interrupted.append((key, task))
                     except Exception as exc:  # noqa: BLE001 - e.g. unpicklable result: report, continue
                         yield _failed(task, one_line(exc))
     finally:
         stop.set()
         reader.join()
+    while not started_queue.empty():  # every worker has exited: nothing more is being written
+        started.add(started_queue.get())
+    return [(key, task, key in started) for key, task in interrupted]
 
 
 def _failed(task: ShardTask, error: str) -> list[PartResult]:
