@@ -68,7 +68,7 @@ def init(workspace: str, patterns: tuple[str, ...], text_column: str, threads: i
 
     with Catalog(workspace, create=True) as cat:
         stored = cat.get_meta("text_column")
-        if stored and stored != text_column:
+        if stored and stored != text_column and cat.shards():  # fixable until a shard is registered
             raise CorpusAgentsError(f"workspace {workspace} uses text column {stored!r}, not {text_column!r}")
         cat.set_meta("text_column", text_column)
         report = register_corpus(cat, list(patterns), text_column, threads)

@@ -157,6 +157,8 @@ def test_text_column_option_and_nested_metadata(tmp_path: Path) -> None:
     )
     pq.write_table(table, tmp_path / "s.parquet")
     ws = tmp_path / "ws"
+    out = run("init", str(ws), "--corpus", str(tmp_path / "s.parquet"), code=1)  # no `text` column
+    assert "no column 'text'" in out
     run("init", str(ws), "--corpus", str(tmp_path / "s.parquet"), "--text-column", "content")
     out = run("init", str(ws), "--corpus", str(tmp_path / "s.parquet"), code=2)
     assert "uses text column 'content'" in out
