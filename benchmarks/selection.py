@@ -1,0 +1,386 @@
+"""Benchmark: console fusion + selection time and peak memory for 1M and 10M documents, topk and gumbel.
+
+A real catalog file per size, with synthetic labels and raw scores for three agents (5, 7 and 13 labels;
+skewed label frequencies, 1% unlabelled by two of them, 0.1% null texts). Every figure is measured in a
+fresh process that opens the catalog and runs one console through two rounds:
+
+1. `index`: the join of the documents with every agent's scores into packed label tuples (the console
+   keeps it between rounds; it is rebuilt only when scores change): once per run and process;
+2. `select 1`: fusion by cells + selection (topk or gumbel) + the snapshot written as Parquet, round 1;
+3. record_consumed (the round-1 selection), draw_probes, update with synthetic rewards;
+4. `select 2`: round 2, now with seen counts (decay) and learnt weights: what every later round costs.
+
+The budget is 10% of the corpus tokens. DuckDB runs with `SET threads = N` (2 by default, the target's
+"2 cores"). Wall and CPU seconds are both recorded (on a shared machine the wall time moves with the other
+load), and the peak RSS of the process. Target: 10M documents in under 5 s, time growing linearly.
+
+    python benchmarks/selection.py [--sizes 1000000,10000000] [--modes topk,gumbel] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+AGENTS = {"quality": 5, "domain": 7, "topic": 13}
+SHARD_ROWS = 100_000
+
+
+# ----- measurement helpers ---------------------------------------------------------------------------
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def current_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def cpu_idle(interval: float = 1.0) -> float:
+    """Fraction of all cores' time idle over `interval` seconds (from /proc/stat)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+        return fields[3] + fields[4], sum(fields)
+
+    idle0, total0 = sample()
+    time.sleep(interval)
+    idle1, total1 = sample()
+    return (idle1 - idle0) / max(1, total1 - total0)
+
+
+def wait_quiet(max_wait_s: float) -> float:
+    """Wait (up to max_wait_s) until the cores are 90% idle, so a timed run has them; the last idle fraction."""
+    started = time.perf_counter()
+    idle = cpu_idle()
+    while idle < 0.9 and time.perf_counter() - started < max_wait_s:
+        idle = cpu_idle()
+    return idle
+
+
+def machine() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), ""
+    )
+    mem = next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
+    return {
+        "cpu_model": model or platform.processor(),
+        "cores": os.cpu_count(),
+        "ram_gb": round(int(mem.split()[1]) / 1024**2, 1),
+        "kernel": platform.release(),
+    }
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("duckdb", "pyarrow", "numpy", "corpus-agents"):
+        out[name] = importlib.metadata.version(name)
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True)
+    out["git"] = rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    return out
+
+
+class Timer:
+    """Wall and CPU seconds of named steps, in order."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, dict[str, float]] = {}
+
+    def __call__(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        wall0, cpu0 = time.perf_counter(), cpu_seconds()
+        result = fn(*args, **kwargs)
+        self.steps[name] = {"wall_s": time.perf_counter() - wall0, "cpu_s": cpu_seconds() - cpu0}
+        return result
+
+
+# ----- the synthetic catalog ----------------------------------------------------------------------------
+def build_catalog(workspace: Path, num_docs: int) -> dict[str, Any]:
+    """A workspace whose catalog holds `num_docs` documents in shards of SHARD_ROWS and scores of AGENTS."""
+    from corpus_agents.catalog import Catalog
+
+    started = time.perf_counter()
+    with Catalog(workspace, create=True, command="benchmarks/selection.py") as cat:
+        con = cat.con
+        con.execute("SET enable_progress_bar = false")
+        num_shards = -(-num_docs // SHARD_ROWS)
+        con.execute(
+            "INSERT INTO shards SELECT s, 'synthetic/shard-' || s || '.parquet', ?, 0, 'synthetic', "
+            "?, [8192], 'text', current_timestamp FROM range(?) t(s)",
+            [SHARD_ROWS, -(-SHARD_ROWS // 8192), num_shards],
+        )
+        # text_bytes: 200 to ~16,000 (skewed short); 0.1% null texts.
+        con.execute(
+            f"""INSERT INTO docs
+            SELECT (CAST(i // {SHARD_ROWS} AS BIGINT) << 32) | (i % {SHARD_ROWS}), i // {SHARD_ROWS},
+                   i % {SHARD_ROWS}, (i % {SHARD_ROWS}) // 8192,
+                   CAST(200 + 16000 * pow((hash(i, 'len') % 1000003) / 1000003.0, 3) AS INTEGER),
+                   hash(i, 'null') % 1000 = 0
+            FROM range(?) t(i)""",
+            [num_docs],
+        )
+        for agent, labels in AGENTS.items():
+            con.execute("INSERT INTO agents (name, kind, config) VALUES (?, 'synthetic', '{}')", [agent])
+            con.execute(
+                "INSERT INTO agent_labels SELECT ?, i, ? || '_' || i FROM range(?) t(i)",
+                [agent, agent, labels],
+            )
+            # Skewed labels (label j has frequency ~ sqrt(j+1) - sqrt(j)); 1% unlabelled except `domain`.
+            unlabelled = 0 if agent == "domain" else 100
+            con.execute(
+                """INSERT INTO scores
+                SELECT $agent, doc_id,
+                       CASE WHEN $unlabelled > 0 AND hash(doc_id, $agent, 'null') % $unlabelled = 0 THEN NULL
+                            ELSE CAST(floor($labels * pow((hash(doc_id, $agent) % 1000003) / 1000003.0, 2))
+                                      AS SMALLINT) END,
+                       CAST((hash(doc_id, $agent, 'score') % 1000003) / 1000003.0 AS FLOAT)
+                FROM docs""",
+                {"agent": agent, "labels": labels, "unlabelled": unlabelled},
+            )
+            con.execute(
+                "INSERT INTO score_parts SELECT ?, shard_id, 'synthetic', '', num_rows, true, 0, current_timestamp "
+                "FROM shards",
+                [agent],
+            )
+        con.execute("CHECKPOINT")
+        tokens = con.execute("SELECT sum(greatest(1, ceil(text_bytes / 4.0))) FROM docs WHERE NOT text_null")
+        total_tokens = int(tokens.fetchone()[0])
+    size = (workspace / "catalog.duckdb").stat().st_size
+    return {
+        "docs": num_docs,
+        "shards": num_shards,
+        "tokens": total_tokens,
+        "catalog_mb": round(size / 1e6, 1),
+        "build_s": round(time.perf_counter() - started, 1),
+    }
+
+
+# ----- child: one console through two rounds, in a fresh process ------------------------------------------
+def child(workspace: str, mode: str, threads: int, budget: int, run_id: str) -> dict[str, Any]:
+    import numpy as np
+
+    from corpus_agents.catalog import Catalog
+    from corpus_agents.console import Console, ConsoleConfig
+    from corpus_agents.selection import read_snapshot
+
+    timer = Timer()
+    load0 = loadavg()
+    with Catalog(workspace, command="benchmarks/selection.py") as cat:
+        cat.con.execute(f"SET threads = {threads}")
+        cat.con.execute("SET enable_progress_bar = false")
+        rss_open = current_rss_mb()
+        console = timer("console", Console, cat, run_id, ConsoleConfig(mode=mode))
+        timer("start", console.start)
+        timer("index", console._ensure_docs)
+        out = Path(workspace) / "selections" / run_id
+        first = timer("select 1", console.select, 1, budget, out / "round-1.parquet")
+        rows, _ = read_snapshot(first)
+        timer("record_consumed", console.record_consumed, rows["doc_id"])
+        probes = timer("draw_probes", console.draw_probes, 1)
+        ids = probes["doc_id"].to_numpy()
+        rewards = np.random.default_rng(0).standard_normal(len(ids)) + (ids % 7 == 0)  # some structure
+        timer("update", console.update, 1, dict(zip(ids.tolist(), rewards.tolist())))
+        timer("select 2", console.select, 2, budget, out / "round-2.parquet")
+        selected = cat.con.execute(
+            "SELECT round, num_docs, tokens FROM selections WHERE run_id = ? ORDER BY round", [run_id]
+        ).fetchall()
+        console.close()
+    return {
+        "steps": timer.steps,
+        "selected": [{"round": r, "docs": n, "tokens": t} for r, n, t in selected],
+        "probes": len(ids),
+        "rss_after_open_mb": round(rss_open, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "loadavg_before": load0,
+        "loadavg_after": loadavg(),
+    }
+
+
+def run_child(
+    workspace: Path, mode: str, threads: int, budget: int, run_id: str, quiet_wait: float
+) -> dict[str, Any]:
+    idle = wait_quiet(quiet_wait)
+    cmd = [sys.executable, __file__, "--child", str(workspace), "--mode", mode, "--threads", str(threads)]
+    cmd += ["--budget", str(budget), "--run-id", run_id]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{mode} on {workspace} failed:\n{proc.stdout}{proc.stderr}")
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "idle_before": round(idle, 3)}
+
+
+def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest run (by select 1 + index wall time), with every run's figures kept beside it."""
+    fastest = min(runs, key=lambda r: r["steps"]["index"]["wall_s"] + r["steps"]["select 1"]["wall_s"])
+    return {**fastest, "repeats": runs}
+
+
+# ----- report -------------------------------------------------------------------------------------------
+def markdown(res: dict[str, Any]) -> str:
+    m, v = res["machine"], res["versions"]
+    lines = [
+        "# Console fusion + selection",
+        "",
+        f"- date: {res['date']}",
+        f"- command: `{res['command']}`",
+        f"- machine: {m['cpu_model']}, {m['cores']} cores, {m['ram_gb']} GB RAM; DuckDB threads = {res['threads']};"
+        f" load average at start {res['loadavg_start']:.2f}, end {res['loadavg_end']:.2f}",
+        "- versions: " + ", ".join(f"{k} {x}" for k, x in v.items()),
+        "- data: synthetic labels and raw scores of 3 agents (5, 7, 13 labels) in a real catalog file; "
+        f"shards of {SHARD_ROWS:,} documents; budget {res['budget_fraction']:.0%} of the corpus tokens; "
+        f"fastest of {res['repeat']} fresh processes per row",
+        "",
+        "`index` = the join of documents with every agent's scores into packed label tuples (once per run and"
+        " process); `select` = fusion by cells + selection + snapshot Parquet written; round 2 has seen counts"
+        " and learnt weights. Seconds are wall (CPU in parentheses).",
+        "",
+        "| docs | mode | index s | select 1 s | index + select 1 s | select 2 s | selected docs | peak RSS MB "
+        "| cores idle before | load before |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in res["results"]:
+        s = row["steps"]
+
+        def fmt(*names: str, s: dict[str, Any] = s) -> str:
+            wall = sum(s[n]["wall_s"] for n in names)
+            cpu = sum(s[n]["cpu_s"] for n in names)
+            return f"{wall:.2f} ({cpu:.2f})"
+
+        lines.append(
+            f"| {row['docs']:,} | {row['mode']} | {fmt('index')} | {fmt('select 1')} | "
+            f"{fmt('index', 'select 1')} | {fmt('select 2')} | {row['selected'][0]['docs']:,} | "
+            f"{row['peak_rss_mb']:,.0f} | {row['idle_before']:.0%} | {row['loadavg_before']:.2f} |"
+        )
+    lines += [
+        "",
+        "Other steps (wall s): "
+        + "; ".join(
+            f"{row['docs']:,} {row['mode']}: start {row['steps']['start']['wall_s']:.2f}, record_consumed "
+            f"{row['steps']['record_consumed']['wall_s']:.2f}, draw_probes {row['steps']['draw_probes']['wall_s']:.2f}"
+            f" ({row['probes']} probes), update {row['steps']['update']['wall_s']:.2f}"
+            for row in res["results"]
+        ),
+    ]
+    lines += [
+        "",
+        "Catalogs: "
+        + "; ".join(
+            f"{c['docs']:,} docs: {c['catalog_mb']} MB, built in {c['build_s']} s (not timed above)"
+            for c in res["catalogs"]
+        ),
+    ]
+    if res.get("scaling"):
+        lines += [
+            "",
+            f"Scaling {res['scaling_sizes']} (time ratio, wall / CPU; the size ratio is linear): "
+            + ", ".join(f"{k} {x['wall']:.1f} / {x['cpu']:.1f}" for k, x in res["scaling"].items()),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", default="1000000,10000000")
+    parser.add_argument("--modes", default="topk,gumbel")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--budget-fraction", type=float, default=0.1)
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--work", default=None, help="where the catalogs go (default: a temporary directory)")
+    parser.add_argument("--keep", action="store_true", help="keep the catalogs")
+    parser.add_argument(
+        "--quiet-wait", type=float, default=30.0, help="seconds to wait for idle cores per run"
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    parser.add_argument("--budget", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--run-id", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.mode, args.threads, args.budget, args.run_id)))
+        return
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-selection-"))
+    res: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": "python benchmarks/selection.py " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "versions": versions(),
+        "threads": args.threads,
+        "repeat": args.repeat,
+        "budget_fraction": args.budget_fraction,
+        "loadavg_start": loadavg(),
+        "catalogs": [],
+        "results": [],
+    }
+    try:
+        for size in [int(s) for s in args.sizes.split(",")]:
+            workspace = work / f"ws-{size}"
+            if workspace.exists():
+                shutil.rmtree(workspace)
+            catalog = build_catalog(workspace, size)
+            res["catalogs"].append(catalog)
+            budget = int(catalog["tokens"] * args.budget_fraction)
+            for mode in args.modes.split(","):
+                runs = [
+                    run_child(workspace, mode, args.threads, budget, f"{mode}-{i}", args.quiet_wait)
+                    for i in range(args.repeat)
+                ]
+                row = {"docs": size, "mode": mode, "budget_tokens": budget, **best(runs)}
+                res["results"].append(row)
+                s = row["steps"]
+                print(
+                    f"{size:>11,} {mode:6} index {s['index']['wall_s']:.2f}s select1 {s['select 1']['wall_s']:.2f}s"
+                    f" select2 {s['select 2']['wall_s']:.2f}s peak RSS {row['peak_rss_mb']:.0f} MB",
+                    flush=True,
+                )
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    res["loadavg_end"] = loadavg()
+    by = {(r["docs"], r["mode"]): r["steps"] for r in res["results"]}
+    sizes = sorted({r["docs"] for r in res["results"]})
+    if len(sizes) >= 2:
+        small, large = sizes[0], sizes[-1]
+        res["scaling_sizes"] = f"{small:,} → {large:,} documents (x{large / small:g})"
+        for mode in args.modes.split(","):
+            for step in ("index", "select 1", "select 2"):
+                res.setdefault("scaling", {})[f"{mode} {step}"] = {
+                    clock: by[(large, mode)][step][f"{clock}_s"] / by[(small, mode)][step][f"{clock}_s"]
+                    for clock in ("wall", "cpu")
+                }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "selection.json").write_text(json.dumps(res, indent=2) + "\n")
+    (out / "selection.md").write_text(markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+-- Statements the console runs (corpus_agents/console.py), one per `-- name:` block. `$x` are bound
+-- parameters; `{x}` are fragments filled in by console.py (identifiers and literals always quoted there).
+--
+-- Per-connection temp objects (the console works on its own cursor, so they are private to it):
+--   console_agents (agent, pos, num_labels, stride): the run's agents; a document's label tuple is packed
+--       into one BIGINT `cell` = sum_A (label_A + 1) * stride_A, label_A = -1 (packed 0) when unlabelled.
+--   console_docs (doc_id, row_group, tokens, cell, tie, seen): every selectable document (text not null or
+--       empty) with its packed labels and its seen count in the run; built once per run and process (rebuilt
+--       when the scores change), seen counts kept in step with `seen_counts` by record_consumed.
+--   console_cells (cell, seen, num_docs, tokens, priority, level): one row per cell for the round selected.
+-- shard_id and row_idx are read off doc_id (doc_id = shard_id << 32 | row_idx, see schema.sql).
+
+-- name: schema
+-- One row per run; `config` is the ConsoleConfig as JSON; round 0 of every table below is the initial state.
+CREATE TABLE IF NOT EXISTS runs (
+    run_id     VARCHAR PRIMARY KEY,
+    config     JSON NOT NULL,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    init_from  VARCHAR
+);
+-- Agent memory w_A[label] after each round, with what the round measured (NULL / 0 where not probed).
+CREATE TABLE IF NOT EXISTS agent_memory (
+    run_id     VARCHAR NOT NULL,
+    round      INTEGER NOT NULL,
+    agent      VARCHAR NOT NULL,
+    label_id   SMALLINT NOT NULL,
+    w          DOUBLE NOT NULL,
+    reward     DOUBLE,
+    num_probes INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, round, agent, label_id)
+);
+-- Collaboration weights theta_A after each round, with the agent's round reward R_A (Eq. 7).
+CREATE TABLE IF NOT EXISTS collab_weights (
+    run_id VARCHAR NOT NULL,
+    round  INTEGER NOT NULL,
+    agent  VARCHAR NOT NULL,
+    theta  DOUBLE NOT NULL,
+    reward DOUBLE,
+    PRIMARY KEY (run_id, round, agent)
+);
+-- The probe documents of each round and their (standardised) rewards; labels come from `scores`.
+CREATE TABLE IF NOT EXISTS probes (
+    run_id VARCHAR NOT NULL,
+    round  INTEGER NOT NULL,
+    doc_id BIGINT NOT NULL,
+    reward DOUBLE NOT NULL,
+    PRIMARY KEY (run_id, round, doc_id)
+);
+-- The selection snapshot written for each round.
+CREATE TABLE IF NOT EXISTS selections (
+    run_id        VARCHAR NOT NULL,
+    round         INTEGER NOT NULL,
+    path          VARCHAR NOT NULL,
+    num_docs      BIGINT NOT NULL,
+    tokens        BIGINT NOT NULL,
+    mode          VARCHAR NOT NULL,
+    budget_tokens BIGINT NOT NULL,
+    created_at    TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (run_id, round)
+);
+-- How many times the trainer consumed each document in a run (c(x) of the decay); no row = 0.
+CREATE TABLE IF NOT EXISTS seen_counts (
+    run_id VARCHAR NOT NULL,
+    doc_id BIGINT NOT NULL,
+    count  INTEGER NOT NULL
+);
+
+-- name: run_row
+SELECT config, init_from FROM runs WHERE run_id = $run_id;
+
+-- name: insert_run
+INSERT INTO runs (run_id, config, init_from) VALUES ($run_id, $config, $init_from);
+
+-- name: label_names
+SELECT agent, name FROM agent_labels;
+
+-- name: agents_table
+-- The run's agents in config order, with their label counts and the stride of their packed label.
+CREATE OR REPLACE TEMP TABLE console_agents AS
+WITH listed AS (SELECT unnest($agents) AS agent, generate_subscripts($agents, 1) AS pos),
+     counted AS (SELECT agent, CAST(max(label_id) + 1 AS BIGINT) AS num_labels FROM agent_labels GROUP BY agent)
+SELECT l.agent, l.pos, c.num_labels,
+       CAST(coalesce(product(c.num_labels + 1) OVER (ORDER BY l.pos ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 1)
+            AS BIGINT) AS stride
+FROM listed l JOIN counted c USING (agent)
+ORDER BY l.pos;
+
+-- name: agent_strides
+SELECT agent, num_labels, stride FROM console_agents ORDER BY pos;
+
+-- name: docs_cache_create
+CREATE OR REPLACE TEMP TABLE console_docs (
+    doc_id    BIGINT NOT NULL,
+    row_group INTEGER NOT NULL,
+    tokens    INTEGER NOT NULL,
+    cell      BIGINT NOT NULL,
+    tie       FLOAT,
+    seen      INTEGER NOT NULL
+);
+
+-- name: docs_cache_chunks
+-- Ranges of doc ids of about $chunk_rows documents (whole shards merged, big shards split): the cache is
+-- built range by range so that each join's hash tables stay small (measured at 10M documents: a third
+-- less CPU than one join over everything, and a third of the memory).
+WITH pieces AS (
+    SELECT (CAST(shard_id AS BIGINT) << 32) + start AS lo,
+           (CAST(shard_id AS BIGINT) << 32) + least(start + $chunk_rows, num_rows) AS hi,
+           least($chunk_rows, num_rows - start) AS rows
+    FROM (SELECT shard_id, max(row_idx) + 1 AS num_rows FROM docs GROUP BY shard_id),
+         LATERAL (SELECT unnest(range(0, num_rows, $chunk_rows)) AS start)
+),
+numbered AS (SELECT *, floor((sum(rows) OVER (ORDER BY lo) - rows) / $chunk_rows) AS chunk FROM pieces)
+SELECT min(lo), max(hi) FROM numbered GROUP BY chunk ORDER BY 1;
+
+-- name: docs_cache_insert
+-- console.py fills in one docs_cache_cell_term and one docs_cache_join per agent (plus a join for the
+-- tie-break agent when it is not one of the run's) and the tie column: that agent's raw score, or NULL.
+INSERT INTO console_docs
+SELECT d.doc_id, d.row_group,
+       greatest(1, CAST(ceil(d.text_bytes / $bytes_per_token) AS INTEGER)) AS tokens,
+       CAST(0 {cell} AS BIGINT) AS cell,
+       CAST({tie} AS FLOAT) AS tie,
+       0 AS seen
+FROM (SELECT * FROM docs WHERE doc_id >= $lo AND doc_id < $hi AND NOT text_null AND text_bytes > 0) d
+{joins};
+
+-- name: docs_cache_cell_term
+-- A label outside the agent's declared range counts as unlabelled.
++ CASE WHEN s{i}.label BETWEEN 0 AND {max_label} THEN CAST(s{i}.label AS BIGINT) + 1 ELSE 0 END * {stride}
+
+-- name: docs_cache_join
+LEFT JOIN (SELECT doc_id, label, score FROM scores WHERE agent = {agent_lit} AND doc_id >= $lo AND doc_id < $hi) s{i}
+    ON s{i}.doc_id = d.doc_id
+
+-- name: cache_fingerprint
+-- Changes whenever documents or scores are added, replaced or removed: the docs cache is then rebuilt.
+SELECT (SELECT count(*) FROM docs), (SELECT count(*) FROM scores), (SELECT max(committed_at) FROM score_parts),
+       (SELECT count(*) FROM agent_labels);
+
+-- name: seen_fingerprint
+SELECT count(*), coalesce(sum(count), 0) FROM seen_counts WHERE run_id = $run_id;
+
+-- name: sync_seen
+-- Copy the run's seen counts into console_docs (after a rebuild, or if they changed behind this console).
+UPDATE console_docs SET seen = 0 WHERE seen <> 0;
+UPDATE console_docs SET seen = s.count
+FROM (SELECT doc_id, count FROM seen_counts WHERE run_id = $run_id) s
+WHERE console_docs.doc_id = s.doc_id;
+
+-- name: init_memory
+-- Round 0: w from the `init_from` run's last round where it has the (agent, label), else the config prior
+-- (registered as `console_prior` (agent, name, w)), else 0.
+INSERT INTO agent_memory (run_id, round, agent, label_id, w)
+SELECT $run_id, 0, l.agent, l.label_id, coalesce(src.w, p.w, 0.0)
+FROM agent_labels l
+JOIN console_agents a ON a.agent = l.agent
+LEFT JOIN (
+    SELECT agent, label_id, w FROM agent_memory
+    WHERE run_id = $init_from AND round = (SELECT max(round) FROM agent_memory WHERE run_id = $init_from)
+) src ON src.agent = l.agent AND src.label_id = l.label_id
+LEFT JOIN console_prior p ON p.agent = l.agent AND p.name = l.name;
+
+-- name: latest_theta
+-- A run's theta at its last recorded round (for init_from).
+SELECT agent, theta FROM collab_weights
+WHERE run_id = $run_id AND round = (SELECT max(round) FROM collab_weights WHERE run_id = $run_id);
+
+-- name: state_round
+-- The last recorded round at or before $round.
+SELECT max(round) FROM collab_weights WHERE run_id = $run_id AND round <= $round;
+
+-- name: memory_at
+SELECT agent, label_id, w FROM agent_memory WHERE run_id = $run_id AND round = $round ORDER BY agent, label_id;
+
+-- name: theta_at
+SELECT agent, theta FROM collab_weights WHERE run_id = $run_id AND round = $round;
+
+-- name: state_memory
+SELECT m.agent, l.name, m.w
+FROM agent_memory m JOIN agent_labels l ON l.agent = m.agent AND l.label_id = m.label_id
+WHERE m.run_id = $run_id AND m.round = $round
+ORDER BY m.agent, m.label_id;
+
+-- name: delete_round
+-- A round that is recorded again (crash-resume) replaces its previous record.
+DELETE FROM probes WHERE run_id = $run_id AND round = $round;
+DELETE FROM agent_memory WHERE run_id = $run_id AND round = $round;
+DELETE FROM collab_weights WHERE run_id = $run_id AND round = $round;
+
+-- name: insert_probes
+-- `console_rewards` (doc_id, reward) is registered by console.py.
+INSERT INTO probes SELECT $run_id, $round, doc_id, reward FROM console_rewards;
+
+-- name: label_rewards
+-- R_A[j]: the mean reward of the round's probes with label j under agent A (Eq. 4).
+SELECT s.agent, s.label AS label_id, avg(p.reward) AS reward, count(*) AS num_probes
+FROM probes p
+JOIN scores s ON s.doc_id = p.doc_id
+JOIN console_agents a ON a.agent = s.agent
+WHERE p.run_id = $run_id AND p.round = $round AND s.label BETWEEN 0 AND a.num_labels - 1
+GROUP BY s.agent, s.label;
+
+-- name: insert_memory
+-- `console_memory` (agent, label_id, w, reward, num_probes) is registered by console.py.
+INSERT INTO agent_memory SELECT $run_id, $round, agent, label_id, w, reward, num_probes FROM console_memory;
+
+-- name: insert_theta
+-- `console_theta` (agent, theta, reward) is registered by console.py.
+INSERT INTO collab_weights SELECT $run_id, $round, agent, theta, reward FROM console_theta;
+
+-- name: draw_probes
+-- Up to $m documents per (agent, label), uniformly: the $m smallest of a hash seeded by (seed, round). One
+-- hash for all agents, so a document drawn for one agent's label is likely drawn for others' too: the
+-- union (one reward per document serves every agent) stays small while each label's sample stays uniform.
+WITH labelled AS (
+    SELECT a.agent, (k.cell // a.stride) % (a.num_labels + 1) - 1 AS label_id, k.doc_id,
+           hash(k.doc_id, CAST($seed AS BIGINT), CAST($round AS BIGINT), 'probe') AS h
+    FROM console_docs k CROSS JOIN console_agents a
+),
+drawn AS (
+    SELECT unnest(min_by(doc_id, h, $m)) AS doc_id FROM labelled WHERE label_id >= 0 GROUP BY agent, label_id
+)
+SELECT k.doc_id, CAST(k.doc_id >> 32 AS INTEGER) AS shard_id, CAST(k.doc_id & 4294967295 AS INTEGER) AS row_idx,
+       k.row_group, k.tokens
+FROM console_docs k SEMI JOIN drawn USING (doc_id)
+ORDER BY k.doc_id;
+
+-- name: cells
+-- Fusion, by cells: documents grouped by (label tuple, seen count), each cell's priority
+--   S = (sum_A theta_A * w_hat_A[l_A]) / (1 + lambda * seen),  w_hat_A = min-max normalised w_A (0.5 if flat),
+-- an unlabelled document counting 0.5 for that agent (the middle: neither preferred nor avoided). `level`
+-- ranks distinct priorities (1 = highest; cells of equal priority tie and share a level) in topk mode;
+-- gumbel and random put every cell in level 1 and order documents individually.
+CREATE OR REPLACE TEMP TABLE console_cells AS
+WITH counted AS (SELECT cell, seen, count(*) AS num_docs, sum(tokens) AS tokens FROM console_docs GROUP BY ALL),
+memory AS (
+    SELECT agent, label_id, w, min(w) OVER (PARTITION BY agent) AS lo, max(w) OVER (PARTITION BY agent) AS hi
+    FROM agent_memory WHERE run_id = $run_id AND round = $state_round
+),
+w_hat AS (
+    SELECT agent, label_id, CASE WHEN hi - lo > 1e-12 THEN (w - lo) / (hi - lo) ELSE 0.5 END AS w_hat FROM memory
+),
+fused AS (
+    SELECT c.cell, c.seen, sum(t.theta * coalesce(h.w_hat, 0.5)) AS fused
+    FROM counted c
+    CROSS JOIN console_agents a
+    JOIN collab_weights t ON t.run_id = $run_id AND t.round = $state_round AND t.agent = a.agent
+    LEFT JOIN w_hat h ON h.agent = a.agent AND h.label_id = (c.cell // a.stride) % (a.num_labels + 1) - 1
+    GROUP BY c.cell, c.seen
+),
+prioritised AS (
+    SELECT c.cell, c.seen, c.num_docs, c.tokens, f.fused / (1 + $decay_lambda * c.seen) AS priority
+    FROM counted c JOIN fused f USING (cell, seen)
+)
+SELECT *, CASE WHEN $mode = 'topk' THEN dense_rank() OVER (ORDER BY round(priority, 12) DESC) ELSE 1 END AS level
+FROM prioritised;
+
+-- name: ranked_macro
+-- Every selectable document with its cell's priority and level and its place in the selection order:
+-- (level, bucket) ascending, then `fine` descending, then `h` ascending. `h` is a hash of doc_id seeded by
+-- (seed, round). topk: `fine` is the tie-break agent's raw score (by_score) or NULL (hash order); gumbel:
+-- fine = S / tau + Gumbel noise from h (Gumbel-top-k: sampling without replacement in proportion to
+-- exp(S / tau)); random: hash order. `bucket` is a coarse prefix of that order (the top 12 bits of h, or
+-- the Gumbel key in steps of 1/256) so that only one bucket is ever sorted: selection stays linear.
+CREATE OR REPLACE TEMP MACRO console_ranked(seed, salt, sel_mode, by_score, gumbel_tau) AS TABLE
+SELECT k.doc_id, CAST(k.doc_id >> 32 AS INTEGER) AS shard_id, CAST(k.doc_id & 4294967295 AS INTEGER) AS row_idx,
+       k.row_group, k.tokens, c.priority, c.level,
+       hash(k.doc_id, CAST(seed AS BIGINT), CAST(salt AS BIGINT)) AS h,
+       CASE WHEN sel_mode = 'gumbel' THEN c.priority / gumbel_tau
+                                          - ln(-ln((CAST(h >> 11 AS DOUBLE) + 0.5) / CAST(2 ** 53 AS DOUBLE)))
+            WHEN sel_mode = 'topk' AND by_score THEN k.tie END AS fine,
+       CASE WHEN sel_mode = 'gumbel' THEN -CAST(floor(fine * 256) AS BIGINT)
+            WHEN sel_mode = 'topk' AND by_score THEN 0
+            ELSE CAST(h >> 52 AS BIGINT) END AS bucket
+FROM console_docs k JOIN console_cells c ON c.cell = k.cell AND c.seen = k.seen;
+
+-- name: boundary_level
+-- The first level that does not fit the budget whole, and the budget left for it (NULL level: all fit).
+WITH levels AS (SELECT level, sum(tokens) AS tokens FROM console_cells GROUP BY level),
+     upto AS (SELECT level, sum(tokens) OVER (ORDER BY level) AS upto FROM levels)
+SELECT min(level) FILTER (WHERE upto > $budget), $budget - coalesce(max(upto) FILTER (WHERE upto <= $budget), 0)
+FROM upto;
+
+-- name: boundary_bucket
+-- Within the boundary level: the first bucket that does not fit what is left, and what is left for it.
+WITH buckets AS (
+    SELECT bucket, sum(tokens) AS tokens
+    FROM console_ranked($seed, $round, $mode, $by_score, $gumbel_tau)
+    WHERE level = $level GROUP BY bucket
+),
+upto AS (SELECT bucket, sum(tokens) OVER (ORDER BY bucket) AS upto FROM buckets)
+SELECT min(bucket) FILTER (WHERE upto > $remaining),
+       $remaining - coalesce(max(upto) FILTER (WHERE upto <= $remaining), 0)
+FROM upto;
+
+-- name: select_docs
+-- The selection: the longest prefix of the order whose tokens fit the budget. Whole levels and buckets
+-- before the boundary, then the boundary bucket, the only part sorted document by document.
+SELECT doc_id, shard_id, row_idx, row_group, priority, tokens
+FROM console_ranked($seed, $round, $mode, $by_score, $gumbel_tau)
+WHERE level < $level OR (level = $level AND bucket < $bucket)
+UNION ALL
+SELECT doc_id, shard_id, row_idx, row_group, priority, tokens
+FROM (
+    SELECT *, sum(tokens) OVER (ORDER BY fine DESC NULLS LAST, h, doc_id ROWS UNBOUNDED PRECEDING) AS upto
+    FROM console_ranked($seed, $round, $mode, $by_score, $gumbel_tau)
+    WHERE level = $level AND bucket = $bucket
+)
+WHERE upto <= $remaining
+ORDER BY doc_id;
+
+-- name: insert_selection
+INSERT OR REPLACE INTO selections (run_id, round, path, num_docs, tokens, mode, budget_tokens, created_at)
+VALUES ($run_id, $round, $path, $num_docs, $tokens, $mode, $budget, current_timestamp);
+
+-- name: record_consumed
+-- `console_consumed` (doc_id) is registered by console.py; each occurrence counts once.
+MERGE INTO seen_counts t
+USING (SELECT $run_id AS run_id, doc_id, count(*) AS n FROM console_consumed GROUP BY doc_id) c
+ON t.run_id = c.run_id AND t.doc_id = c.doc_id
+WHEN MATCHED THEN UPDATE SET count = t.count + c.n
+WHEN NOT MATCHED THEN INSERT VALUES (c.run_id, c.doc_id, c.n);
+
+-- name: consumed_into_docs
+-- The same increments applied to console_docs, when it is built and in step.
+UPDATE console_docs SET seen = console_docs.seen + c.n
+FROM (SELECT doc_id, count(*) AS n FROM console_consumed GROUP BY doc_id) c
+WHERE console_docs.doc_id = c.doc_id;
