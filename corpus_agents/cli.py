@@ -331,6 +331,138 @@ def query(workspace: str, sql: str, fmt: str, output: str | None, max_rows: int)
 
 
 @main.command()
+@click.argument("workspace", type=click.Path(exists=True, file_okay=False))
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="Pipeline YAML.")
+@click.option("--run", "run_id", help="Run name (default: the config file's name).")
+@click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint.")
+@click.option("--init-from", help="Start the console from another run's learnt agent memory and weights.")
+@click.option(
+    "--set", "overrides", multiple=True, help="Override a config value: section.key=value (repeatable)."
+)
+@user_errors
+def train(
+    workspace: str,
+    config_path: str | None,
+    run_id: str | None,
+    resume: bool,
+    init_from: str | None,
+    overrides: tuple[str, ...],
+) -> None:
+    """Train a causal LM on the documents the console selects, re-weighting the agents every round.
+
+    \b
+    Examples:
+      corpus-agents train ws --config pipelines/demo.yaml --set console.eta_theta=0.5
+      corpus-agents train ws --config pipelines/demo.yaml --resume
+      corpus-agents train ws --config pipelines/demo.yaml --run refreshed --init-from demo
+    """
+    from corpus_agents.catalog import Catalog
+    from corpus_agents.config import load_config
+    from corpus_agents.trainer import Trainer
+
+    config = load_config(config_path, list(overrides))
+    run_id = run_id or (Path(config_path).stem if config_path else "run")
+    with Catalog(workspace) as cat:
+        final = Trainer(cat, config, run_id, init_from=init_from).train(resume=resume)
+    losses = ", ".join(f"{k} {v:.4f}" for k, v in final["heldout_loss"].items())
+    click.echo(f"run {run_id}: {final['step']} steps, {final['tokens']:,} tokens; held-out loss: {losses}")
+
+
+@main.command()
+@click.argument("workspace", type=click.Path(exists=True, file_okay=False))
+@user_errors
+def runs(workspace: str) -> None:
+    """Training runs with their rounds, held-out loss and current collaboration weights (theta).
+
+    \b
+    Examples:
+      corpus-agents runs ws
+      corpus-agents query ws "SELECT * FROM collab_weights WHERE run_id = 'demo' ORDER BY round"
+    """
+    from corpus_agents.catalog import Catalog
+    from corpus_agents.query import write_result
+    from corpus_agents.runs import list_runs
+
+    with Catalog(workspace) as cat:
+        table = list_runs(cat)
+    write_result(table, "table", None, max_rows=1000)
+
+
+@main.command("select")
+@click.argument("workspace", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--run", "run_id", required=True, help="The run whose selection to show (or to create with --static)."
+)
+@click.option("--round", "round_", type=int, help="The round (default: the run's last).")
+@click.option(
+    "--static", is_flag=True, help="Fuse the agents and select without training (round 0 of --run)."
+)
+@click.option(
+    "--tokens", type=int, default=1_000_000, show_default=True, help="Token budget of a --static selection."
+)
+@click.option("--mode", type=click.Choice(["topk", "gumbel", "random"]), default="topk", show_default=True)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Pipeline YAML whose console section (agents, prior, ...) a --static selection uses.",
+)
+@click.option("--init-from", help="A --static selection with the learnt weights of this run.")
+@user_errors
+def select_cmd(
+    workspace: str,
+    run_id: str,
+    round_: int | None,
+    static: bool,
+    tokens: int,
+    mode: str,
+    config_path: str | None,
+    init_from: str | None,
+) -> None:
+    """Summarise a run's selection of a round, or make a static one (fusion + top-k, no training feedback).
+
+    \b
+    Examples:
+      corpus-agents select ws --run demo --round 3
+      corpus-agents select ws --run refreshed --static --init-from demo --tokens 5000000
+    """
+    from corpus_agents.catalog import Catalog
+    from corpus_agents.config import load_config
+    from corpus_agents.runs import static_selection, summarize_selection
+
+    with Catalog(workspace) as cat:
+        if static:
+            console = load_config(config_path).console if config_path else {}
+            static_selection(cat, run_id, tokens, mode, console, init_from)
+            round_ = 0
+        click.echo(summarize_selection(cat, run_id, round_))
+
+
+@main.command()
+@click.argument("workspace", type=click.Path(exists=True, file_okay=False))
+@click.option("--run", "run_id", required=True)
+@click.option("--round", "round_", type=int, help="The round (default: the run's last).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option(
+    "--shard-docs", type=int, default=100_000, show_default=True, help="Documents per output shard."
+)
+@user_errors
+def export(workspace: str, run_id: str, round_: int | None, out: str, shard_docs: int) -> None:
+    """Write a round's selected documents (text, labels and scores) as Parquet, for any trainer.
+
+    \b
+    Example:
+      corpus-agents export ws --run demo --round 3 --out subset/
+    """
+    from corpus_agents.catalog import Catalog
+    from corpus_agents.runs import export_selection
+
+    with Catalog(workspace) as cat:
+        paths, docs = export_selection(cat, run_id, round_, Path(out), shard_docs)
+    click.echo(f"wrote {docs:,} documents to {len(paths)} shards in {out}")
+
+
+@main.command()
 @click.option(
     "--workspace",
     type=click.Path(file_okay=False),

@@ -389,10 +389,15 @@ class Console:
         )
         return path
 
-    def record_consumed(self, doc_ids: Iterable[int] | pa.Array | pa.ChunkedArray | np.ndarray) -> None:
+    def record_consumed(
+        self, doc_ids: Iterable[int] | pa.Array | pa.ChunkedArray | np.ndarray, round: int | None = None
+    ) -> None:
         """Add one to the seen count c(x) of each consumed document, per occurrence. Call it per round or
-        every few hundred steps: each call is one statement over the run's seen counts."""
+        every few hundred steps: each call is one statement over the run's seen counts. With `round`, the
+        round's consumption is recorded once: a crashed run that replays the round does not count it twice."""
         self._require_started()
+        if round is not None and self._run("round_consumed", run_id=self.run_id, round=round)[0][0]:
+            return
         if isinstance(doc_ids, pa.Array | pa.ChunkedArray):
             ids = doc_ids.cast(pa.int64())
         else:
@@ -401,6 +406,8 @@ class Console:
         in_step = self._docs_key is not None and self._seen_key == self._seen_fingerprint()
         with self._transaction(), self._registered("console_consumed", consumed):
             self._run("record_consumed", run_id=self.run_id)
+            if round is not None:
+                self._run("mark_round_consumed", run_id=self.run_id, round=round)
             if in_step:
                 self._run("consumed_into_docs")
         self._seen_key = self._seen_fingerprint() if in_step else None

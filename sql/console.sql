@@ -64,6 +64,12 @@ CREATE TABLE IF NOT EXISTS seen_counts (
     doc_id BIGINT NOT NULL,
     count  INTEGER NOT NULL
 );
+-- The rounds whose consumption is in seen_counts: a resumed run that replays a round counts it once.
+CREATE TABLE IF NOT EXISTS consumed_rounds (
+    run_id VARCHAR NOT NULL,
+    round  INTEGER NOT NULL,
+    PRIMARY KEY (run_id, round)
+);
 
 -- name: run_row
 SELECT config, init_from FROM runs WHERE run_id = $run_id;
@@ -320,6 +326,12 @@ USING (SELECT $run_id AS run_id, doc_id, count(*) AS n FROM console_consumed GRO
 ON t.run_id = c.run_id AND t.doc_id = c.doc_id
 WHEN MATCHED THEN UPDATE SET count = t.count + c.n
 WHEN NOT MATCHED THEN INSERT VALUES (c.run_id, c.doc_id, c.n);
+
+-- name: round_consumed
+SELECT count(*) FROM consumed_rounds WHERE run_id = $run_id AND round = $round;
+
+-- name: mark_round_consumed
+INSERT INTO consumed_rounds VALUES ($run_id, $round);
 
 -- name: consumed_into_docs
 -- The same increments applied to console_docs, when it is built and in step.

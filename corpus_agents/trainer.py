@@ -1,0 +1,352 @@
+"""The selection-driven training loop (ALGORITHM.md "Rounds"): train, probe, reward, re-weight, re-select.
+
+The process that trains owns the workspace catalog (the console's state lives there). Every `rounds.every`
+steps a round draws probe documents, measures their rewards on the live model, updates the agents' memory
+and the collaboration weights, and writes the next selection snapshot, which the streaming reader reads.
+A checkpoint is written at every round boundary, after the round's selection, so `--resume` after a
+crash restarts at the start of a round and reaches the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from corpus_agents.catalog import Catalog
+from corpus_agents.config import PipelineConfig
+from corpus_agents.corpus import read_doc_texts, sample_texts
+from corpus_agents.errors import CorpusAgentsError
+from corpus_agents.models import build_model, load_tokenizer, train_tokenizer
+from corpus_agents.runs import ensure_schema
+from corpus_agents.sqlfiles import statement
+
+STATE_FILE = "trainer_state.pt"
+
+
+@dataclass
+class RunPaths:
+    """Where a run keeps its files inside the workspace."""
+
+    root: Path
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def selections(self) -> Path:
+        return self.root / "selections"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.jsonl"
+
+    def selection(self, round_: int) -> Path:
+        return self.selections / f"round-{round_:05d}.parquet"
+
+    def latest_checkpoint(self) -> Path | None:
+        done = sorted(p for p in self.checkpoints.glob("step-*") if (p / STATE_FILE).is_file())
+        return done[-1] if done else None
+
+
+def lr_lambda(config: PipelineConfig) -> Any:
+    """Linear warm-up then cosine (or warmup-stable-decay) to `min_lr_ratio` of the peak rate."""
+    t = config.train
+    floor = t.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        if t.schedule == "wsd":
+            decay_start = int(t.steps * (1 - t.wsd_decay_fraction))
+            if step < decay_start:
+                return 1.0
+            progress = (step - decay_start) / max(1, t.steps - decay_start)
+            return 1.0 - (1.0 - floor) * progress
+        progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    if t.schedule not in ("cosine", "wsd"):
+        raise CorpusAgentsError(f"unknown train.schedule {t.schedule!r}; choose cosine or wsd")
+    return factor
+
+
+def _device(config: PipelineConfig) -> torch.device:
+    wanted = config.train.device
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise CorpusAgentsError("train.device is cuda but no CUDA device is available")
+    return torch.device("cuda" if wanted in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
+def _autocast(device: torch.device, dtype: str) -> Any:
+    use_bf16 = dtype == "bf16" or (dtype == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+class Trainer:
+    """One training run of the method (or an ablation) on a workspace's scored corpus."""
+
+    def __init__(
+        self, catalog: Catalog, config: PipelineConfig, run_id: str, *, init_from: str | None = None
+    ):
+        from corpus_agents.console import Console, ConsoleConfig
+        from corpus_agents.references import ReferenceSpec, encode_examples, load_reference
+
+        self.catalog = catalog
+        self.config = config
+        self.run_id = run_id
+        self.paths = RunPaths(catalog.dir / "runs" / run_id)
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        self.device = _device(config)
+        self.shards = {s.shard_id: s for s in catalog.shards()}
+        if not self.shards:
+            raise CorpusAgentsError(f"workspace {catalog.dir} has no shards; run `corpus-agents init` first")
+        if not config.references:
+            raise CorpusAgentsError("the pipeline config lists no references: rewards need reference tasks")
+        self.tokenizer = self._tokenizer()
+        self.eos_id = self.tokenizer.eos_token_id
+        seq_len = config.model.seq_len
+        self.references = [
+            load_reference(ReferenceSpec.from_dict(self._in_workspace(r))) for r in config.references
+        ]
+        self.probe_batches = {
+            r.name: encode_examples(self.tokenizer, r.probe, max_length=seq_len) for r in self.references
+        }
+        self.heldout_batches = {
+            r.name: encode_examples(self.tokenizer, r.heldout, max_length=seq_len) for r in self.references
+        }
+        ensure_schema(catalog)
+        self.console = Console(catalog, run_id, ConsoleConfig.from_dict(config.console))
+        self.console.start(init_from=init_from)
+        self.tokens_per_step = config.train.batch_size * config.train.grad_accum * seq_len
+
+    # ----- setup -----------------------------------------------------------------------------------
+    def _in_workspace(self, reference: dict[str, Any]) -> dict[str, Any]:
+        """`{workspace}` in a reference path stands for the workspace directory."""
+        path = reference.get("path")
+        return (
+            {**reference, "path": path.replace("{workspace}", str(self.catalog.dir))} if path else reference
+        )
+
+    def _tokenizer(self) -> Any:
+        cfg = self.config.tokenizer
+        if cfg.path:
+            return load_tokenizer(cfg.path)
+        if (self.paths.tokenizer / "tokenizer.json").is_file():
+            return load_tokenizer(str(self.paths.tokenizer))
+        texts = sample_texts(self.catalog, cfg.sample_docs, seed=self.config.train.seed)
+        return train_tokenizer(texts, cfg.vocab_size, self.paths.tokenizer)
+
+    def _model_and_optimizer(self) -> tuple[Any, torch.optim.Optimizer, Any]:
+        cfg = self.config
+        model = build_model(
+            cfg.model.preset, len(self.tokenizer), cfg.model.seq_len, cfg.train.seed, **cfg.model.overrides
+        ).to(self.device)
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": cfg.train.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=cfg.train.lr,
+            betas=(cfg.train.beta1, cfg.train.beta2),
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+        return model, optimizer, scheduler
+
+    # ----- checkpoints -----------------------------------------------------------------------------
+    def save_checkpoint(self, model: Any, optimizer: Any, scheduler: Any, step: int, round_: int) -> Path:
+        """Model (`save_pretrained`), optimiser, scheduler, RNG states, step and round; atomic rename."""
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a bar per checkpoint drowns the training log
+        final = self.paths.checkpoints / f"step-{step:08d}"
+        tmp = self.paths.checkpoints / f".tmp-step-{step:08d}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp / "model")
+        self.tokenizer.save_pretrained(tmp / "model")
+        state = {
+            "step": step,
+            "round": round_,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng_torch": torch.get_rng_state(),  # data order, probes and selections are seeded explicitly
+        }
+        torch.save(state, tmp / STATE_FILE)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in sorted(self.paths.checkpoints.glob("step-*"))[:-2]:  # keep the last two
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def load_checkpoint(self, path: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[int, int]:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(path / "model" / "model.safetensors"), strict=False)
+        if getattr(model.config, "tie_word_embeddings", False):
+            model.tie_weights()
+        state = torch.load(path / STATE_FILE, weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_torch"])
+        return int(state["step"]), int(state["round"])
+
+    # ----- rounds ----------------------------------------------------------------------------------
+    def heldout_losses(self, model: Any) -> dict[str, float]:
+        from corpus_agents.references import reference_loss
+
+        was_training = model.training
+        model.eval()
+        losses = {name: reference_loss(model, batches) for name, batches in self.heldout_batches.items()}
+        model.train(was_training)
+        return losses
+
+    def probe_rewards(self, model: Any, optimizer: Any, round_: int) -> dict[int, float]:
+        """Rewards of the round's probe documents, standardised per task and averaged (ALGORITHM.md 2.2)."""
+        from corpus_agents.rewards import encode_documents, gradient_rewards, one_step_rewards, standardize
+
+        probes = self.console.draw_probes(round_)
+        doc_ids = np.asarray(probes["doc_id"].to_numpy(), dtype=np.int64)
+        if len(doc_ids) == 0:
+            return {}
+        texts = read_doc_texts(self.shards, doc_ids)
+        cfg = self.config.rewards
+        docs = encode_documents(self.tokenizer, texts, max_length=cfg.max_tokens)
+        if cfg.method == "gradient":
+            raw = gradient_rewards(
+                model, self.probe_batches, docs, cosine=cfg.cosine, projection_dim=cfg.projection_dim,
+                seed=self.config.train.seed, chunk_size=cfg.chunk_size,
+            )  # fmt: skip
+        elif cfg.method == "one_step":
+            raw = one_step_rewards(model, optimizer, docs, self.probe_batches)
+        else:
+            raise CorpusAgentsError(f"unknown rewards.method {cfg.method!r}; choose gradient or one_step")
+        return dict(zip(doc_ids.tolist(), standardize(raw).tolist()))
+
+    def select(self, round_: int) -> Path:
+        budget = int(self.config.rounds.every * self.tokens_per_step * self.config.rounds.oversample)
+        mode = "random" if round_ == 0 else None  # round 0 is the random warm-up
+        return self.console.select(round_, budget, self.paths.selection(round_), mode=mode)
+
+    def batches(self, selection: Path, round_: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Micro-batches from a selection; a selection read to the end is read again (next epoch)."""
+        from torch.utils.data import DataLoader
+
+        from corpus_agents.reader import SelectionReader
+
+        epoch = 0
+        while True:
+            reader = SelectionReader(
+                selection, self.tokenizer, seq_len=self.config.model.seq_len, eos_id=self.eos_id,
+                seed=self.config.train.seed * 1_000_003 + round_ * 1_009 + epoch,
+            )  # fmt: skip
+            loader = DataLoader(reader, batch_size=self.config.train.batch_size,
+                                num_workers=self.config.train.num_workers)  # fmt: skip
+            produced = False
+            for batch in loader:
+                produced = True
+                yield batch
+            if not produced:
+                raise CorpusAgentsError(f"selection {selection} yields no full sequence; raise the budget")
+            epoch += 1
+
+    # ----- the loop --------------------------------------------------------------------------------
+    def train(self, resume: bool = False) -> dict[str, Any]:
+        cfg = self.config
+        torch.manual_seed(cfg.train.seed)
+        model, optimizer, scheduler = self._model_and_optimizer()
+        step, round_ = 0, 0
+        checkpoint = self.paths.latest_checkpoint() if resume else None
+        if checkpoint is not None:
+            step, round_ = self.load_checkpoint(checkpoint, model, optimizer, scheduler)
+            self._log({"event": "resume", "step": step, "round": round_, "checkpoint": checkpoint.name})
+        else:
+            self.paths.log.unlink(missing_ok=True)
+            self.select(0)
+            self._round_log(model, step, 0)
+            self.save_checkpoint(model, optimizer, scheduler, step, 0)
+        selection = self.paths.selection(round_)
+        model.train()
+        data = self.batches(selection, round_)
+        consumed: list[np.ndarray] = []
+        started, tokens_since, last_log = time.perf_counter(), 0, time.perf_counter()
+        while step < cfg.train.steps:
+            if step > 0 and step % cfg.rounds.every == 0 and step // cfg.rounds.every > round_:
+                self.console.record_consumed(
+                    np.concatenate(consumed) if consumed else np.array([], np.int64), round=round_
+                )
+                consumed = []
+                round_ += 1
+                rewards = self.probe_rewards(model, optimizer, round_)
+                self.console.update(round_, rewards)
+                selection = self.select(round_)
+                self._round_log(model, step, round_)
+                self.save_checkpoint(model, optimizer, scheduler, step, round_)
+                data = self.batches(selection, round_)
+            loss_sum = 0.0
+            for _ in range(cfg.train.grad_accum):
+                batch = next(data)
+                input_ids = batch["input_ids"].to(self.device)
+                with _autocast(self.device, cfg.train.dtype):
+                    loss = model(input_ids=input_ids, labels=input_ids).loss / cfg.train.grad_accum
+                loss.backward()
+                loss_sum += loss.item()
+                ids = batch["doc_ids"].numpy().ravel()
+                consumed.append(ids[ids >= 0])
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_since += self.tokens_per_step
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                now = time.perf_counter()
+                self._log({"event": "step", "step": step, "round": round_, "loss": round(loss_sum, 5),
+                           "lr": scheduler.get_last_lr()[0], "tokens": step * self.tokens_per_step,
+                           "tokens_per_s": round(tokens_since / max(now - last_log, 1e-9))})  # fmt: skip
+                tokens_since, last_log = 0, now
+        self.console.record_consumed(
+            np.concatenate(consumed) if consumed else np.array([], np.int64), round=round_
+        )
+        final = self._round_log(model, step, round_, event="final")
+        self.save_checkpoint(model, optimizer, scheduler, step, round_)
+        final["seconds"] = round(time.perf_counter() - started, 1)
+        return final
+
+    def _round_log(self, model: Any, step: int, round_: int, event: str = "round") -> dict[str, Any]:
+        losses = self.heldout_losses(model)
+        state = self.console.state(round_)
+        tokens = step * self.tokens_per_step
+        for task, loss in losses.items():
+            self.catalog.con.execute(
+                statement("runs.sql", "record_metric"), [self.run_id, round_, step, tokens, task, loss]
+            )
+        record = {
+            "event": event, "step": step, "round": round_, "tokens": tokens,
+            "heldout_loss": {k: round(v, 5) for k, v in losses.items()},
+            "heldout_loss_mean": round(float(np.mean(list(losses.values()))), 5),
+            "theta": {k: round(v, 4) for k, v in state.theta.items()},
+            "w": {a: {k: round(v, 4) for k, v in ws.items()} for a, ws in state.w.items()},
+        }  # fmt: skip
+        self._log(record)
+        return record
+
+    def _log(self, record: dict[str, Any]) -> None:
+        record = {"run": self.run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **record}
+        with open(self.paths.log, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, default=float) + "\n")

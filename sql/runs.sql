@@ -1,0 +1,46 @@
+-- Statements about training runs (corpus_agents/runs.py and trainer.py), one per `-- name:` block.
+
+-- name: schema
+-- Held-out reference loss of each task at each round of a run (written by the trainer).
+CREATE TABLE IF NOT EXISTS round_metrics (
+    run_id       VARCHAR NOT NULL,
+    round        INTEGER NOT NULL,
+    step         BIGINT NOT NULL,
+    tokens       BIGINT NOT NULL,
+    task         VARCHAR NOT NULL,
+    heldout_loss DOUBLE NOT NULL,
+    PRIMARY KEY (run_id, round, step, task)
+);
+
+-- name: record_metric
+INSERT OR REPLACE INTO round_metrics VALUES (?, ?, ?, ?, ?, ?);
+
+-- name: list_runs
+WITH last AS (SELECT run_id, max(round) AS round FROM collab_weights GROUP BY run_id),
+theta AS (
+    SELECT c.run_id, string_agg(c.agent || ' ' || round(c.theta, 3), ', ' ORDER BY c.agent) AS theta
+    FROM collab_weights c JOIN last USING (run_id, round) GROUP BY c.run_id
+),
+loss AS (
+    SELECT run_id, arg_max(mean_loss, step) AS heldout_loss, max(step) AS steps, max(tokens) AS tokens
+    FROM (SELECT run_id, step, tokens, avg(heldout_loss) AS mean_loss FROM round_metrics GROUP BY ALL)
+    GROUP BY run_id
+)
+SELECT r.run_id, r.init_from, last.round AS rounds, loss.steps, loss.tokens,
+       round(loss.heldout_loss, 4) AS heldout_loss, theta.theta
+FROM runs r LEFT JOIN last USING (run_id) LEFT JOIN theta USING (run_id) LEFT JOIN loss USING (run_id)
+ORDER BY r.created_at;
+
+-- name: selection_of
+-- The given round's selection, or the run's last one when the round is NULL.
+SELECT round, path FROM selections
+WHERE run_id = $1 AND ($2 IS NULL OR round = $2)
+ORDER BY round DESC LIMIT 1;
+
+-- name: label_shares
+SELECT coalesce(l.{agent}, '(none)') AS label, count(*) / sum(count(*)) OVER () AS share
+FROM selected s JOIN doc_labels l USING (doc_id)
+GROUP BY ALL ORDER BY share DESC;
+
+-- name: export_labels
+SELECT l.* FROM exported e JOIN doc_labels l USING (doc_id) ORDER BY l.doc_id;

@@ -1,0 +1,141 @@
+"""The selection-driven training loop end to end on a tiny model: rounds, console state, resume after kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from safetensors.torch import load_file
+
+from corpus_agents.catalog import Catalog
+from corpus_agents.cli import main
+
+TINY = [
+    "model.preset=tiny", "model.seq_len=64", "model.overrides={hidden_size: 32, intermediate_size: 64, "
+    "num_hidden_layers: 2, num_attention_heads: 2, num_key_value_heads: 1}",
+    "tokenizer.vocab_size=512", "tokenizer.sample_docs=300", "train.steps=9", "train.batch_size=2",
+    "train.warmup_steps=2", "train.log_every=3", "rounds.every=3", "rewards.max_tokens=64",
+    "console.probes_per_label=3",
+]  # fmt: skip
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, make_corpus, fasttext_model: Path) -> tuple[Path, Path]:
+    """A scored workspace (domain + kind agents) and a pipeline config with one reference task."""
+    from click.testing import CliRunner
+
+    make_corpus(tmp_path / "corpus", num_shards=2, rows_per_shard=150, row_group_rows=50)
+    ws = tmp_path / "ws"
+    runner = CliRunner()
+    for args in (
+        ["init", str(ws), "--corpus", str(tmp_path / "corpus" / "*.parquet")],
+        ["agent", "add", str(ws), "domain", "--kind", "metadata", "--column", "source"],
+        ["agent", "add", str(ws), "kind", "--kind", "fasttext", "--model", str(fasttext_model)],
+        ["score", str(ws), "--workers", "1", "--quiet"],
+    ):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0, result.output
+    from pydoc_data.topics import topics
+
+    prose = [" ".join(t.split()) for t in topics.values() if len(t) > 400][:60]
+    reference = ws / "reference.parquet"
+    pq.write_table(
+        pa.table({"prompt": [p[:150] for p in prose], "answer": [" " + p[150:230] for p in prose]}), reference
+    )
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        "references:\n  - {name: docs, path: '{workspace}/reference.parquet', prompt: '{prompt}', answer: '{answer}'}\n"
+    )
+    return ws, config
+
+
+def train(ws: Path, config: Path, run: str, *extra: str) -> subprocess.Popen:
+    args = [
+        sys.executable,
+        "-m",
+        "corpus_agents.cli",
+        "train",
+        str(ws),
+        "--config",
+        str(config),
+        "--run",
+        run,
+    ]
+    for item in TINY:
+        args += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen(
+        [*args, *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def console_tables(ws: Path, run: str) -> dict[str, list]:
+    con = duckdb.connect(str(ws / "catalog.duckdb"), read_only=True)
+    try:
+        return {
+            "theta": con.execute("SELECT round, agent, theta FROM collab_weights WHERE run_id = ? ORDER BY ALL", [run]).fetchall(),
+            "w": con.execute("SELECT round, agent, label_id, w FROM agent_memory WHERE run_id = ? ORDER BY ALL", [run]).fetchall(),
+            "probes": con.execute("SELECT round, doc_id, reward FROM probes WHERE run_id = ? ORDER BY ALL", [run]).fetchall(),
+            "seen": con.execute("SELECT doc_id, count FROM seen_counts WHERE run_id = ? ORDER BY ALL", [run]).fetchall(),
+            "selections": con.execute("SELECT round, num_docs, tokens FROM selections WHERE run_id = ? ORDER BY ALL", [run]).fetchall(),
+        }  # fmt: skip
+    finally:
+        con.close()
+
+
+def final_weights(ws: Path, run: str) -> dict:
+    last = sorted((ws / "runs" / run / "checkpoints").glob("step-*"))[-1]
+    return load_file(last / "model" / "model.safetensors")
+
+
+def test_training_rounds_move_the_console_and_resume_after_kill_9_matches(
+    workspace: tuple[Path, Path],
+) -> None:
+    ws, config = workspace
+    clean = train(ws, config, "clean")
+    out, _ = clean.communicate(timeout=600)
+    assert clean.returncode == 0, out
+    assert "run clean: 9 steps" in out
+    tables = console_tables(ws, "clean")
+    rounds = {r for r, _, _ in tables["theta"]}
+    assert rounds == {0, 1, 2}  # round 0 = the random warm-up, then a round every 3 steps
+    theta_last = {a: t for r, a, t in tables["theta"] if r == 2}
+    assert abs(sum(theta_last.values()) - 1) < 1e-9 and min(theta_last.values()) >= 0.02
+    # Rewards reached the agents' memory (theta moving toward the better agent is pinned in test_console).
+    assert any(abs(w) > 0 for r, _, _, w in tables["w"] if r == 2) and len(tables["probes"]) > 0
+    assert all(count >= 1 for _, count in tables["seen"]) and tables["seen"]
+    assert len(tables["selections"]) == 3 and all(n > 0 for _, n, _ in tables["selections"])
+
+    # The same run killed with SIGKILL once its round-1 checkpoint exists, then resumed.
+    killed = train(ws, config, "killed")
+    checkpoints = ws / "runs" / "killed" / "checkpoints"
+    deadline = time.time() + 300
+    while not (checkpoints / "step-00000003" / "trainer_state.pt").exists():
+        assert killed.poll() is None and time.time() < deadline, killed.communicate()[0]
+        time.sleep(0.05)
+    time.sleep(0.5)  # let it run into round 2 before the kill
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    resumed = train(ws, config, "killed", "--resume")
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+
+    assert console_tables(ws, "killed") == tables
+    clean_weights, resumed_weights = final_weights(ws, "clean"), final_weights(ws, "killed")
+    assert clean_weights.keys() == resumed_weights.keys()
+    for name, tensor in clean_weights.items():
+        assert (tensor == resumed_weights[name]).all(), name
+
+    with Catalog(ws) as cat:
+        runs = cat.con.execute(
+            "SELECT run_id, count(DISTINCT round) FROM round_metrics GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    assert runs == [("clean", 3), ("killed", 3)]
