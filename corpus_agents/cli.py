@@ -471,12 +471,14 @@ def export(workspace: str, run_id: str, round_: int | None, out: str, shard_docs
     help="Where to build the demo corpus and workspace (recreated).",
 )
 @click.option("--workers", type=int, default=None, help="Worker processes (default: CPU cores).")
+@click.option("--no-train", is_flag=True, help="Stop after scoring and the SQL summaries.")
 @user_errors
-def demo(workspace: str, workers: int | None) -> None:
-    """Build a small multi-domain corpus from text on this machine, add three agents, score, and query."""
+def demo(workspace: str, workers: int | None, no_train: bool) -> None:
+    """Build a multi-domain corpus from text on this machine, add agents, score, query, then train the same
+    tiny model with the method and with random selection and show how the agents' weights moved."""
     from corpus_agents.demo import run_demo
 
-    run_demo(Path(workspace), workers or os.cpu_count() or 1)
+    run_demo(Path(workspace), workers or os.cpu_count() or 1, train=not no_train)
 
 
 if __name__ == "__main__":

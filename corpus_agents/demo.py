@@ -1,4 +1,4 @@
-"""`corpus-agents demo`: a small multi-domain corpus from text on this machine, three agents, scoring, SQL.
+"""`corpus-agents demo`: a multi-domain corpus from text on this machine, agents, scoring, SQL, training.
 
 Everything runs through the same functions as the CLI commands, so the demo is also an end-to-end check.
 """
@@ -22,6 +22,7 @@ from corpus_agents.demo_corpus import build_demo_corpus, describe_demo_corpus
 from corpus_agents.errors import CorpusAgentsError
 from corpus_agents.query import run_query, write_result
 from corpus_agents.scoring import run_scoring
+from corpus_agents.sqlfiles import resource_dir
 
 #: The summaries the demo prints: each is plain SQL a user can run with `corpus-agents query`.
 SUMMARIES = [
@@ -32,8 +33,9 @@ SUMMARIES = [
     ),
     (
         "Share of each quality bin per domain (%)",
-        "PIVOT (SELECT domain, quality, 100.0 * count(*) / sum(count(*)) OVER (PARTITION BY domain) AS pct "
-        "FROM doc_labels GROUP BY ALL) ON quality USING round(sum(pct), 1) GROUP BY domain ORDER BY domain",
+        "PIVOT (SELECT domain, quality, round(100.0 * n / sum(n) OVER (PARTITION BY domain), 1) AS pct "
+        "FROM (SELECT domain, quality, count(*) AS n FROM doc_labels GROUP BY ALL)) "
+        "ON quality USING first(pct) GROUP BY domain ORDER BY domain",
     ),
     (
         "Topics: size, top terms and the domain they come from most",
@@ -41,6 +43,18 @@ SUMMARIES = [
         "FROM doc_labels GROUP BY ALL ORDER BY docs DESC",
     ),
 ]
+
+
+THETA_SQL = (
+    "PIVOT (SELECT round, agent, round(theta, 3) AS theta FROM collab_weights WHERE run_id = 'method') "
+    "ON agent USING first(theta) ORDER BY round"
+)
+MEMORY_SQL = (
+    "SELECT m.agent, string_agg(l.name || ' ' || round(m.w, 2), ', ' ORDER BY m.w DESC) AS w "
+    "FROM agent_memory m JOIN agent_labels l ON l.agent = m.agent AND l.label_id = m.label_id "
+    "WHERE m.run_id = 'method' AND m.round = (SELECT max(round) FROM agent_memory WHERE run_id = 'method') "
+    "GROUP BY m.agent ORDER BY m.agent"
+)
 
 
 def _context(cat: Catalog) -> AgentContext:
@@ -53,14 +67,71 @@ def _context(cat: Catalog) -> AgentContext:
 
 
 def _write_reference(shards: list[Path], path: Path) -> int:
-    """The demo's reference set: the Python documentation prose (stands in for LAMBADA/SQuAD-like targets)."""
+    """The quality agent's positives: the Python documentation prose (as DCLM uses instruction data)."""
     table = pa.concat_tables(pq.read_table(p, columns=["text", "source"]) for p in shards)
     prose = table.filter(pc.equal(table["source"], "python-docs")).select(["text"])
     pq.write_table(prose, path)
     return prose.num_rows
 
 
-def run_demo(root: Path, workers: int) -> None:
+def _last_sentence_task(texts: list[str]) -> pa.Table:
+    """LAMBADA-style pairs: the last sentence of a paragraph (answer) after the text before it (prompt)."""
+    prompts, answers = [], []
+    for text in texts:
+        for para in text.split("\n\n"):
+            para = " ".join(para.split())
+            cut = para.rstrip(".").rfind(". ")
+            if len(para) < 200 or cut < 100 or not 20 <= len(para) - cut <= 300:
+                continue
+            prompts.append(para[max(0, cut - 800) : cut + 1])
+            answers.append(" " + para[cut + 2 :])
+    return pa.table({"prompt": prompts, "answer": answers})
+
+
+def write_reference_tasks(shards: list[Path], directory: Path) -> dict[str, int]:
+    """The demo's reference tasks (what training should get better at): continue Python-docs and
+    package-README paragraphs. They come from the corpus itself, which a real setup would avoid."""
+    table = pa.concat_tables(pq.read_table(p, columns=["text", "source"]) for p in shards)
+    directory.mkdir(parents=True, exist_ok=True)
+    sizes = {}
+    for source, name in (("python-docs", "python-docs-qa"), ("package-docs", "package-docs-qa")):
+        texts = table.filter(pc.equal(table["source"], source))["text"].to_pylist()
+        task = _last_sentence_task(texts)
+        pq.write_table(task, directory / f"{name}.parquet")
+        sizes[name] = task.num_rows
+    return sizes
+
+
+def _train_and_compare(cat: Catalog, shards: list[Path], console: Console) -> None:
+    """Train the same tiny model with the method and with random selection; show weights and losses."""
+    from corpus_agents.config import load_config
+    from corpus_agents.runs import list_runs
+    from corpus_agents.trainer import Trainer
+
+    console.rule("[bold]5. training[/]: the method (pipelines/demo.yaml) vs random selection")
+    sizes = write_reference_tasks(shards, cat.dir / "reference")
+    console.print(f"  reference tasks (probe half steers, held-out half evaluates): {sizes}")
+    pipelines = resource_dir("pipelines")
+    for run_id, path in (
+        ("method", pipelines / "demo.yaml"),
+        ("random", pipelines / "ablations" / "random.yaml"),
+    ):
+        t0 = time.perf_counter()
+        final = Trainer(cat, load_config(path), run_id).train()
+        losses = ", ".join(f"{k} {v:.3f}" for k, v in final["heldout_loss"].items())
+        console.print(
+            f"  [bold]{run_id}[/]: {final['tokens']:,} tokens in {time.perf_counter() - t0:.0f}s; held-out loss {losses}"
+        )
+
+    console.print("\n[bold]How the collaboration weights moved[/] (theta per round, run `method`)")
+    write_result(run_query(cat, THETA_SQL), "table", None, max_rows=50)
+    console.print("\n[bold]What each agent learnt to prefer[/] (agent memory w after the last round)")
+    write_result(run_query(cat, MEMORY_SQL), "table", None, max_rows=50)
+    console.print("\n[bold]Runs[/] (mean held-out reference loss after the last step; lower is better)")
+    write_result(list_runs(cat), "table", None)
+
+
+def run_demo(root: Path, workers: int, train: bool = True) -> None:
     console = Console()
     root = root.resolve()
     if root.exists():
@@ -117,6 +188,9 @@ def run_demo(root: Path, workers: int) -> None:
         for title, sql in SUMMARIES:
             console.print(f"\n[bold]{title}[/]\n[dim]{sql}[/]")
             write_result(run_query(cat, sql), "table", None, max_rows=20)
+
+        if train:
+            _train_and_compare(cat, shards, console)
     console.rule(f"demo finished in {time.perf_counter() - started:.0f}s")
     console.print(
         f'Try: corpus-agents status {root}\n     corpus-agents query {root} "SELECT * FROM doc_labels LIMIT 5"'

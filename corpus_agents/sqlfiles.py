@@ -9,13 +9,18 @@ from pathlib import Path
 _BLOCK = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
-def sql_dir() -> Path:
-    """`corpus_agents/sql` in an installed wheel, the repository's top-level `sql/` in a source checkout."""
+def resource_dir(name: str) -> Path:
+    """`corpus_agents/<name>` in an installed wheel, the repository's top-level `<name>/` in a checkout
+    (`sql`, `pipelines`)."""
     here = Path(__file__).resolve().parent
-    for candidate in (here / "sql", here.parent / "sql"):
-        if (candidate / "schema.sql").is_file():
+    for candidate in (here / name, here.parent / name):
+        if candidate.is_dir():
             return candidate
-    raise FileNotFoundError(f"cannot find the sql/ directory next to {here}")
+    raise FileNotFoundError(f"cannot find the {name}/ directory next to {here}")
+
+
+def sql_dir() -> Path:
+    return resource_dir("sql")
 
 
 @functools.cache
