@@ -57,7 +57,9 @@ class TrainConfig:
 
 @dataclass
 class RoundsConfig:
-    every: int = 50  # U: steps between rounds; the first U steps read a random selection
+    # U: steps between rounds (the first U steps read a random selection). The paper's 1500: probing costs
+    # about as much as U = 50 steps of training at 160 probes (benchmarks/results/training.md).
+    every: int = 1500
     oversample: float = 1.0  # selection budget = U * tokens per step * oversample
 
 

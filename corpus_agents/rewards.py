@@ -180,13 +180,15 @@ def gradient_rewards(
             grads = per_example_gradients(model, [docs[i] for i in rows], max_length)
             if sketch is not None:
                 vec = sketch.project(grads)
-                dots, sq = (vec @ ref_sketch.T).double(), vec.double().square().sum(1)
+                dots, sq = (vec @ ref_sketch.T).double(), vec.double().square().sum(1) if cosine else None
             else:
                 flat = {n: _wide(g.reshape(g.shape[0], -1)) for n, g in grads.items()}
                 dots = sum((f @ ref_cols[n]).double() for n, f in flat.items())
-                sq = sum(f.double().square().sum(1) for f in flat.values())
+                # Norms only matter for cosine: squaring every per-example gradient in float64 is not free.
+                sq = sum(f.double().square().sum(1) for f in flat.values()) if cosine else None
             out[rows] = dots.cpu().numpy()
-            norms[rows] = sq.sqrt().cpu().numpy()
+            if sq is not None:
+                norms[rows] = sq.sqrt().cpu().numpy()
     if cosine:
         denom = norms[:, None] * ref_norms.cpu().numpy()[None, :]
         out = np.divide(out, denom, out=np.zeros_like(out), where=denom > 0)
