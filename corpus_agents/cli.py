@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -350,20 +351,32 @@ def train(
 ) -> None:
     """Train a causal LM on the documents the console selects, re-weighting the agents every round.
 
+    Several GPUs (or CPU processes): launch the same command under torchrun, with `--` before the module
+    (else torchrun takes `--run` for its own `--run-path`). Rank 0 owns the workspace catalog and the
+    console, the probes' rewards are split across the ranks and each rank reads its own slice of every
+    selection; `train.batch_size` is per rank. Resume the same way, with `--resume`.
+
     \b
     Examples:
       corpus-agents train ws --config pipelines/demo.yaml --set console.eta_theta=0.5
       corpus-agents train ws --config pipelines/demo.yaml --resume
       corpus-agents train ws --config pipelines/demo.yaml --run refreshed --init-from demo
+      torchrun --nproc-per-node 4 -m -- corpus_agents.cli train ws --config pipelines/demo.yaml --run ddp
     """
     from corpus_agents.catalog import Catalog
     from corpus_agents.config import load_config
-    from corpus_agents.trainer import Trainer
+    from corpus_agents.trainer import Trainer, start_distributed
 
     config = load_config(config_path, list(overrides))
     run_id = run_id or (Path(config_path).stem if config_path else "run")
-    with Catalog(workspace) as cat:
-        final = Trainer(cat, config, run_id, init_from=init_from).train(resume=resume)
+    dist = start_distributed(config)
+    try:
+        with Catalog(workspace) if dist.is_main else contextlib.nullcontext() as cat:
+            final = Trainer(cat, config, run_id, init_from=init_from, dist=dist).train(resume=resume)
+    finally:
+        dist.close()
+    if not dist.is_main:
+        return
     losses = ", ".join(f"{k} {v:.4f}" for k, v in final["heldout_loss"].items())
     click.echo(f"run {run_id}: {final['step']} steps, {final['tokens']:,} tokens; held-out loss: {losses}")
 

@@ -5,6 +5,12 @@ steps a round draws probe documents, measures their rewards on the live model, u
 and the collaboration weights, and writes the next selection snapshot, which the streaming reader reads.
 A checkpoint is written at every round boundary, after the round's selection, so `--resume` after a
 crash restarts at the start of a round and reaches the same result as an uninterrupted run.
+
+Under `torchrun` the model is wrapped in `DistributedDataParallel` and rank 0 alone opens the catalog and
+runs the console: it draws the probes and broadcasts their doc ids, every rank rewards its share of them
+and rank 0 gathers the rewards, updates the console, writes the selection snapshot and the checkpoint
+while the others wait at a barrier. Every rank then reads its own slice of the snapshot, and rank 0
+gathers the consumed doc ids for the seen counts.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +32,7 @@ import torch
 from corpus_agents.catalog import Catalog
 from corpus_agents.config import PipelineConfig
 from corpus_agents.corpus import read_doc_texts, sample_texts
+from corpus_agents.distributed import Distributed
 from corpus_agents.errors import CorpusAgentsError
 from corpus_agents.models import build_model, load_tokenizer, train_tokenizer
 from corpus_agents.runs import ensure_schema
@@ -92,32 +100,58 @@ def _device(config: PipelineConfig) -> torch.device:
     return torch.device("cuda" if wanted in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
 
 
+def start_distributed(config: PipelineConfig) -> Distributed:
+    """Join `torchrun`'s process group with the backend of the configured device (a no-op without it)."""
+    return Distributed.from_env(cuda=_device(config).type == "cuda")
+
+
 def _autocast(device: torch.device, dtype: str) -> Any:
     use_bf16 = dtype == "bf16" or (dtype == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
 
 class Trainer:
-    """One training run of the method (or an ablation) on a workspace's scored corpus."""
+    """One training run of the method (or an ablation) on a workspace's scored corpus.
+
+    Under `torchrun`, pass `dist` (see `start_distributed`) and the catalog on rank 0 only (None elsewhere).
+    """
 
     def __init__(
-        self, catalog: Catalog, config: PipelineConfig, run_id: str, *, init_from: str | None = None
+        self,
+        catalog: Catalog | None,
+        config: PipelineConfig,
+        run_id: str,
+        *,
+        init_from: str | None = None,
+        dist: Distributed | None = None,
     ):
         from corpus_agents.console import Console, ConsoleConfig
         from corpus_agents.references import ReferenceSpec, encode_examples, load_reference
 
+        self.dist = dist or Distributed()
+        if (catalog is not None) != self.dist.is_main:
+            raise ValueError("rank 0, and only rank 0, opens the catalog")
         self.catalog = catalog
         self.config = config
         self.run_id = run_id
-        self.paths = RunPaths(catalog.dir / "runs" / run_id)
+        self.workspace, shards = self.dist.broadcast((catalog.dir, catalog.shards()) if catalog else None)
+        self.paths = RunPaths(self.workspace / "runs" / run_id)
         self.paths.root.mkdir(parents=True, exist_ok=True)
         self.device = _device(config)
-        self.shards = {s.shard_id: s for s in catalog.shards()}
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.shards = {s.shard_id: s for s in shards}
         if not self.shards:
-            raise CorpusAgentsError(f"workspace {catalog.dir} has no shards; run `corpus-agents init` first")
+            raise CorpusAgentsError(
+                f"workspace {self.workspace} has no shards; run `corpus-agents init` first"
+            )
         if not config.references:
             raise CorpusAgentsError("the pipeline config lists no references: rewards need reference tasks")
-        self.tokenizer = self._tokenizer()
+        if self.dist.is_main:
+            self.tokenizer = self._tokenizer()
+        self.dist.barrier()  # the other ranks load the tokenizer that rank 0 trained and saved
+        if not self.dist.is_main:
+            self.tokenizer = self._tokenizer()
         self.eos_id = self.tokenizer.eos_token_id
         seq_len = config.model.seq_len
         self.references = [
@@ -129,18 +163,19 @@ class Trainer:
         self.heldout_batches = {
             r.name: encode_examples(self.tokenizer, r.heldout, max_length=seq_len) for r in self.references
         }
-        ensure_schema(catalog)
-        self.console = Console(catalog, run_id, ConsoleConfig.from_dict(config.console))
-        self.console.start(init_from=init_from)
-        self.tokens_per_step = config.train.batch_size * config.train.grad_accum * seq_len
+        self.console: Console | None = None
+        if catalog is not None:
+            ensure_schema(catalog)
+            self.console = Console(catalog, run_id, ConsoleConfig.from_dict(config.console))
+            self.console.start(init_from=init_from)
+        tokens_per_rank = config.train.batch_size * config.train.grad_accum * seq_len
+        self.tokens_per_step = tokens_per_rank * self.dist.world_size
 
     # ----- setup -----------------------------------------------------------------------------------
     def _in_workspace(self, reference: dict[str, Any]) -> dict[str, Any]:
         """`{workspace}` in a reference path stands for the workspace directory."""
         path = reference.get("path")
-        return (
-            {**reference, "path": path.replace("{workspace}", str(self.catalog.dir))} if path else reference
-        )
+        return {**reference, "path": path.replace("{workspace}", str(self.workspace))} if path else reference
 
     def _tokenizer(self) -> Any:
         cfg = self.config.tokenizer
@@ -217,28 +252,43 @@ class Trainer:
         return losses
 
     def probe_rewards(self, model: Any, optimizer: Any, round_: int) -> dict[int, float]:
-        """Rewards of the round's probe documents, standardised per task and averaged (ALGORITHM.md 2.2)."""
-        from corpus_agents.rewards import encode_documents, gradient_rewards, one_step_rewards, standardize
+        """Rewards of the round's probe documents, standardised per task and averaged (ALGORITHM.md 2.2).
 
-        probes = self.console.draw_probes(round_)
-        doc_ids = np.asarray(probes["doc_id"].to_numpy(), dtype=np.int64)
+        Rank 0 draws the probes; each rank rewards a contiguous share of them and rank 0, which alone
+        returns the rewards (the other ranks get {}), standardises them over all the probes.
+        """
+        from corpus_agents.rewards import standardize
+
+        probes = self.console.draw_probes(round_) if self.console is not None else None
+        doc_ids = self.dist.broadcast(
+            np.asarray(probes["doc_id"].to_numpy(), dtype=np.int64) if probes is not None else None
+        )
         if len(doc_ids) == 0:
             return {}
+        share = np.array_split(doc_ids, self.dist.world_size)[self.dist.rank]
+        raw = self.dist.gather(self._raw_rewards(model, optimizer, share))
+        if not self.dist.is_main:
+            return {}
+        return dict(zip(doc_ids.tolist(), standardize(np.concatenate(raw)).tolist()))
+
+    def _raw_rewards(self, model: Any, optimizer: Any, doc_ids: np.ndarray) -> np.ndarray:
+        """[n_docs, n_tasks] rewards of the given documents by the configured `rewards.method`."""
+        from corpus_agents.rewards import encode_documents, gradient_rewards, one_step_rewards
+
         texts = read_doc_texts(self.shards, doc_ids)
         cfg = self.config.rewards
         docs = encode_documents(self.tokenizer, texts, max_length=cfg.max_tokens)
         if cfg.method == "gradient":
-            raw = gradient_rewards(
+            return gradient_rewards(
                 model, self.probe_batches, docs, cosine=cfg.cosine, projection_dim=cfg.projection_dim,
                 seed=self.config.train.seed, chunk_size=cfg.chunk_size,
             )  # fmt: skip
-        elif cfg.method == "one_step":
-            raw = one_step_rewards(model, optimizer, docs, self.probe_batches)
-        else:
-            raise CorpusAgentsError(f"unknown rewards.method {cfg.method!r}; choose gradient or one_step")
-        return dict(zip(doc_ids.tolist(), standardize(raw).tolist()))
+        if cfg.method == "one_step":
+            return one_step_rewards(model, optimizer, docs, self.probe_batches)
+        raise CorpusAgentsError(f"unknown rewards.method {cfg.method!r}; choose gradient or one_step")
 
     def select(self, round_: int) -> Path:
+        """The round's selection snapshot, for every rank's tokens (rank 0 only)."""
         budget = int(self.config.rounds.every * self.tokens_per_step * self.config.rounds.oversample)
         mode = "random" if round_ == 0 else None  # round 0 is the random warm-up
         return self.console.select(round_, budget, self.paths.selection(round_), mode=mode)
@@ -254,6 +304,7 @@ class Trainer:
             reader = SelectionReader(
                 selection, self.tokenizer, seq_len=self.config.model.seq_len, eos_id=self.eos_id,
                 seed=self.config.train.seed * 1_000_003 + round_ * 1_009 + epoch,
+                rank=self.dist.rank, world_size=self.dist.world_size,
             )  # fmt: skip
             loader = DataLoader(reader, batch_size=self.config.train.batch_size,
                                 num_workers=self.config.train.num_workers)  # fmt: skip
@@ -267,44 +318,56 @@ class Trainer:
 
     # ----- the loop --------------------------------------------------------------------------------
     def train(self, resume: bool = False) -> dict[str, Any]:
+        """Run (or, with `resume`, continue) to `train.steps`; the final round record, on every rank."""
+        from torch.nn.parallel import DistributedDataParallel
+
         cfg = self.config
+        main = self.dist.is_main
         torch.manual_seed(cfg.train.seed)
         model, optimizer, scheduler = self._model_and_optimizer()
         step, round_ = 0, 0
-        checkpoint = self.paths.latest_checkpoint() if resume else None
+        checkpoint = self.dist.broadcast(self.paths.latest_checkpoint() if resume and main else None)
         if checkpoint is not None:
             step, round_ = self.load_checkpoint(checkpoint, model, optimizer, scheduler)
             self._log({"event": "resume", "step": step, "round": round_, "checkpoint": checkpoint.name})
-        else:
+        elif main:
             self.paths.log.unlink(missing_ok=True)
             self.select(0)
             self._round_log(model, step, 0)
             self.save_checkpoint(model, optimizer, scheduler, step, 0)
-        selection = self.paths.selection(round_)
+        self.dist.barrier()  # the round's selection is on disk
+        # `net` trains (it all-reduces the gradients under torchrun); probes, evaluation and checkpoints
+        # use the bare `model`.
+        net = model
+        if self.dist.enabled:
+            device_ids = [self.device] if self.device.type == "cuda" else None
+            net = DistributedDataParallel(model, device_ids=device_ids)
         model.train()
-        data = self.batches(selection, round_)
+        data = self.batches(self.paths.selection(round_), round_)
         consumed: list[np.ndarray] = []
         started, tokens_since, last_log = time.perf_counter(), 0, time.perf_counter()
         while step < cfg.train.steps:
             if step > 0 and step % cfg.rounds.every == 0 and step // cfg.rounds.every > round_:
-                self.console.record_consumed(
-                    np.concatenate(consumed) if consumed else np.array([], np.int64), round=round_
-                )
+                self._record_consumed(consumed, round_)
                 consumed = []
                 round_ += 1
                 rewards = self.probe_rewards(model, optimizer, round_)
-                self.console.update(round_, rewards)
-                selection = self.select(round_)
-                self._round_log(model, step, round_)
-                self.save_checkpoint(model, optimizer, scheduler, step, round_)
-                data = self.batches(selection, round_)
+                if self.console is not None:  # rank 0
+                    self.console.update(round_, rewards)
+                    self.select(round_)
+                    self._round_log(model, step, round_)
+                    self.save_checkpoint(model, optimizer, scheduler, step, round_)
+                self.dist.barrier()  # the round's selection is on disk
+                data = self.batches(self.paths.selection(round_), round_)
             loss_sum = 0.0
-            for _ in range(cfg.train.grad_accum):
+            for micro in range(cfg.train.grad_accum):
                 batch = next(data)
                 input_ids = batch["input_ids"].to(self.device)
-                with _autocast(self.device, cfg.train.dtype):
-                    loss = model(input_ids=input_ids, labels=input_ids).loss / cfg.train.grad_accum
-                loss.backward()
+                last = micro == cfg.train.grad_accum - 1  # DDP all-reduces on the last micro-batch only
+                with net.no_sync() if self.dist.enabled and not last else nullcontext():
+                    with _autocast(self.device, cfg.train.dtype):
+                        loss = net(input_ids=input_ids, labels=input_ids).loss / cfg.train.grad_accum
+                    loss.backward()
                 loss_sum += loss.item()
                 ids = batch["doc_ids"].numpy().ravel()
                 consumed.append(ids[ids >= 0])
@@ -320,15 +383,22 @@ class Trainer:
                            "lr": scheduler.get_last_lr()[0], "tokens": step * self.tokens_per_step,
                            "tokens_per_s": round(tokens_since / max(now - last_log, 1e-9))})  # fmt: skip
                 tokens_since, last_log = 0, now
-        self.console.record_consumed(
-            np.concatenate(consumed) if consumed else np.array([], np.int64), round=round_
-        )
-        final = self._round_log(model, step, round_, event="final")
-        self.save_checkpoint(model, optimizer, scheduler, step, round_)
-        final["seconds"] = round(time.perf_counter() - started, 1)
-        return final
+        self._record_consumed(consumed, round_)
+        final: dict[str, Any] = {}
+        if main:
+            final = self._round_log(model, step, round_, event="final")
+            self.save_checkpoint(model, optimizer, scheduler, step, round_)
+            final["seconds"] = round(time.perf_counter() - started, 1)
+        return self.dist.broadcast(final)
+
+    def _record_consumed(self, consumed: list[np.ndarray], round_: int) -> None:
+        """Add the round's consumed doc ids of every rank to the seen counts (on rank 0)."""
+        ids = self.dist.gather(np.concatenate(consumed) if consumed else np.array([], np.int64))
+        if self.console is not None:
+            self.console.record_consumed(np.concatenate(ids), round=round_)
 
     def _round_log(self, model: Any, step: int, round_: int, event: str = "round") -> dict[str, Any]:
+        """Record the held-out losses and log them with the console state (rank 0 only)."""
         losses = self.heldout_losses(model)
         state = self.console.state(round_)
         tokens = step * self.tokens_per_step
@@ -347,6 +417,9 @@ class Trainer:
         return record
 
     def _log(self, record: dict[str, Any]) -> None:
+        """Append a record to the run's log.jsonl (rank 0 only)."""
+        if not self.dist.is_main:
+            return
         record = {"run": self.run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **record}
         with open(self.paths.log, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, default=float) + "\n")
