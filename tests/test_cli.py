@@ -90,7 +90,12 @@ def test_full_flow(corpus: Path, reference: Path) -> None:
     assert prose > code + 0.1  # weak on 35 positives: the negatives are a corpus sample, prose included
 
     # Texts are one join away: the `documents` view reads them from the shards.
-    assert scalar(ws, "SELECT count(*) FROM documents d JOIN docs USING (doc_id) WHERE strlen(d.text) = text_bytes") == n_docs
+    assert (
+        scalar(
+            ws, "SELECT count(*) FROM documents d JOIN docs USING (doc_id) WHERE strlen(d.text) = text_bytes"
+        )
+        == n_docs
+    )
 
     out = run("status", str(ws))
     assert "3 shards" in out and "quality" in out and "domain" in out
