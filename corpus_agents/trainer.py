@@ -110,6 +110,22 @@ def _autocast(device: torch.device, dtype: str) -> Any:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
 
+def summary_line(record: dict[str, Any]) -> str:
+    """A log record as one readable console line."""
+    head = f"[{record['run']}] {record['event']:<6} step {record.get('step', 0):>6}"
+    if record["event"] == "step":
+        return (
+            f"{head}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['tokens_per_s']:,} tokens/s"
+        )
+    if "heldout_loss" in record:
+        losses = " ".join(f"{k} {v:.4f}" for k, v in record["heldout_loss"].items())
+        theta = " ".join(f"{k} {v:.3f}" for k, v in record["theta"].items())
+        return f"{head}  round {record['round']}  held-out loss: {losses}  theta: {theta}"
+    return f"{head}  " + " ".join(
+        f"{k}={v}" for k, v in record.items() if k not in ("run", "time", "event", "step")
+    )
+
+
 class Trainer:
     """One training run of the method (or an ablation) on a workspace's scored corpus.
 
@@ -417,9 +433,10 @@ class Trainer:
         return record
 
     def _log(self, record: dict[str, Any]) -> None:
-        """Append a record to the run's log.jsonl (rank 0 only)."""
+        """Append a record to the run's log.jsonl and print a one-line summary of it (rank 0 only)."""
         if not self.dist.is_main:
             return
         record = {"run": self.run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **record}
         with open(self.paths.log, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, default=float) + "\n")
+        print(summary_line(record), flush=True)
