@@ -26,10 +26,8 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import resource
 import shlex
-import subprocess
 import sys
 import sysconfig
 import time
@@ -50,6 +48,7 @@ from corpus_agents.selection import ShardRef, write_snapshot
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corpus_text import DEFAULT_CACHE, groff_to_text, split_documents  # noqa: E402
+from environment import machine, versions  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS_VERSION = 1  # bump when the corpus recipe changes, so cached corpora are rebuilt
@@ -234,30 +233,6 @@ def stage_breakdown(make: Callable[[], SelectionReader]) -> dict[str, float]:
     return {"tokens": tokens, "total": total, **spent}
 
 
-def machine() -> dict[str, Any]:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), ""
-    )
-    mem = next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
-    return {
-        "cpu_model": model or platform.processor(),
-        "cores": os.cpu_count(),
-        "ram_gb": round(int(mem.split()[1]) / 1024**2, 1),
-        "loadavg": float(Path("/proc/loadavg").read_text().split()[0]),
-    }
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in ("tokenizers", "torch", "pyarrow", "numpy", "corpus-agents"):
-        out[dist] = importlib.metadata.version(dist)
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
-    out["git"] = rev.stdout.strip() + ("+dirty" if dirty.strip() else "")
-    return out
-
-
 # ----- report ------------------------------------------------------------------------------------------------
 def markdown(result: dict[str, Any]) -> str:
     c, m = result["corpus"], result["machine"]
@@ -392,7 +367,7 @@ def main() -> None:
         "command": "python benchmarks/reader.py " + shlex.join(sys.argv[1:]),
         "machine": start_machine,
         "loadavg_end": machine()["loadavg"],
-        "versions": versions(),
+        "versions": versions("tokenizers", "torch", "pyarrow", "numpy", "corpus-agents"),
         "corpus": {
             "directory": str(corpus),
             "documents": info["documents"],

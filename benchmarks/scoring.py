@@ -26,7 +26,6 @@ import io
 import json
 import multiprocessing as mp
 import os
-import platform
 import pstats
 import resource
 import shutil
@@ -41,6 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corpus_text import DEFAULT_CACHE, build_corpus  # noqa: E402
+from environment import machine, versions  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path("/work/shared/data/reference/squad.parquet")
@@ -89,44 +89,6 @@ def lid_model_path() -> str | None:
         return None
     path = Path(spec.origin).parent / "resources" / "lid.176.ftz"
     return str(path) if path.is_file() else None
-
-
-def machine() -> dict[str, Any]:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), ""
-    )
-    mem = next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
-    return {
-        "cpu_model": model or platform.processor(),
-        "cores": os.cpu_count(),
-        "ram_gb": round(int(mem.split()[1]) / 1024**2, 1),
-        "kernel": platform.release(),
-    }
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name, dist in [
-        ("fasttext", "fasttext-numpy2-wheel"),
-        ("duckdb", "duckdb"),
-        ("pyarrow", "pyarrow"),
-        ("numpy", "numpy"),
-        ("corpus-agents", "corpus-agents"),
-    ]:
-        try:
-            out[name] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        )
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True)
-        out["git"] = rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except OSError:
-        pass
-    return out
 
 
 def cli(*args: str) -> float:
@@ -659,7 +621,9 @@ def main() -> None:
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": "python " + " ".join([os.path.relpath(__file__, Path.cwd()), *sys.argv[1:]]),
         "machine": machine(),
-        "versions": versions(),
+        "versions": versions(
+            "duckdb", "pyarrow", "numpy", "corpus-agents", names={"fasttext": "fasttext-numpy2-wheel"}
+        ),
         "loadavg_start": loadavg(),
         "repeat": args.repeat,
         "setup": {},

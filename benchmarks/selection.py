@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import json
-import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -33,6 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from environment import machine, versions  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 AGENTS = {"quality": 5, "domain": 7, "topic": 13}
@@ -80,30 +81,6 @@ def wait_quiet(max_wait_s: float) -> float:
     while idle < 0.9 and time.perf_counter() - started < max_wait_s:
         idle = cpu_idle()
     return idle
-
-
-def machine() -> dict[str, Any]:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), ""
-    )
-    mem = next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
-    return {
-        "cpu_model": model or platform.processor(),
-        "cores": os.cpu_count(),
-        "ram_gb": round(int(mem.split()[1]) / 1024**2, 1),
-        "kernel": platform.release(),
-    }
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("duckdb", "pyarrow", "numpy", "corpus-agents"):
-        out[name] = importlib.metadata.version(name)
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True)
-    out["git"] = rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    return out
 
 
 class Timer:
@@ -331,7 +308,7 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": "python benchmarks/selection.py " + " ".join(sys.argv[1:]),
         "machine": machine(),
-        "versions": versions(),
+        "versions": versions("duckdb", "pyarrow", "numpy", "corpus-agents"),
         "threads": args.threads,
         "repeat": args.repeat,
         "budget_fraction": args.budget_fraction,

@@ -49,7 +49,8 @@ from corpus_agents.trainer import Trainer, _autocast
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corpus_text import DEFAULT_CACHE  # noqa: E402
-from reader import build_corpus, machine, select, versions  # noqa: E402
+from environment import machine, versions  # noqa: E402
+from reader import build_corpus, select  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 US = (50, 200, 1500)
@@ -396,7 +397,7 @@ def main() -> None:
             "machine": start_machine,
             "loadavg_end": machine()["loadavg"],
             "torch_threads": torch.get_num_threads(),
-            "versions": {**versions(), "transformers": __import__("transformers").__version__},
+            "versions": versions("tokenizers", "torch", "transformers", "pyarrow", "numpy", "corpus-agents"),
             "data": (
                 f"reader-benchmark corpus {corpus.name} (stdlib sources, man pages, /usr/share/doc); "
                 f"selection {len(texts):,} docs; byte-level BPE {vocab} trained on {len(sample):,} of them; "

@@ -1,0 +1,43 @@
+"""What every benchmark records beside its figures: the machine and the versions (with the git revision)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, RAM, kernel and the load average now (the machines are shared)."""
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), ""
+    )
+    mem = next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
+    return {
+        "cpu_model": model or platform.processor(),
+        "cores": os.cpu_count(),
+        "ram_gb": round(int(mem.split()[1]) / 1024**2, 1),
+        "kernel": platform.release(),
+        "loadavg": float(Path("/proc/loadavg").read_text().split()[0]),
+    }
+
+
+def versions(*dists: str, names: dict[str, str] | None = None) -> dict[str, str]:
+    """Python's and the given distributions' versions (`names` maps a shown name to a distribution), and the
+    git revision of the checkout (`+dirty` with uncommitted changes)."""
+    out = {"python": platform.python_version()}
+    for name, dist in [*((d, d) for d in dists), *(names or {}).items()]:
+        try:
+            out[name] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
+    out["git"] = rev.stdout.strip() + ("+dirty" if dirty.strip() else "")
+    return out
