@@ -342,6 +342,10 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         model, optimizer, scheduler = self._model_and_optimizer()
         step, round_ = 0, 0
+        if main and not resume and self.paths.latest_checkpoint() is not None:
+            raise CorpusAgentsError(
+                f"run {self.run_id!r} exists in {self.paths.root}; continue it with --resume or start a new --run"
+            )
         checkpoint = self.dist.broadcast(self.paths.latest_checkpoint() if resume and main else None)
         if checkpoint is not None:
             step, round_ = self.load_checkpoint(checkpoint, model, optimizer, scheduler)

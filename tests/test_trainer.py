@@ -129,6 +129,9 @@ def test_training_rounds_move_the_console_and_resume_after_kill_9_matches(
     assert resumed.returncode == 0, out
 
     assert console_tables(ws, "killed") == tables
+    again = train(ws, config, "clean")  # an existing run is continued with --resume, never restarted over
+    out, _ = again.communicate(timeout=600)
+    assert again.returncode == 2 and "continue it with --resume" in out
     clean_weights, resumed_weights = final_weights(ws, "clean"), final_weights(ws, "killed")
     assert clean_weights.keys() == resumed_weights.keys()
     for name, tensor in clean_weights.items():
