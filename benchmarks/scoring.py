@@ -468,6 +468,26 @@ def markdown(res: dict[str, Any]) -> str:
             f"| {'+'.join(r['agents'])} | {r['workers']} | {r['wall_s']:.2f} | {r['docs'] / r['wall_s']:,.0f} | "
             f"{ratio} | {same} | {r['cpu_s']:.2f} | {cpu_ratio} | {r['process_wall_s']:.2f} |"
         )
+    if res.get("amortised"):
+        lines += [
+            "",
+            "## Per-document vs once-per-run cost: the quality pipeline on the corpus once and twice",
+            "",
+            "The corpus twice = each shard plus a copy (same documents, same model). (twice − once) is what one "
+            "corpus' documents cost, once − (twice − once) the run's fixed cost (imports, model file hash, pool "
+            "start, model loads, tail); the steady ratio per core leaves the fixed cost out, as a corpus large "
+            "enough to amortise it would. Median [min–max] over rounds.",
+            "",
+            "| workers | once s | twice s | per corpus s | fixed s | fixed CPU-s | steady ratio per core | "
+            "steady CPU ratio |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for a in res["amortised"]:
+            lines.append(
+                f"| {a['workers']} | {a['once_wall_s']:.2f} | {a['twice_wall_s']:.2f} | {a['per_corpus_wall_s']:.2f} "
+                f"| {a['fixed_wall_s']:.2f} | {a['fixed_cpu_s']:.2f} | {_range(a['steady_ratio_per_core'])} | "
+                f"{_range(a['steady_cpu_ratio'])} |"
+            )
     mp = res["multi_agent"]
     lines += [
         "",
@@ -586,6 +606,59 @@ def setup_workspace(base: Path, corpus_dir: str, lid: str | None, res: dict[str,
     res["agents"]["domain"] = "metadata, column `source`"
 
 
+def setup_double(double: Path, copies: Path, shards: list[str], quality: dict[str, Any]) -> None:
+    """A workspace over the corpus twice (each shard and a copy of it) with the same quality classifier:
+    scoring it and the corpus once separates the per-document cost from the once-per-run cost."""
+    copies.mkdir(parents=True)
+    for shard in shards:
+        shutil.copyfile(shard, copies / f"copy-{Path(shard).name}")
+    cli(
+        "init",
+        str(double),
+        "--corpus",
+        f"{Path(shards[0]).parent}/*.parquet",
+        "--corpus",
+        f"{copies}/*.parquet",
+    )
+    args = ["--model", quality["model"]]
+    if "label" in quality:
+        args += ["--label", quality["label"], "--bins", ",".join(f"{b:g}" for b in quality["bins"])]
+    cli("agent", "add", str(double), "quality", "--kind", "fasttext", *args)
+
+
+def amortised(
+    rounds: list[dict[tuple[str, str, int], dict[str, Any]]], worker_counts: list[int]
+) -> list[dict]:
+    """Per-document vs once-per-run cost of the quality pipeline, from the corpus scored once and twice.
+
+    The second copy of the corpus costs only its documents, so (twice - once) is the cost of one corpus'
+    documents and once - (twice - once) the run's fixed cost; the ratio per core without the fixed cost is
+    what a corpus large enough to amortise it would get.
+    """
+    out = []
+    for w in worker_counts:
+        if ("pipeline x2 corpus", "quality", w) not in rounds[0]:
+            continue
+        once = [g[("pipeline", "quality", w)] for g in rounds]
+        twice = [g[("pipeline x2 corpus", "quality", w)] for g in rounds]
+        raw = [g[("raw", "quality", 0)] for g in rounds]
+        per_corpus = [t["wall_s"] - o["wall_s"] for o, t in zip(once, twice)]
+        per_corpus_cpu = [t["cpu_s"] - o["cpu_s"] for o, t in zip(once, twice)]
+        out.append(
+            {
+                "workers": w,
+                "once_wall_s": statistics.median(o["wall_s"] for o in once),
+                "twice_wall_s": statistics.median(t["wall_s"] for t in twice),
+                "per_corpus_wall_s": statistics.median(per_corpus),
+                "fixed_wall_s": statistics.median(o["wall_s"] - d for o, d in zip(once, per_corpus)),
+                "fixed_cpu_s": statistics.median(o["cpu_s"] - d for o, d in zip(once, per_corpus_cpu)),
+                "steady_ratio_per_core": [r["wall_s"] / (w * d) for r, d in zip(raw, per_corpus)],
+                "steady_cpu_ratio": [r["cpu_s"] / d for r, d in zip(raw, per_corpus_cpu)],
+            }
+        )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -647,6 +720,8 @@ def main() -> None:
 
         with Catalog(base) as cat:
             configs = {n: c for n, _, c in cat.agent_rows()}
+        double = work / "double"
+        setup_double(double, work / "copies", corpus.shards, configs["quality"])
         texts = load_texts(corpus.shards)
         # the k each agent itself asks for: every class in --label mode (-1 past two classes), else the top one
         classes = len(configs["quality"]["classes"])
@@ -662,6 +737,7 @@ def main() -> None:
         figures: list[tuple[str, list[str], int]] = [("raw", ["quality"], 0)]
         figures += [("raw", ["quality"], w) for w in worker_counts if w > 1]
         figures += [("pipeline", ["quality"], w) for w in worker_counts]
+        figures += [("pipeline x2 corpus", ["quality"], w) for w in worker_counts]
         if lid:
             figures += [("raw", ["lang"], 0), ("pipeline", ["lang"], 1)]
         figures += [("pipeline", ["domain"], 1)]
@@ -677,7 +753,7 @@ def main() -> None:
                 elif kind == "raw":
                     got[(kind, name, w)] = raw_models[name].run(texts)
                 else:
-                    got[(kind, name, w)] = pipeline_run(base, work, agents, w)
+                    got[(kind, name, w)] = pipeline_run(double if "x2" in kind else base, work, agents, w)
                 one = got[(kind, name, w)]
                 print(f"  {kind} {name} x{w}: wall {one['wall_s']:.2f} s, CPU {one['cpu_s']:.2f} s, "
                       f"CPUs idle before {one.get('idle_before', 0):.0%}", flush=True)  # fmt: skip
@@ -714,6 +790,7 @@ def main() -> None:
                         rw["cpu_s"] / p["cpu_s"] for rw, p in zip(same, pipes)
                     ]
             res["pipeline"].append(entry)
+        res["amortised"] = amortised(rounds, worker_counts)
         separate = [sum(g[("pipeline", n, 1)]["wall_s"] for n in trio) for g in rounds]
         separate_cpu = [sum(g[("pipeline", n, 1)]["cpu_s"] for n in trio) for g in rounds]
         together = [g[("pipeline", "+".join(trio), 1)] for g in rounds]
