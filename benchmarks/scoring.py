@@ -40,7 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corpus_text import DEFAULT_CACHE, build_corpus  # noqa: E402
-from environment import machine, versions  # noqa: E402
+from environment import cpu_idle, loadavg, machine, versions  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path("/work/shared/data/reference/squad.parquet")
@@ -52,23 +52,6 @@ def cpu_seconds() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def loadavg() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
-
-
-def cpu_idle(interval: float = 1.0) -> float:
-    """Fraction of all cores' time idle over `interval` seconds (from /proc/stat)."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-        return fields[3] + fields[4], sum(fields)
-
-    idle0, total0 = sample()
-    time.sleep(interval)
-    idle1, total1 = sample()
-    return (idle1 - idle0) / max(1, total1 - total0)
 
 
 QUIET = {"max_wait_s": 30.0, "idle": 0.9}

@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from environment import machine, versions  # noqa: E402
+from environment import cpu_idle, loadavg, machine, versions  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 AGENTS = {"quality": 5, "domain": 7, "topic": 13}
@@ -55,23 +55,6 @@ def current_rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def loadavg() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
-
-
-def cpu_idle(interval: float = 1.0) -> float:
-    """Fraction of all cores' time idle over `interval` seconds (from /proc/stat)."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-        return fields[3] + fields[4], sum(fields)
-
-    idle0, total0 = sample()
-    time.sleep(interval)
-    idle1, total1 = sample()
-    return (idle1 - idle0) / max(1, total1 - total0)
 
 
 def wait_quiet(max_wait_s: float) -> float:
