@@ -275,10 +275,12 @@ class Trainer:
         """
         from corpus_agents.rewards import standardize
 
-        probes = self.console.draw_probes(round_) if self.console is not None else None
-        doc_ids = self.dist.broadcast(
-            np.asarray(probes["doc_id"].to_numpy(), dtype=np.int64) if probes is not None else None
-        )
+        doc_ids = None
+        if self.console is not None:  # rank 0; random selection ignores the rewards, so none are measured
+            random_mode = self.console.config.mode == "random"
+            probes = None if random_mode else self.console.draw_probes(round_)
+            doc_ids = np.asarray([] if probes is None else probes["doc_id"].to_numpy(), dtype=np.int64)
+        doc_ids = self.dist.broadcast(doc_ids)
         if len(doc_ids) == 0:
             return {}
         share = np.array_split(doc_ids, self.dist.world_size)[self.dist.rank]

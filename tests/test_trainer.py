@@ -142,3 +142,15 @@ def test_training_rounds_move_the_console_and_resume_after_kill_9_matches(
             "SELECT run_id, count(DISTINCT round) FROM round_metrics GROUP BY 1 ORDER BY 1"
         ).fetchall()
     assert runs == [("clean", 3), ("killed", 3)]
+
+
+def test_random_selection_measures_no_rewards(workspace: tuple[Path, Path]) -> None:
+    """Random selection ignores rewards, so the baseline spends no compute on probes; its rounds still run."""
+    ws, config = workspace
+    proc = train(ws, config, "random", "--set", "console.mode=random")
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    tables = console_tables(ws, "random")
+    assert tables["probes"] == [] and len(tables["selections"]) == 3
+    assert {r for r, _, _ in tables["theta"]} == {0, 1, 2}
+    assert all(w == 0 for _, _, _, w in tables["w"])
