@@ -20,7 +20,7 @@ import duckdb
 import pyarrow as pa
 
 from corpus_agents.agents import Agent, build_agent
-from corpus_agents.errors import AgentError, WorkspaceError
+from corpus_agents.errors import AgentError, WorkspaceBusyError, WorkspaceError
 from corpus_agents.sqlfiles import read_sql_file, split_statements, statement
 
 SCHEMA_VERSION = "1"
@@ -74,7 +74,7 @@ class WorkspaceLock:
                 who = f"pid {info['pid']} ({info['command']}, since {info['since']})"
             except (ValueError, KeyError):
                 who = "another process"
-            raise WorkspaceError(
+            raise WorkspaceBusyError(
                 f"workspace {path.parent} is in use by {who}; wait for it to finish or stop it"
             ) from None
         record = json.dumps({"pid": os.getpid(), "command": command, "since": time.strftime("%H:%M:%S")})
@@ -111,6 +111,7 @@ class Catalog:
             self.lock.release()
             raise WorkspaceError(f"cannot open {db_path}: {str(exc).splitlines()[0]}") from None
         self._init_schema()
+        self.register_filesystems()  # views over shards on object storage are read through fsspec
 
     def _create_database(self, db_path: Path) -> None:
         """Create an empty database under a temporary name, then rename it: a kill -9 while DuckDB writes
@@ -124,6 +125,22 @@ class Catalog:
     @property
     def parts_dir(self) -> Path:
         return self.dir / "parts"
+
+    @property
+    def parts_url(self) -> str:
+        """Where score parts go: `init --parts-url` (a directory or an fsspec URL), else WS/parts."""
+        rows = self.con.execute("SELECT value FROM meta WHERE key = 'parts_url'").fetchall()  # no open result
+        return rows[0][0] if rows else str(self.parts_dir)
+
+    def set_parts_url(self, url: str) -> None:
+        """Record where parts go: a local path (made absolute) or a URL; fixed once a part is committed."""
+        url = url.rstrip("/") if "://" in url else str(Path(url).expanduser().resolve())
+        if url != self.parts_url and self.parts():
+            raise WorkspaceError(
+                f"workspace {self.dir} has committed parts under {self.parts_url}; "
+                f"use a new workspace to write parts to {url}"
+            )
+        self.set_meta("parts_url", url)
 
     @property
     def models_dir(self) -> Path:
@@ -292,6 +309,8 @@ class Catalog:
             "complete": complete,
             "seconds": seconds,
         }
+        if "://" in path:  # a part on object storage: DuckDB reads it through fsspec
+            self.register_filesystems()
         self.con.execute("BEGIN")
         try:
             self.run_block("catalog.sql", "commit_part", params)
@@ -341,7 +360,8 @@ class Catalog:
         """Let DuckDB read non-local shards through fsspec (needed by the `documents` view)."""
         import fsspec
 
-        protocols = {s.uri.split("://", 1)[0] for s in self.shards() if "://" in s.uri}
+        urls = [s.uri for s in self.shards()] + [self.parts_url]
+        protocols = {u.split("://", 1)[0] for u in urls if "://" in u}
         for protocol in sorted(protocols - {"file"}):
             if not self.con.filesystem_is_registered(protocol):
                 self.con.register_filesystem(fsspec.filesystem(protocol))

@@ -49,29 +49,79 @@ def main() -> None:
     "--corpus",
     "patterns",
     multiple=True,
-    required=True,
     help="Parquet shards: paths, globs or URLs (s3://, gs://, file://); repeatable.",
+)
+@click.option(
+    "--from-hub",
+    "hub_name",
+    help="A dataset to stream into Parquet shards under WS/corpus/: hub name, local directory or data files.",
+)
+@click.option("--config", "hub_config", help="--from-hub: the dataset's config (subset).")
+@click.option("--split", default="train", show_default=True, help="--from-hub: the split.")
+@click.option("--max-rows", type=int, help="--from-hub: stop after this many rows.")
+@click.option("--shard-rows", type=int, help="--from-hub: rows per shard.")
+@click.option("--shard-mb", type=float, help="--from-hub: shard size on disk in MB (default 256).")
+@click.option(
+    "--parts-url",
+    help="Where score parts go: a directory or an fsspec URL (s3://bucket/parts, file://...); default WS/parts.",
 )
 @click.option(
     "--text-column", default="text", show_default=True, help="String column holding the document text."
 )
 @click.option("--threads", default=4, show_default=True, help="Shards inspected in parallel.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def init(workspace: str, patterns: tuple[str, ...], text_column: str, threads: int) -> None:
+def init(
+    workspace: str,
+    patterns: tuple[str, ...],
+    hub_name: str | None,
+    hub_config: str | None,
+    split: str,
+    max_rows: int | None,
+    shard_rows: int | None,
+    shard_mb: float | None,
+    parts_url: str | None,
+    text_column: str,
+    threads: int,
+    quiet: bool,
+) -> None:
     """Create a workspace and register shards (re-run to add new shards; known ones are skipped).
 
+    With --from-hub the dataset is streamed into zstd Parquet shards in the workspace first; a re-run after
+    a crash resumes after the last complete shard.
+
     \b
-    Example:
+    Examples:
       corpus-agents init ws --corpus 'data/*.parquet' --text-column text
+      corpus-agents init ws --corpus 's3://bucket/shards/*.parquet' --parts-url s3://bucket/ws-parts
+      corpus-agents init ws --from-hub DKYoon/SlimPajama-6B --split train --max-rows 1000000 --shard-rows 100000
     """
     from corpus_agents.catalog import Catalog
     from corpus_agents.corpus import register_corpus
 
+    if bool(patterns) == bool(hub_name):
+        raise CorpusAgentsError("pass either --corpus PATTERN or --from-hub NAME")
+    source = None
+    if hub_name:
+        from corpus_agents.hub import HubSource, normalize_name
+
+        source = HubSource(normalize_name(hub_name), hub_config, split, max_rows, shard_rows, shard_mb)
     with Catalog(workspace, create=True) as cat:
         stored = cat.get_meta("text_column")
         if stored and stored != text_column and cat.shards():  # fixable until a shard is registered
             raise CorpusAgentsError(f"workspace {workspace} uses text column {stored!r}, not {text_column!r}")
         cat.set_meta("text_column", text_column)
+        if parts_url:
+            cat.set_parts_url(parts_url)
+        if source is not None:
+            from corpus_agents.hub import materialize_into_workspace
+
+            hub = materialize_into_workspace(cat, source, text_column, show_progress=not quiet)
+            click.echo(
+                f"{len(hub.shards)} shards, {hub.rows:,} rows in {hub.directory} "
+                f"({hub.new_rows:,} written now, {hub.resumed_shards} shards from an earlier run)"
+            )
+            patterns = (str(hub.directory),)
         report = register_corpus(cat, list(patterns), text_column, threads)
         total = cat.con.execute("SELECT count(*), coalesce(sum(num_rows), 0) FROM shards").fetchone()
     click.echo(
@@ -91,8 +141,16 @@ def agent() -> None:
 
 @agent.command("add")
 @click.argument("workspace", type=click.Path(exists=True, file_okay=False))
-@click.argument("name")
-@click.option("--kind", required=True, help="fasttext, metadata, topic or hf-classifier.")
+@click.argument("name", required=False)
+@click.option("--kind", help="fasttext, metadata, topic or hf-classifier.")
+@click.option(
+    "--pipeline",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Add the agents of a pipeline YAML's `agents:` section (all, or NAME only).",
+)
+@click.option(
+    "--set", "overrides", multiple=True, help="With --pipeline: override agents.NAME.KEY=VALUE (repeatable)."
+)
 @click.option("--model", help="fasttext: a .bin/.ftz file; hf-classifier: a model directory or hub name.")
 @click.option("--label", help="Class whose probability is the score (binned into labels with --bins).")
 @click.option(
@@ -142,8 +200,19 @@ def agent() -> None:
 @click.option("--trust-remote-code", is_flag=True, help="hf-classifier: allow the model's own code to run.")
 @click.option("--replace", is_flag=True, help="Redefine an existing agent (drops its scores).")
 @user_errors
-def agent_add(workspace: str, name: str, kind: str, replace: bool, **options: Any) -> None:
+def agent_add(
+    workspace: str,
+    name: str | None,
+    kind: str | None,
+    pipeline: str | None,
+    overrides: tuple[str, ...],
+    replace: bool,
+    **options: Any,
+) -> None:
     """Add an agent: fits what needs fitting, discovers its labels, stores its config.
+
+    With --pipeline, adds the agents a pipeline YAML declares (`agents: {NAME: {kind: ..., OPTION: ...}}`,
+    options as below with underscores); agents already in the workspace are kept unless --replace.
 
     \b
     Examples:
@@ -152,30 +221,59 @@ def agent_add(workspace: str, name: str, kind: str, replace: bool, **options: An
       corpus-agents agent add ws domain --kind metadata --column source
       corpus-agents agent add ws topic --kind topic --topics 16
       corpus-agents agent add ws edu --kind hf-classifier --model HuggingFaceFW/fineweb-edu-classifier
+      corpus-agents agent add ws --pipeline pipelines/slimpajama-1.3b.yaml --set agents.quality.device=cpu
     """
     from corpus_agents.agents import AgentContext, agent_class
     from corpus_agents.catalog import Catalog
     from corpus_agents.corpus import distinct_values, sample_texts
 
     options["sample"] = options.pop("sample_size")
-    cls = agent_class(kind)
-    cls.check_requirements()
-    with Catalog(workspace) as cat:
-        if not replace and name in {n for n, _, _ in cat.agent_rows()}:
+    ctx = click.get_current_context()
+    if pipeline:
+        from corpus_agents.config import agent_specs, load_config
+
+        sources = {p: ctx.get_parameter_source("sample_size" if p == "sample" else p) for p in options}
+        given = [p for p, source in sources.items() if source == click.core.ParameterSource.COMMANDLINE]
+        if kind or given:
             raise CorpusAgentsError(
-                f"agent {name!r} exists; pass --replace to redefine it (its scores are dropped)"
+                f"with --pipeline the agents' options come from the file; use --set agents.NAME.KEY=VALUE "
+                f"instead of --{(['kind'] if kind else given)[0].replace('_', '-')}"
             )
+        specs = agent_specs(load_config(pipeline, list(overrides)).agents, options)
+        if name is not None:
+            specs = [s for s in specs if s[0] == name]
+            if not specs:
+                raise CorpusAgentsError(f"pipeline {pipeline} declares no agent {name!r}")
+    elif overrides:
+        raise CorpusAgentsError("--set needs --pipeline")
+    elif not name or not kind:
+        raise CorpusAgentsError("give the agent's NAME and --kind (or --pipeline FILE)")
+    else:
+        specs = [(name, kind, options)]
+    classes = {k: agent_class(k) for _, k, _ in specs}
+    for cls in classes.values():
+        cls.check_requirements()
+    with Catalog(workspace) as cat:
+        existing = {n for n, _, _ in cat.agent_rows()}
         context = AgentContext(
             workspace_dir=cat.dir,
             models_dir=cat.models_dir,
             sample_texts=lambda n, seed=0: sample_texts(cat, n, seed),
             distinct_values=lambda column: distinct_values(cat, column),
         )
-        new = cls.create(name, options, context)
-        cat.add_agent(new, replace=replace)
-        labels = new.labels
-    shown = ", ".join(labels[:12]) + (f", ... ({len(labels)} in all)" if len(labels) > 12 else "")
-    click.echo(f"added agent {name} ({kind}) with labels: {shown}")
+        for agent_name, agent_kind, agent_options in specs:
+            if not replace and agent_name in existing:
+                if pipeline:
+                    click.echo(f"kept agent {agent_name} (in the workspace already; --replace redefines it)")
+                    continue
+                raise CorpusAgentsError(
+                    f"agent {agent_name!r} exists; pass --replace to redefine it (its scores are dropped)"
+                )
+            new = classes[agent_kind].create(agent_name, agent_options, context)
+            cat.add_agent(new, replace=replace)
+            labels = new.labels
+            shown = ", ".join(labels[:12]) + (f", ... ({len(labels)} in all)" if len(labels) > 12 else "")
+            click.echo(f"added agent {agent_name} ({agent_kind}) with labels: {shown}")
 
 
 @agent.command("list")
@@ -212,7 +310,12 @@ def agent_remove(workspace: str, name: str) -> None:
 @main.command()
 @click.argument("workspace", type=click.Path(exists=True, file_okay=False))
 @click.option("--agents", help="Comma-separated agents to run (default: all).")
-@click.option("--workers", type=int, default=None, help="Worker processes (default: CPU cores).")
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Worker processes (default: CPU cores); with --executor ray, CPU actors (default: the cluster's CPUs).",
+)
 @click.option("--limit", type=int, help="Score only the first N documents (partial parts, for a quick look).")
 @click.option(
     "--sample", type=click.FloatRange(0, 1, min_open=True), help="Score a random fraction of each shard."
@@ -220,6 +323,17 @@ def agent_remove(workspace: str, name: str) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample.")
 @click.option("--batch-rows", type=int, default=2048, show_default=True, help="Documents per batch.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: a process pool on this machine; ray: Ray Data actor pools (pip install 'corpus-agents[distributed]').",
+)
+@click.option(
+    "--address",
+    help="Ray cluster to join with --executor ray: auto or HOST:PORT (default: a local Ray instance).",
+)
 @user_errors
 def score(
     workspace: str,
@@ -230,6 +344,8 @@ def score(
     seed: int,
     batch_rows: int,
     quiet: bool,
+    executor: str,
+    address: str | None,
 ) -> None:
     """Score every pending (agent, shard) part; committed parts with an unchanged agent are skipped.
 
@@ -238,6 +354,7 @@ def score(
     \b
     Example:
       corpus-agents score ws --agents quality,domain --workers 8
+      corpus-agents score ws --executor ray --address auto
     """
     from corpus_agents.catalog import Catalog
     from corpus_agents.scoring import run_scoring
@@ -247,12 +364,14 @@ def score(
         summary = run_scoring(
             cat,
             names,
-            workers=workers or os.cpu_count() or 1,
+            workers=workers if executor == "ray" else workers or os.cpu_count() or 1,
             limit=limit,
             sample=sample,
             seed=seed,
             batch_rows=batch_rows,
             show_progress=not quiet,
+            executor=executor,
+            address=address,
         )
     rate = summary.docs / summary.seconds if summary.seconds else 0.0
     click.echo(
@@ -399,6 +518,35 @@ def runs(workspace: str) -> None:
     with Catalog(workspace) as cat:
         table = list_runs(cat)
     write_result(table, "table", None, max_rows=1000)
+
+
+@main.command()
+@click.argument("workspace", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--runs", "run_ids", multiple=True, help="Runs to include (repeatable or comma-separated; default: all)."
+)
+@click.option("--out", type=click.Path(file_okay=False), help="Output directory (default: WORKSPACE/report).")
+@click.option(
+    "--group",
+    help="Regex on the run id whose first group (or match) names the configuration "
+    "(default: the run id without a -seedN suffix).",
+)
+@user_errors
+def report(workspace: str, run_ids: tuple[str, ...], out: str | None, group: str | None) -> None:
+    """Write an HTML page with PNG plots of training runs: loss and held-out loss vs tokens per configuration
+    (mean and min-max over seeds), theta and each agent's w over rounds, the selection's label shares.
+
+    \b
+    Examples:
+      corpus-agents report ws
+      corpus-agents report ws --runs method-seed0,method-seed1,random-seed0 --out report/
+      corpus-agents report ws --group '^(lr[0-9.e-]+)'
+    """
+    from corpus_agents.report import write_report
+
+    wanted = [r.strip() for item in run_ids for r in item.split(",") if r.strip()]
+    index = write_report(workspace, wanted or None, out, group)
+    click.echo(f"wrote {index}")
 
 
 @main.command("select")

