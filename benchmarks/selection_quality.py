@@ -51,6 +51,8 @@ from environment import REPO, machine, versions  # noqa: E402
 SHARED_REFERENCE = REPO.parent / "shared" / "data" / "reference"
 DEFAULT_WORK = Path(os.environ.get("CORPUS_AGENTS_BENCH_CACHE", "~/.cache/corpus-agents-bench")).expanduser()
 CONFIG_ORDER = ["random", "quality", "domain", "topic", "fixed", "method", "random-2x"]
+#: Variants of the method (less greedy selection, less reward noise), chosen between on the probe half only.
+VARIANTS = ["method-gumbel", "fixed-gumbel", "method-gumbel-cosine"]
 RUN_TABLES = [
     "runs",
     "agent_memory",
@@ -72,6 +74,9 @@ def config_overrides(name: str, steps: int) -> list[str]:
         "topic": ["console.agents=[topic]"],
         "fixed": ["console.eta_theta=0"],
         "method": [],
+        "method-gumbel": ["console.mode=gumbel"],
+        "fixed-gumbel": ["console.eta_theta=0", "console.mode=gumbel"],
+        "method-gumbel-cosine": ["console.mode=gumbel", "rewards.cosine=true"],
         "random-2x": ["console.mode=random", f"train.steps={2 * steps}"],
     }[name]
 
@@ -261,8 +266,11 @@ def merge_lanes(args: argparse.Namespace, ws: Path, runs: list[str]) -> None:
                 cat.con.execute("BEGIN")
                 for table in RUN_TABLES:
                     cat.con.execute(f"DELETE FROM {table} WHERE run_id IN (SELECT unnest(?))", [here])
+                    columns = "*"
+                    if table == "selections":  # snapshots move with their run directories
+                        columns = f"* REPLACE (replace(path, '{lane / 'runs'}/', '{ws / 'runs'}/') AS path)"
                     cat.con.execute(
-                        f"INSERT INTO {table} SELECT * FROM lane.{table} WHERE run_id IN (SELECT unnest(?))",
+                        f"INSERT INTO {table} SELECT {columns} FROM lane.{table} WHERE run_id IN (SELECT unnest(?))",
                         [here],
                     )
                 cat.con.execute("COMMIT")
@@ -420,12 +428,58 @@ def summarize(ws: Path, configs: list[str], seeds: list[int], refs: list[dict[st
     return table
 
 
+def diagnostics(ws: Path, runs: list[str]) -> dict[str, Any]:
+    """Why a configuration wins or loses, from what the runs recorded:
+
+    - reward reliability: per (run, round, agent), the probes of each label split in two halves by doc_id;
+      the correlation across labels of the two halves' mean rewards (1 = the label ranking the agent learns
+      from is signal, 0 = noise), averaged over rounds and runs;
+    - greediness: the share of a round's selected documents in its single most common (domain, quality,
+      topic) cell, averaged over the rounds after the warm-up.
+    """
+    from corpus_agents.catalog import Catalog
+
+    out: dict[str, Any] = {}
+    with Catalog(ws) as cat:
+        rows = cat.con.execute(
+            """
+            WITH p AS (
+                SELECT p.run_id, p.round, s.agent, s.label, p.reward, hash(p.doc_id) % 2 AS half
+                FROM probes p JOIN scores s USING (doc_id)
+                WHERE p.run_id IN (SELECT unnest(?)) AND s.label IS NOT NULL
+            ), halves AS (
+                SELECT run_id, round, agent, label,
+                       avg(reward) FILTER (WHERE half = 0) AS a, avg(reward) FILTER (WHERE half = 1) AS b
+                FROM p GROUP BY ALL HAVING count(*) FILTER (WHERE half = 0) >= 2
+                                       AND count(*) FILTER (WHERE half = 1) >= 2
+            )
+            SELECT agent, avg(r) AS reliability, count(*) AS rounds FROM (
+                SELECT run_id, round, agent, corr(a, b) AS r FROM halves GROUP BY ALL HAVING count(*) >= 3
+            ) WHERE r IS NOT NULL GROUP BY agent ORDER BY agent
+            """,
+            [runs],
+        ).fetchall()
+        out["reward_split_half_correlation"] = {a: {"mean": round(r, 3), "rounds": n} for a, r, n in rows}
+        greedy: dict[str, list[float]] = defaultdict(list)
+        for run_id, path in cat.con.execute(
+            "SELECT run_id, path FROM selections WHERE run_id IN (SELECT unnest(?)) AND round > 0",
+            [runs],
+        ).fetchall():
+            top = cat.con.execute(
+                f"""SELECT max(n) / sum(n) FROM (SELECT count(*) AS n FROM read_parquet('{path}')
+                    JOIN doc_labels USING (doc_id) GROUP BY domain, quality, topic)"""
+            ).fetchone()[0]
+            greedy[run_id.rsplit("-seed", 1)[0]].append(float(top))
+        out["top_cell_share"] = {c: round(float(np.mean(v)), 3) for c, v in greedy.items()}
+    return out
+
+
 def evaluate_cached(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "eval.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def markdown(table: dict[str, Any], meta: dict[str, Any], tasks: list[str]) -> str:
+def markdown(table: dict[str, Any], meta: dict[str, Any], tasks: list[str], diagnosis: dict[str, Any]) -> str:
     def cell(stat: dict[str, float] | None, digits: int = 3, pct: bool = False) -> str:
         if stat is None:
             return "-"
@@ -457,6 +511,16 @@ def markdown(table: dict[str, Any], meta: dict[str, Any], tasks: list[str]) -> s
                  cell(row["mean_loss"]), cell(row.get("probe_loss")), *[cell(row.get(a), 1, pct=True) for a in accs],
                  "not reached" if ratio is None else f"{ratio:.2f} x random's budget"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
+    reliability = ", ".join(
+        f"{a} {v['mean']:.2f} ({v['rounds']} rounds)"
+        for a, v in diagnosis["reward_split_half_correlation"].items()
+    )
+    greedy = ", ".join(f"{c} {v:.2f}" for c, v in diagnosis["top_cell_share"].items())
+    lines += [
+        "",
+        f"- reward reliability (split-half correlation of per-label mean rewards, per agent): {reliability}",
+        f"- greediness (share of a round's selection in its most common domain x quality x topic cell): {greedy}",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -466,7 +530,7 @@ def main() -> None:
     )
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK / "selection-quality")
     parser.add_argument("--corpus", type=Path, default=DEFAULT_WORK / "multidomain" / "corpus")
-    parser.add_argument("--configs", nargs="+", default=CONFIG_ORDER, choices=CONFIG_ORDER)
+    parser.add_argument("--configs", nargs="+", default=CONFIG_ORDER + VARIANTS, choices=CONFIG_ORDER + VARIANTS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--lanes", type=int, default=2, help="runs trained at once (one thread each)")
     parser.add_argument("--preset", default="tiny")
@@ -505,6 +569,7 @@ def main() -> None:
         list(pool.map(evaluate_run, [ws / "runs" / r for r in runs], [config["references"]] * len(runs)))
 
     table = summarize(ws, args.configs, args.seeds, config["references"])
+    diagnosis = diagnostics(ws, runs)
     meta = {
         "command": "python benchmarks/selection_quality.py " + shlex.join(sys.argv[1:]),
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
@@ -518,8 +583,9 @@ def main() -> None:
         "wall_s": round(time.time() - started),
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "selection_quality.json").write_text(json.dumps({"meta": meta, "table": table}, indent=1))
-    text = markdown(table, meta, [r["name"] for r in config["references"]])
+    result = {"meta": meta, "table": table, "diagnostics": diagnosis}
+    (args.out / "selection_quality.json").write_text(json.dumps(result, indent=1))
+    text = markdown(table, meta, [r["name"] for r in config["references"]], diagnosis)
     (args.out / "selection_quality.md").write_text(text)
     print(text)
     report = args.out / "selection_quality"
