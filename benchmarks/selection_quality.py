@@ -10,7 +10,9 @@ report (`corpus-agents report`) to `benchmarks/results/selection_quality/`:
 - fixed: all agents, the collaboration weights theta fixed at uniform (eta_theta = 0; the agents still learn
   their memories) -- the paper's "fixed weights", what its released code does in effect;
 - method: all agents with the dynamic console;
-- random-2x: random selection with twice the tokens.
+- random-2x: random selection with twice the tokens;
+- variants of the method, compared on the probe halves only: method-gumbel (Gumbel-top-k instead of top-k),
+  fixed-gumbel (fixed theta, Gumbel-top-k), method-gumbel-cosine (and cosine rewards).
 
 Reference tasks (LAMBADA, SQuAD, Jeopardy from `../shared/data/reference/`) are split once, seeded, into a
 probe half (rewards) and a held-out half (evaluation): the runs never see a held-out item. Metrics per run:
@@ -343,6 +345,9 @@ def evaluate_run(run_dir: Path, refs: list[dict[str, Any]]) -> dict[str, Any]:
     from corpus_agents.models import load_tokenizer
     from corpus_agents.references import encode_examples, lm_inputs, token_loss_sums
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     torch.set_num_threads(1)
     model = AutoModelForCausalLM.from_pretrained(final / "model").eval()
     tokenizer = load_tokenizer(str(final / "model"))
