@@ -341,11 +341,10 @@ def evaluate_run(run_dir: Path, refs: list[dict[str, Any]]) -> dict[str, Any]:
             return result
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     from corpus_agents.models import load_tokenizer
     from corpus_agents.references import encode_examples, lm_inputs, token_loss_sums
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     torch.set_num_threads(1)
@@ -535,7 +534,9 @@ def main() -> None:
     )
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK / "selection-quality")
     parser.add_argument("--corpus", type=Path, default=DEFAULT_WORK / "multidomain" / "corpus")
-    parser.add_argument("--configs", nargs="+", default=CONFIG_ORDER + VARIANTS, choices=CONFIG_ORDER + VARIANTS)
+    parser.add_argument(
+        "--configs", nargs="+", default=CONFIG_ORDER + VARIANTS, choices=CONFIG_ORDER + VARIANTS
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--lanes", type=int, default=2, help="runs trained at once (one thread each)")
     parser.add_argument("--preset", default="tiny")
