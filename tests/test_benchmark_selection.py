@@ -1,0 +1,41 @@
+"""The selection-quality benchmark's own arithmetic: tokens-to-target, distractor choices, the seed table."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+_spec = importlib.util.spec_from_file_location("selection_quality", BENCH / "selection_quality.py")
+sq = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sq)
+
+
+def test_tokens_to_reach_interpolates_between_rounds() -> None:
+    curve = [(0, 9.0), (100, 8.0), (200, 7.0)]
+    assert sq.tokens_to_reach(curve, 7.5) == pytest.approx(150.0)
+    assert sq.tokens_to_reach(curve, 8.0) == pytest.approx(100.0)
+    assert sq.tokens_to_reach(curve, 6.9) is None
+
+
+def test_choices_put_the_answer_first_and_prefer_same_group_distractors() -> None:
+    answers = ["Paris", "Lyon", "Nice", "Rome", "Milan", "Turin", "paris "]
+    groups = ["fr", "fr", "fr", "it", "it", "it", "fr"]
+    options = sq.choices_for(answers, groups, seed=0)
+    assert [o[0] for o in options] == answers
+    for i, opts in enumerate(options):
+        assert len(opts) == 4 and len(set(opts)) == 4
+        assert all(o.strip().lower() != answers[i].strip().lower() for o in opts[1:])  # no answer twice
+    # "Paris": the only other distinct French answers are Lyon and Nice, then one from anywhere.
+    assert set(options[0][1:3]) == {"Lyon", "Nice"}
+    assert sq.choices_for(answers, groups, seed=0) == options  # seeded
+
+
+def test_mean_std_over_seeds() -> None:
+    stat = sq.mean_std([1.0, 2.0, 3.0])
+    assert stat == {"mean": 2.0, "std": 1.0, "n": 3}
+    assert sq.mean_std([5.0])["std"] == 0.0
