@@ -285,32 +285,32 @@ def merge_lanes(args: argparse.Namespace, ws: Path, runs: list[str]) -> None:
 
 
 # ----- downstream evaluation -----------------------------------------------------------------------------
-def probe_loss(model: Any, tokenizer: Any, refs: list[dict[str, Any]], seq_len: int) -> float:
-    """Mean answer loss over the tasks' probe halves: the only loss a configuration may be chosen by."""
-    from corpus_agents.references import ReferenceSpec, encode_examples, load_reference, reference_loss
-
-    losses = []
-    for spec in refs:
-        probe = load_reference(ReferenceSpec.from_dict(spec)).probe
-        losses.append(reference_loss(model, encode_examples(tokenizer, probe, max_length=seq_len)))
-    return float(np.mean(losses))
-
-
-def heldout_items(spec: dict[str, Any]) -> tuple[list[tuple[str, str]], list[str]]:
-    """A task's held-out (prompt, answer) pairs, exactly as the trainer splits them, and each pair's group
-    (SQuAD article title, Jeopardy category; empty for LAMBADA) for drawing same-group distractors."""
+def load_tasks(refs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each task's probe and held-out (prompt, answer) pairs, exactly as the trainer splits them, and each
+    held-out pair's group (SQuAD article title, Jeopardy category; empty for LAMBADA) for drawing same-group
+    distractors. Loaded once and shared by every run's evaluation."""
     import pyarrow.parquet as pq
 
     from corpus_agents.references import ReferenceSpec, load_reference
 
-    reference = load_reference(ReferenceSpec.from_dict(spec))
-    group_column = {"squad": "title", "jeopardy": "category"}.get(spec["name"])
-    groups: dict[tuple[str, str], str] = {}
-    if group_column:
-        for row in pq.read_table(spec["path"]).to_pylist():
-            pair = (spec["prompt"].format(**row), spec["answer"].format(**row))
-            groups.setdefault(pair, str(row[group_column]))
-    return reference.heldout, [groups.get(p, "") for p in reference.heldout]
+    tasks = []
+    for spec in refs:
+        reference = load_reference(ReferenceSpec.from_dict(spec))
+        group_column = {"squad": "title", "jeopardy": "category"}.get(spec["name"])
+        groups: dict[tuple[str, str], str] = {}
+        if group_column:
+            for row in pq.read_table(spec["path"]).to_pylist():
+                pair = (spec["prompt"].format(**row), spec["answer"].format(**row))
+                groups.setdefault(pair, str(row[group_column]))
+        tasks.append(
+            {
+                "name": spec["name"],
+                "probe": reference.probe,
+                "heldout": reference.heldout,
+                "groups": [groups.get(p, "") for p in reference.heldout],
+            }
+        )
+    return tasks
 
 
 def choices_for(answers: list[str], groups: list[str], seed: int = 0, n: int = 4) -> list[list[str]]:
@@ -331,7 +331,7 @@ def choices_for(answers: list[str], groups: list[str], seed: int = 0, n: int = 4
     return out
 
 
-def evaluate_run(run_dir: Path, refs: list[dict[str, Any]]) -> dict[str, Any]:
+def evaluate_run(run_dir: Path, tasks: list[dict[str, Any]]) -> dict[str, Any]:
     """LAMBADA last-word accuracy and SQuAD/Jeopardy multiple-choice accuracy of a run's final model (cached)."""
     cached = run_dir / "eval.json"
     final = max((run_dir / "checkpoints").glob("step-*"))
@@ -344,21 +344,20 @@ def evaluate_run(run_dir: Path, refs: list[dict[str, Any]]) -> dict[str, Any]:
     from transformers.utils import logging as hf_logging
 
     from corpus_agents.models import load_tokenizer
-    from corpus_agents.references import encode_examples, lm_inputs, token_loss_sums
+    from corpus_agents.references import encode_examples, lm_inputs, reference_loss, token_loss_sums
 
     hf_logging.disable_progress_bar()
     torch.set_num_threads(1)
     model = AutoModelForCausalLM.from_pretrained(final / "model").eval()
     tokenizer = load_tokenizer(str(final / "model"))
     seq_len = model.config.max_position_embeddings
-    result: dict[str, Any] = {
-        "checkpoint": final.name,
-        "probe_loss": probe_loss(model, tokenizer, refs, seq_len),
-    }
+    # The mean answer loss over the probe halves: the only loss a configuration may be chosen by.
+    probe = [reference_loss(model, encode_examples(tokenizer, t["probe"], max_length=seq_len)) for t in tasks]
+    result: dict[str, Any] = {"checkpoint": final.name, "probe_loss": float(np.mean(probe))}
     with torch.no_grad():
-        for spec in refs:
-            pairs, groups = heldout_items(spec)
-            if spec["name"] == "lambada":
+        for task in tasks:
+            pairs, groups = task["heldout"], task["groups"]
+            if task["name"] == "lambada":
                 correct = []
                 for batch in encode_examples(tokenizer, pairs, max_length=seq_len, batch_size=32):
                     logits = model(**lm_inputs(model, batch["input_ids"], batch["attention_mask"])).logits
@@ -376,7 +375,7 @@ def evaluate_run(run_dir: Path, refs: list[dict[str, Any]]) -> dict[str, Any]:
                 scores.extend((-sums).tolist())
             per_item = np.array(scores).reshape(len(pairs), -1)
             chars = np.array([[max(1, len(c)) for c in cs] for cs in options])
-            result[f"{spec['name']}_mc_acc"] = float(np.mean((per_item / chars).argmax(1) == 0))
+            result[f"{task['name']}_mc_acc"] = float(np.mean((per_item / chars).argmax(1) == 0))
     cached.write_text(json.dumps(result))
     return result
 
@@ -572,7 +571,8 @@ def main() -> None:
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(args.lanes) as pool:
-        list(pool.map(evaluate_run, [ws / "runs" / r for r in runs], [config["references"]] * len(runs)))
+        tasks = load_tasks(config["references"])
+        list(pool.map(evaluate_run, [ws / "runs" / r for r in runs], [tasks] * len(runs)))
 
     table = summarize(ws, args.configs, args.seeds, config["references"])
     diagnosis = diagnostics(ws, runs)

@@ -141,6 +141,7 @@ class Catalog:
                 f"use a new workspace to write parts to {url}"
             )
         self.set_meta("parts_url", url)
+        self.register_filesystems()  # parts on object storage: DuckDB reads them through fsspec
 
     @property
     def models_dir(self) -> Path:
@@ -309,8 +310,6 @@ class Catalog:
             "complete": complete,
             "seconds": seconds,
         }
-        if "://" in path:  # a part on object storage: DuckDB reads it through fsspec
-            self.register_filesystems()
         self.con.execute("BEGIN")
         try:
             self.run_block("catalog.sql", "commit_part", params)

@@ -92,3 +92,36 @@ def fit_fasttext() -> Callable[..., Path]:
 def fasttext_model(tmp_path_factory, real_docs) -> Path:
     """A fastText model file (classes `code`, `docs`) fitted on the first 2,000 real documents."""
     return fit_code_vs_docs(tmp_path_factory.mktemp("fasttext") / "code_vs_docs.bin", real_docs[:2000])
+
+
+@pytest.fixture(scope="session")
+def scored_workspace(make_corpus, fasttext_model: Path) -> Callable[[Path, int], Path]:
+    """Factory: scored_workspace(root, num_prose) -> root/ws, a workspace of 2 shards x 150 real documents
+    scored by a `domain` (metadata) and a `kind` (fastText) agent, with `reference.parquet`: `num_prose`
+    Python-docs passages cut into (prompt, answer) pairs, for training tests."""
+    from pydoc_data.topics import topics
+
+    from click.testing import CliRunner
+
+    from corpus_agents.cli import main
+
+    def build(root: Path, num_prose: int) -> Path:
+        make_corpus(root / "corpus", num_shards=2, rows_per_shard=150, row_group_rows=50)
+        ws = root / "ws"
+        runner = CliRunner()
+        for args in (
+            ["init", str(ws), "--corpus", str(root / "corpus" / "*.parquet")],
+            ["agent", "add", str(ws), "domain", "--kind", "metadata", "--column", "source"],
+            ["agent", "add", str(ws), "kind", "--kind", "fasttext", "--model", str(fasttext_model)],
+            ["score", str(ws), "--workers", "1", "--quiet"],
+        ):
+            result = runner.invoke(main, args)
+            assert result.exit_code == 0, result.output
+        prose = [" ".join(t.split()) for t in topics.values() if len(t) > 400][:num_prose]
+        pq.write_table(
+            pa.table({"prompt": [p[:150] for p in prose], "answer": [" " + p[150:230] for p in prose]}),
+            ws / "reference.parquet",
+        )
+        return ws
+
+    return build

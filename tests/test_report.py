@@ -8,8 +8,6 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -43,27 +41,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, make_corpus, fasttext_model: Path) -> Path:
+def trained(tmp_path_factory, scored_workspace) -> Path:
     """A scored workspace (domain + kind agents) with three tiny training runs and a static selection."""
     root = tmp_path_factory.mktemp("report")
-    make_corpus(root / "corpus", num_shards=2, rows_per_shard=150, row_group_rows=50)
-    ws = root / "ws"
-    runner = CliRunner()
-    for args in (
-        ["init", str(ws), "--corpus", str(root / "corpus" / "*.parquet")],
-        ["agent", "add", str(ws), "domain", "--kind", "metadata", "--column", "source"],
-        ["agent", "add", str(ws), "kind", "--kind", "fasttext", "--model", str(fasttext_model)],
-        ["score", str(ws), "--workers", "1", "--quiet"],
-    ):
-        result = runner.invoke(main, args)
-        assert result.exit_code == 0, result.output
-    from pydoc_data.topics import topics
-
-    prose = [" ".join(t.split()) for t in topics.values() if len(t) > 400][:40]
-    pq.write_table(
-        pa.table({"prompt": [p[:150] for p in prose], "answer": [" " + p[150:230] for p in prose]}),
-        ws / "reference.parquet",
-    )
+    ws = scored_workspace(root, 40)
     config = root / "pipeline.yaml"
     config.write_text(
         "references:\n  - {name: docs, path: '{workspace}/reference.parquet', prompt: '{prompt}', answer: '{answer}'}\n"

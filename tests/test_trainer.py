@@ -10,13 +10,10 @@ import time
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from safetensors.torch import load_file
 
 from corpus_agents.catalog import Catalog
-from corpus_agents.cli import main
 
 TINY = [
     "model.preset=tiny", "model.seq_len=64", "model.overrides={hidden_size: 32, intermediate_size: 64, "
@@ -28,28 +25,9 @@ TINY = [
 
 
 @pytest.fixture
-def workspace(tmp_path: Path, make_corpus, fasttext_model: Path) -> tuple[Path, Path]:
+def workspace(tmp_path: Path, scored_workspace) -> tuple[Path, Path]:
     """A scored workspace (domain + kind agents) and a pipeline config with one reference task."""
-    from click.testing import CliRunner
-
-    make_corpus(tmp_path / "corpus", num_shards=2, rows_per_shard=150, row_group_rows=50)
-    ws = tmp_path / "ws"
-    runner = CliRunner()
-    for args in (
-        ["init", str(ws), "--corpus", str(tmp_path / "corpus" / "*.parquet")],
-        ["agent", "add", str(ws), "domain", "--kind", "metadata", "--column", "source"],
-        ["agent", "add", str(ws), "kind", "--kind", "fasttext", "--model", str(fasttext_model)],
-        ["score", str(ws), "--workers", "1", "--quiet"],
-    ):
-        result = runner.invoke(main, args)
-        assert result.exit_code == 0, result.output
-    from pydoc_data.topics import topics
-
-    prose = [" ".join(t.split()) for t in topics.values() if len(t) > 400][:60]
-    reference = ws / "reference.parquet"
-    pq.write_table(
-        pa.table({"prompt": [p[:150] for p in prose], "answer": [" " + p[150:230] for p in prose]}), reference
-    )
+    ws = scored_workspace(tmp_path, 60)
     config = tmp_path / "pipeline.yaml"
     config.write_text(
         "references:\n  - {name: docs, path: '{workspace}/reference.parquet', prompt: '{prompt}', answer: '{answer}'}\n"
