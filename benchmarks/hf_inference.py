@@ -103,9 +103,9 @@ def count_inputs(model: torch.nn.Module) -> tuple[dict[str, int], Any]:
 
 def run_agent(model_dir: Path, texts: list[str], args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Time `HFClassifierAgent.score` over the documents in DocBatches of the scoring pipeline's size."""
-    from corpus_agents.agents.base import AgentContext, DocBatch
-    from corpus_agents.agents.hf_classifier import HFClassifierAgent
-    from corpus_agents.scoring import DEFAULT_BATCH_ROWS
+    from corpus_agents.scoring.agents.base import AgentContext, DocBatch
+    from corpus_agents.scoring.agents.hf_classifier import HFClassifierAgent
+    from corpus_agents.scoring.driver import DEFAULT_BATCH_ROWS
 
     options = {"model": str(model_dir), "device": args.device, "dtype": args.dtype}
     options |= {"batch_tokens": args.batch_tokens, "max_length": args.max_length}

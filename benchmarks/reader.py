@@ -41,9 +41,9 @@ import pyarrow.parquet as pq
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch.utils.data import DataLoader
 
-import corpus_agents.reader as reader_module
-from corpus_agents.reader import SelectionReader, collate
-from corpus_agents.selection import ShardRef, write_snapshot
+import corpus_agents.training.reader as reader_module
+from corpus_agents.training.reader import SelectionReader, collate
+from corpus_agents.training.selection import ShardRef, write_snapshot
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -86,8 +86,8 @@ def cli(*args: str) -> float:
 # ----- child: one pipeline run in a fresh process ---------------------------------------------------------
 def child_run(workspace: str, agents: list[str], workers: int, profile: str | None) -> dict[str, Any]:
     """Time `run_scoring` on a fresh workspace copy (called in a fresh interpreter) and check what it wrote."""
-    from corpus_agents.catalog import Catalog
-    from corpus_agents.scoring import run_scoring
+    from corpus_agents.scoring.catalog import Catalog
+    from corpus_agents.scoring.driver import run_scoring
 
     with Catalog(workspace) as cat:
         profiler = cProfile.Profile() if profile else None
@@ -182,7 +182,7 @@ class RawModel:
     """A fastText model loaded once in this process, predicting over every text in memory."""
 
     def __init__(self, path: str, k: int):
-        from corpus_agents.agents.fasttext import load_fasttext
+        from corpus_agents.scoring.agents.fasttext import load_fasttext
 
         t0 = time.perf_counter()
         self.model = load_fasttext(path)
@@ -248,9 +248,9 @@ def stage_breakdown(workspace: Path, agents: list[str]) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from corpus_agents.catalog import Catalog
-    from corpus_agents.corpus import iter_doc_batches
-    from corpus_agents.scoring import DEFAULT_BATCH_ROWS, PART_SCHEMA
+    from corpus_agents.scoring.catalog import Catalog
+    from corpus_agents.scoring.corpus import iter_doc_batches
+    from corpus_agents.scoring.driver import DEFAULT_BATCH_ROWS, PART_SCHEMA
 
     with Catalog(workspace) as cat:
         shards = cat.shards()
@@ -314,7 +314,7 @@ def subprocess_cpu(code: str) -> float:
 def worker_overheads(raw: dict[str, Any], repeat: int) -> dict[str, Any]:
     """Fixed costs a pool worker pays before it scores: a fresh interpreter with the scoring imports, the
     model load, and (for reference) what importing torch would add if a worker did it for a fastText run."""
-    base = "import corpus_agents.scoring, corpus_agents.executors.local, corpus_agents.agents.fasttext"
+    base = "import corpus_agents.scoring.driver, corpus_agents.scoring.executors.local, corpus_agents.scoring.agents.fasttext"
     imports = min(subprocess_cpu(base) for _ in range(repeat))
     with_torch = min(subprocess_cpu(base + "; import torch") for _ in range(repeat))
     return {
@@ -326,17 +326,17 @@ def worker_overheads(raw: dict[str, Any], repeat: int) -> dict[str, Any]:
 
 # (category, function name, file suffix) whose cumulative time a category takes from a cProfile of run_scoring
 PROFILE_SITES = [
-    ("agent fingerprints (model file hashing)", "fingerprint", "corpus_agents/agents/base.py"),
-    ("plan_tasks", "plan_tasks", "corpus_agents/scoring.py"),
-    ("stale-file scan", "remove_stale_files", "corpus_agents/scoring.py"),
-    ("model load", "load_fasttext", "corpus_agents/agents/fasttext.py"),
-    ("parquet read (iter_doc_batches)", "iter_doc_batches", "corpus_agents/corpus.py"),
-    ("decode (texts + single-line texts)", "single_line_texts", "corpus_agents/agents/base.py"),
+    ("agent fingerprints (model file hashing)", "fingerprint", "corpus_agents/scoring/agents/base.py"),
+    ("plan_tasks", "plan_tasks", "corpus_agents/scoring/driver.py"),
+    ("stale-file scan", "remove_stale_files", "corpus_agents/scoring/driver.py"),
+    ("model load", "load_fasttext", "corpus_agents/scoring/agents/fasttext.py"),
+    ("parquet read (iter_doc_batches)", "iter_doc_batches", "corpus_agents/scoring/corpus.py"),
+    ("decode (texts + single-line texts)", "single_line_texts", "corpus_agents/scoring/agents/base.py"),
     ("fastText predict (library call)", "predict", "fasttext/FastText.py"),
     ("part write (ParquetWriter)", "write_batch", "pyarrow/parquet/core.py"),
     ("part write (ParquetWriter)", "close", "pyarrow/parquet/core.py"),
-    ("shard fingerprint check", "shard_fingerprint", "corpus_agents/corpus.py"),
-    ("commit into DuckDB", "commit_results", "corpus_agents/scoring.py"),
+    ("shard fingerprint check", "shard_fingerprint", "corpus_agents/scoring/corpus.py"),
+    ("commit into DuckDB", "commit_results", "corpus_agents/scoring/driver.py"),
 ]
 
 
@@ -361,7 +361,7 @@ def profile_breakdown(profile_path: str) -> dict[str, float]:
         - sum(
             ct
             for (file, _, name), v in stats.items()
-            if name == "fingerprint" and file.endswith("corpus_agents/agents/base.py")
+            if name == "fingerprint" and file.endswith("corpus_agents/scoring/agents/base.py")
             for (_, _, caller), (_, _, _, ct) in v[4].items()
             if caller == "plan_tasks"
         ),
@@ -371,9 +371,9 @@ def profile_breakdown(profile_path: str) -> dict[str, float]:
         for c in ("model load", "decode (texts + single-line texts)", "fastText predict (library call)")
     )
     out["agent post-processing (labels, bins)"] = max(
-        0.0, cum("score", "corpus_agents/agents/fasttext.py") - nested
+        0.0, cum("score", "corpus_agents/scoring/agents/fasttext.py") - nested
     )
-    total = cum("run_scoring", "corpus_agents/scoring.py")
+    total = cum("run_scoring", "corpus_agents/scoring/driver.py")
     out["other (lazy imports, progress, bookkeeping)"] = max(0.0, total - sum(out.values()))
     out["total run_scoring"] = total
     out["of which module imports, anywhere"] = cum("_find_and_load", "<frozen importlib._bootstrap>")
@@ -699,7 +699,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         setup_workspace(base, corpus.directory, lid, res)
-        from corpus_agents.catalog import Catalog
+        from corpus_agents.scoring.catalog import Catalog
 
         with Catalog(base) as cat:
             configs = {n: c for n, _, c in cat.agent_rows()}

@@ -82,7 +82,7 @@ class Timer:
 # ----- the synthetic catalog ----------------------------------------------------------------------------
 def build_catalog(workspace: Path, num_docs: int) -> dict[str, Any]:
     """A workspace whose catalog holds `num_docs` documents in shards of SHARD_ROWS and scores of AGENTS."""
-    from corpus_agents.catalog import Catalog
+    from corpus_agents.scoring.catalog import Catalog
 
     started = time.perf_counter()
     with Catalog(workspace, create=True, command="benchmarks/selection.py") as cat:
@@ -144,9 +144,9 @@ def build_catalog(workspace: Path, num_docs: int) -> dict[str, Any]:
 def child(workspace: str, mode: str, threads: int, budget: int, run_id: str) -> dict[str, Any]:
     import numpy as np
 
-    from corpus_agents.catalog import Catalog
-    from corpus_agents.console import Console, ConsoleConfig
-    from corpus_agents.selection import read_snapshot
+    from corpus_agents.scoring.catalog import Catalog
+    from corpus_agents.training.console import Console, ConsoleConfig
+    from corpus_agents.training.selection import read_snapshot
 
     timer = Timer()
     load0 = loadavg()

@@ -132,7 +132,7 @@ def prepare(args: argparse.Namespace) -> Path:
     if not (corpus / "manifest.json").is_file():
         sh([sys.executable, str(REPO / "benchmarks" / "corpus" / "build.py"), "--out", str(corpus)])
     sh(cli("init", str(ws), "--corpus", str(corpus / "*.parquet"), "--text-column", "text"))
-    from corpus_agents.catalog import Catalog
+    from corpus_agents.scoring.catalog import Catalog
 
     with Catalog(ws) as cat:
         agents = {a.name for a in cat.agents()}
@@ -178,9 +178,9 @@ def train_tokenizer(ws: Path, out: Path, vocab_size: int) -> Path:
     """One byte-level BPE for every run (trained on a seeded corpus sample), so losses compare."""
     if (out / "tokenizer.json").is_file():
         return out
-    from corpus_agents.catalog import Catalog
-    from corpus_agents.corpus import sample_texts
-    from corpus_agents.models import train_tokenizer as train
+    from corpus_agents.scoring.catalog import Catalog
+    from corpus_agents.scoring.corpus import sample_texts
+    from corpus_agents.training.models import train_tokenizer as train
 
     with Catalog(ws) as cat:
         texts = sample_texts(cat, 20_000, seed=0)
@@ -254,8 +254,8 @@ def run_jobs(args: argparse.Namespace, ws: Path, config_file: Path, jobs: list[t
 
 def merge_lanes(args: argparse.Namespace, ws: Path, runs: list[str]) -> None:
     """Copy the lanes' runs (tables and run directories) into the scored workspace, replacing older copies."""
-    from corpus_agents.catalog import Catalog
-    from corpus_agents.runs import ensure_schema
+    from corpus_agents.scoring.catalog import Catalog
+    from corpus_agents.training.runs import ensure_schema
 
     with Catalog(ws) as cat:
         ensure_schema(cat)
@@ -291,7 +291,7 @@ def load_tasks(refs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     distractors. Loaded once and shared by every run's evaluation."""
     import pyarrow.parquet as pq
 
-    from corpus_agents.references import ReferenceSpec, load_reference
+    from corpus_agents.training.references import ReferenceSpec, load_reference
 
     tasks = []
     for spec in refs:
@@ -343,8 +343,8 @@ def evaluate_run(run_dir: Path, tasks: list[dict[str, Any]]) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from corpus_agents.models import load_tokenizer
-    from corpus_agents.references import encode_examples, lm_inputs, reference_loss, token_loss_sums
+    from corpus_agents.training.models import load_tokenizer
+    from corpus_agents.training.references import encode_examples, lm_inputs, reference_loss, token_loss_sums
 
     hf_logging.disable_progress_bar()
     torch.set_num_threads(1)
@@ -440,7 +440,7 @@ def diagnostics(ws: Path, runs: list[str]) -> dict[str, Any]:
     - greediness: the share of a round's selected documents in its single most common (domain, quality,
       topic) cell, averaged over the rounds after the warm-up.
     """
-    from corpus_agents.catalog import Catalog
+    from corpus_agents.scoring.catalog import Catalog
 
     out: dict[str, Any] = {}
     with Catalog(ws) as cat:

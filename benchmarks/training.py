@@ -40,11 +40,11 @@ import pyarrow.parquet as pq
 import torch
 
 from corpus_agents.config import PipelineConfig, RewardsConfig, RoundsConfig
-from corpus_agents.models import PRESETS, train_tokenizer
-from corpus_agents.reader import SelectionReader
-from corpus_agents.references import encode_examples, reference_loss
-from corpus_agents.rewards import encode_documents, gradient_rewards, one_step_rewards
-from corpus_agents.trainer import Trainer, _autocast
+from corpus_agents.training.models import PRESETS, train_tokenizer
+from corpus_agents.training.reader import SelectionReader
+from corpus_agents.training.references import encode_examples, reference_loss
+from corpus_agents.training.rewards import encode_documents, gradient_rewards, one_step_rewards
+from corpus_agents.training.trainer import Trainer, _autocast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

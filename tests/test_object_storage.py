@@ -74,7 +74,7 @@ def test_file_urls_for_shards_and_parts_end_to_end(tmp_path, make_corpus):
 
 def test_a_part_left_renamed_but_uncommitted_is_reused(tmp_path, make_corpus, monkeypatch):
     """A crash between publishing a part on the store and committing it: the next run commits that object."""
-    from corpus_agents import catalog
+    from corpus_agents.scoring import catalog
 
     make_corpus(tmp_path / "shards", 2, 30)
     parts = tmp_path / "parts"

@@ -17,8 +17,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch.utils.data import DataLoader
 
 from corpus_agents.errors import CorpusError
-from corpus_agents.reader import SelectionReader, collate, pack
-from corpus_agents.selection import ShardRef, write_snapshot
+from corpus_agents.training.reader import SelectionReader, collate, pack
+from corpus_agents.training.selection import ShardRef, write_snapshot
 
 SEQ_LEN = 64
 ODD_TEXTS = [None, "", "\ufffd", "contains the literal <eos> marker"]  # + one invalid-UTF-8 row per shard

@@ -16,7 +16,7 @@ from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from corpus_agents.errors import CorpusAgentsError
-from corpus_agents.references import (
+from corpus_agents.training.references import (
     IGNORE_INDEX,
     ReferenceSetError,
     ReferenceSpec,

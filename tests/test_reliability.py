@@ -659,7 +659,7 @@ def test_odd_documents_are_registered_and_scored(tmp_path, real_docs, fasttext_m
 
 HOLDER = """
 import sys, time
-from corpus_agents.catalog import Catalog
+from corpus_agents.scoring.catalog import Catalog
 cat = Catalog(sys.argv[1], command="holder-test --sleeping")
 print("holding", flush=True)
 time.sleep(120)
@@ -749,7 +749,7 @@ def parts_by_agent(ws: Path) -> dict[str, dict[int, tuple]]:
 def expected_code_probability(model_path: Path, shards: list[Path]) -> np.ndarray:
     """P(code) per document straight from the fastText library, in doc_id order (fastText's values can
     exceed 1 by 1e-5, which the agent clips: compare with atol 2e-5)."""
-    from corpus_agents.agents.fasttext import load_fasttext
+    from corpus_agents.scoring.agents.fasttext import load_fasttext
 
     model = load_fasttext(str(model_path))
     probs = []

@@ -11,7 +11,6 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from corpus_agents.catalog import Catalog
 from corpus_agents.cli import main
 from corpus_agents.config import load_config
 from corpus_agents.report import (
@@ -22,8 +21,9 @@ from corpus_agents.report import (
     over_seeds,
     write_report,
 )
-from corpus_agents.runs import static_selection
-from corpus_agents.trainer import Trainer
+from corpus_agents.scoring.catalog import Catalog
+from corpus_agents.training.runs import static_selection
+from corpus_agents.training.trainer import Trainer
 
 TINY = [
     "model.preset=tiny", "model.seq_len=64", "model.overrides={hidden_size: 32, intermediate_size: 64, "

@@ -14,8 +14,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from corpus_agents.references import encode_examples, token_loss_sums
-from corpus_agents.rewards import (
+from corpus_agents.training.references import encode_examples, token_loss_sums
+from corpus_agents.training.rewards import (
     doc_loss,
     encode_documents,
     gradient_rewards,

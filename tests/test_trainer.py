@@ -13,7 +13,7 @@ import duckdb
 import pytest
 from safetensors.torch import load_file
 
-from corpus_agents.catalog import Catalog
+from corpus_agents.scoring.catalog import Catalog
 
 TINY = [
     "model.preset=tiny", "model.seq_len=64", "model.overrides={hidden_size: 32, intermediate_size: 64, "

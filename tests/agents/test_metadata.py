@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from corpus_agents.agents import AgentContext, AgentError, DocBatch
-from corpus_agents.agents.metadata import OTHER, MetadataAgent
+from corpus_agents.scoring.agents import AgentContext, AgentError, DocBatch
+from corpus_agents.scoring.agents.metadata import OTHER, MetadataAgent
 
 
 def context(tmp_path: Path, values: list) -> AgentContext:

@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from corpus_agents.agents.base import AgentContext, AgentError, DocBatch
-from corpus_agents.agents.fasttext import zeroed_allocations
-from corpus_agents.agents.topic import TopicAgent, renumber
+from corpus_agents.scoring.agents.base import AgentContext, AgentError, DocBatch
+from corpus_agents.scoring.agents.fasttext import zeroed_allocations
+from corpus_agents.scoring.agents.topic import TopicAgent, renumber
 
 PER_KIND = 150
 CHUNK = 2_000

@@ -20,10 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from corpus_agents import storage
-from corpus_agents.agents import Agent
-from corpus_agents.catalog import Catalog, Shard
-from corpus_agents.corpus import iter_doc_batches, shard_fingerprint
 from corpus_agents.errors import CorpusError
+from corpus_agents.scoring.agents import Agent
+from corpus_agents.scoring.catalog import Catalog, Shard
+from corpus_agents.scoring.corpus import iter_doc_batches, shard_fingerprint
 
 PART_SCHEMA = pa.schema([("doc_id", pa.int64()), ("label", pa.int16()), ("score", pa.float32())])
 DEFAULT_BATCH_ROWS = 2048
@@ -298,12 +298,12 @@ def run_scoring(
         TimeRemainingColumn,
     )
 
-    from corpus_agents.executors.local import run_local
+    from corpus_agents.scoring.executors.local import run_local
 
     if executor not in ("local", "ray"):
         raise ValueError(f"unknown executor {executor!r}: local or ray")
     if executor == "ray":
-        from corpus_agents.executors.ray import check_ray, run_ray
+        from corpus_agents.scoring.executors.ray import check_ray, run_ray
 
         check_ray()
     agents = catalog.agents(agent_names)

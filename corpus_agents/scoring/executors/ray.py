@@ -23,7 +23,7 @@ from dataclasses import replace
 import numpy as np
 
 from corpus_agents.errors import ExecutorError
-from corpus_agents.scoring import PartResult, ShardTask, one_line, score_shard
+from corpus_agents.scoring.driver import PartResult, ShardTask, one_line, score_shard
 
 #: CPUs one CPU-agent actor reserves: fractional, so that N actors on N cores leave room for Ray Data's
 #: own tasks and a 2-core machine does not wait forever for a free CPU.

@@ -15,10 +15,10 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import IterableDataset, get_worker_info
 
-from corpus_agents.agents.base import decode_texts
-from corpus_agents.corpus import check_column, open_parquet, resolve_column
 from corpus_agents.errors import CorpusError
-from corpus_agents.selection import ShardRef, read_snapshot
+from corpus_agents.scoring.agents.base import decode_texts
+from corpus_agents.scoring.corpus import check_column, open_parquet, resolve_column
+from corpus_agents.training.selection import ShardRef, read_snapshot
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -154,7 +154,7 @@ def open_stream(source: HubSource) -> Any:
 
 def check_text_column(schema: pa.Schema, text_column: str, name: str) -> None:
     """A CorpusError naming the dataset unless `text_column` (dots for nested fields) is a string column."""
-    from corpus_agents.corpus import check_column
+    from corpus_agents.scoring.corpus import check_column
 
     try:
         dtype = check_column(schema, text_column, f"dataset {name}")

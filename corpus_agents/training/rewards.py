@@ -12,7 +12,7 @@ import torch
 from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from corpus_agents.references import (
+from corpus_agents.training.references import (
     IGNORE_INDEX,
     Batch,
     ReferenceSetError,

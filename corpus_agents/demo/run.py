@@ -15,13 +15,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rich.console import Console
 
-from corpus_agents.agents import AgentContext, agent_class
-from corpus_agents.catalog import CATALOG_FILE, Catalog
-from corpus_agents.corpus import distinct_values, register_corpus, sample_texts
-from corpus_agents.demo_corpus import build_demo_corpus, describe_demo_corpus
+from corpus_agents.demo.corpus import build_demo_corpus, describe_demo_corpus
 from corpus_agents.errors import CorpusAgentsError
 from corpus_agents.query import run_query, write_result
-from corpus_agents.scoring import run_scoring
+from corpus_agents.scoring.agents import AgentContext, agent_class
+from corpus_agents.scoring.catalog import CATALOG_FILE, Catalog
+from corpus_agents.scoring.corpus import distinct_values, register_corpus, sample_texts
+from corpus_agents.scoring.driver import run_scoring
 from corpus_agents.sqlfiles import resource_dir
 
 #: The summaries the demo prints: each is plain SQL a user can run with `corpus-agents query`.
@@ -105,8 +105,8 @@ def write_reference_tasks(shards: list[Path], directory: Path) -> dict[str, int]
 def _train_and_compare(cat: Catalog, shards: list[Path], console: Console) -> None:
     """Train the same tiny model with the method and with random selection; show weights and losses."""
     from corpus_agents.config import load_config
-    from corpus_agents.runs import list_runs
-    from corpus_agents.trainer import Trainer
+    from corpus_agents.training.runs import list_runs
+    from corpus_agents.training.trainer import Trainer
 
     console.rule("[bold]5. training[/]: the method (pipelines/demo.yaml) vs random selection")
     sizes = write_reference_tasks(shards, cat.dir / "reference")

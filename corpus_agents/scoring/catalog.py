@@ -19,8 +19,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from corpus_agents.agents import Agent, build_agent
 from corpus_agents.errors import AgentError, WorkspaceBusyError, WorkspaceError
+from corpus_agents.scoring.agents import Agent, build_agent
 from corpus_agents.sqlfiles import read_sql_file, split_statements, statement
 
 SCHEMA_VERSION = "1"

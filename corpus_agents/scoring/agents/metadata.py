@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from corpus_agents.agents.base import Agent, AgentContext, AgentError, DocBatch, ScoreResult
+from corpus_agents.scoring.agents.base import Agent, AgentContext, AgentError, DocBatch, ScoreResult
 
 OTHER = "(other)"
 MAX_LABELS = 10_000

@@ -12,7 +12,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from corpus_agents.scoring import PartResult, ShardTask, one_line, score_shard
+from corpus_agents.scoring.driver import PartResult, ShardTask, one_line, score_shard
 
 _progress_queue: mp.Queue[int] | None = None
 _started_queue: Any = None

@@ -29,14 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from corpus_agents.catalog import Catalog
 from corpus_agents.config import PipelineConfig
-from corpus_agents.corpus import read_doc_texts, sample_texts
-from corpus_agents.distributed import Distributed
 from corpus_agents.errors import CorpusAgentsError
-from corpus_agents.models import build_model, load_tokenizer, train_tokenizer
-from corpus_agents.runs import ensure_schema
+from corpus_agents.scoring.catalog import Catalog
+from corpus_agents.scoring.corpus import read_doc_texts, sample_texts
 from corpus_agents.sqlfiles import statement
+from corpus_agents.training.distributed import Distributed
+from corpus_agents.training.models import build_model, load_tokenizer, train_tokenizer
+from corpus_agents.training.runs import ensure_schema
 
 STATE_FILE = "trainer_state.pt"
 
@@ -141,8 +141,8 @@ class Trainer:
         init_from: str | None = None,
         dist: Distributed | None = None,
     ):
-        from corpus_agents.console import Console, ConsoleConfig
-        from corpus_agents.references import ReferenceSpec, encode_examples, load_reference
+        from corpus_agents.training.console import Console, ConsoleConfig
+        from corpus_agents.training.references import ReferenceSpec, encode_examples, load_reference
 
         self.dist = dist or Distributed()
         if (catalog is not None) != self.dist.is_main:
@@ -259,7 +259,7 @@ class Trainer:
 
     # ----- rounds ----------------------------------------------------------------------------------
     def heldout_losses(self, model: Any) -> dict[str, float]:
-        from corpus_agents.references import reference_loss
+        from corpus_agents.training.references import reference_loss
 
         was_training = model.training
         model.eval()
@@ -273,7 +273,7 @@ class Trainer:
         Rank 0 draws the probes; each rank rewards a contiguous share of them and rank 0, which alone
         returns the rewards (the other ranks get {}), standardises them over all the probes.
         """
-        from corpus_agents.rewards import standardize
+        from corpus_agents.training.rewards import standardize
 
         doc_ids = None
         if self.console is not None:  # rank 0; random selection ignores the rewards, so none are measured
@@ -291,7 +291,7 @@ class Trainer:
 
     def _raw_rewards(self, model: Any, optimizer: Any, doc_ids: np.ndarray) -> np.ndarray:
         """[n_docs, n_tasks] rewards of the given documents by the configured `rewards.method`."""
-        from corpus_agents.rewards import encode_documents, gradient_rewards, one_step_rewards
+        from corpus_agents.training.rewards import encode_documents, gradient_rewards, one_step_rewards
 
         texts = read_doc_texts(self.shards, doc_ids)
         cfg = self.config.rewards
@@ -315,7 +315,7 @@ class Trainer:
         """Micro-batches from a selection; a selection read to the end is read again (next epoch)."""
         from torch.utils.data import DataLoader
 
-        from corpus_agents.reader import SelectionReader
+        from corpus_agents.training.reader import SelectionReader
 
         epoch = 0
         while True:

@@ -23,8 +23,8 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from corpus_agents.catalog import Catalog
 from corpus_agents.errors import CorpusAgentsError, WorkspaceBusyError
+from corpus_agents.scoring.catalog import Catalog
 from corpus_agents.sqlfiles import statement
 
 SEED_SUFFIX = re.compile(r"[-_.]?seed[-_]?\d+$", re.IGNORECASE)
@@ -165,7 +165,7 @@ def collect(
     except WorkspaceBusyError as exc:
         return _collect_from_logs(ws, runs_dir, run_ids, group, str(exc))
     with catalog:
-        from corpus_agents.runs import ensure_schema
+        from corpus_agents.training.runs import ensure_schema
 
         ensure_schema(catalog)
         con = catalog.con

@@ -5,14 +5,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from corpus_agents.agents.base import Agent, AgentContext, AgentError, DocBatch, ScoreResult
+from corpus_agents.scoring.agents.base import Agent, AgentContext, AgentError, DocBatch, ScoreResult
 
 # kind -> "module:Class", imported lazily so a missing optional dependency only affects its own kind.
 REGISTRY: dict[str, str] = {
-    "fasttext": "corpus_agents.agents.fasttext:FastTextAgent",
-    "metadata": "corpus_agents.agents.metadata:MetadataAgent",
-    "topic": "corpus_agents.agents.topic:TopicAgent",
-    "hf-classifier": "corpus_agents.agents.hf_classifier:HFClassifierAgent",
+    "fasttext": "corpus_agents.scoring.agents.fasttext:FastTextAgent",
+    "metadata": "corpus_agents.scoring.agents.metadata:MetadataAgent",
+    "topic": "corpus_agents.scoring.agents.topic:TopicAgent",
+    "hf-classifier": "corpus_agents.scoring.agents.hf_classifier:HFClassifierAgent",
 }
 
 

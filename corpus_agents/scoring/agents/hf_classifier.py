@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from corpus_agents.agents.base import (
+from corpus_agents.scoring.agents.base import (
     Agent,
     AgentContext,
     AgentError,

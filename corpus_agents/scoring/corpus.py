@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from corpus_agents.agents.base import DocBatch
 from corpus_agents.errors import CorpusError
+from corpus_agents.scoring.agents.base import DocBatch
 
 _STRING_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
 

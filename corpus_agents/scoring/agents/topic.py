@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from corpus_agents.agents.base import AgentContext, AgentError
-from corpus_agents.agents.fasttext import PREFIX, FastTextAgent, load_fasttext, train_fasttext
+from corpus_agents.scoring.agents.base import AgentContext, AgentError
+from corpus_agents.scoring.agents.fasttext import PREFIX, FastTextAgent, load_fasttext, train_fasttext
 
 DEFAULT_TOPICS = 16
 DEFAULT_SAMPLE = 20_000

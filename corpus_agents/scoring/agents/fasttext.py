@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from corpus_agents.agents.base import (
+from corpus_agents.scoring.agents.base import (
     Agent,
     AgentContext,
     AgentError,

@@ -17,10 +17,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from corpus_agents.catalog import Catalog, quote_literal
 from corpus_agents.errors import CorpusAgentsError
-from corpus_agents.selection import ShardRef, write_snapshot
+from corpus_agents.scoring.catalog import Catalog, quote_literal
 from corpus_agents.sqlfiles import split_statements, statement
+from corpus_agents.training.selection import ShardRef, write_snapshot
 
 SQL_FILE = "console.sql"
 MODES = ("topk", "gumbel", "random")

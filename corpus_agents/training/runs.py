@@ -9,11 +9,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from corpus_agents.catalog import Catalog, quote_ident
-from corpus_agents.corpus import iter_doc_batches
 from corpus_agents.errors import CorpusAgentsError
-from corpus_agents.selection import read_snapshot
+from corpus_agents.scoring.catalog import Catalog, quote_ident
+from corpus_agents.scoring.corpus import iter_doc_batches
 from corpus_agents.sqlfiles import statement
+from corpus_agents.training.selection import read_snapshot
 
 
 def ensure_schema(catalog: Catalog) -> None:
@@ -42,7 +42,7 @@ def static_selection(
 ) -> Path:
     """Fuse the agents with the console's round-0 state (config prior, or a run's learnt w and theta) and
     select `tokens` without any training feedback: round 0 of run `run_id`."""
-    from corpus_agents.console import Console, ConsoleConfig
+    from corpus_agents.training.console import Console, ConsoleConfig
 
     with Console(catalog, run_id, ConsoleConfig.from_dict({**console, "mode": mode})) as con:
         con.start(init_from=init_from)
