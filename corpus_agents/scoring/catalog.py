@@ -6,12 +6,14 @@ its pid and command, so a second process is told who holds the workspace instead
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,11 +187,43 @@ class Catalog:
     def set_meta(self, key: str, value: str) -> None:
         self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
 
+    # ----- running SQL: every statement lives in sql/; these are the only ways to run one ------------
+    def run(self, file: str, name: str, **params: Any) -> list[tuple[Any, ...]]:
+        """Run every statement of the block `-- name: <name>` of `sql/<file>`, each with the `$params` it
+        uses; returns the last statement's rows."""
+        rows: list[tuple[Any, ...]] = []
+        for stmt in split_statements(statement(file, name)):
+            rows = self.con.execute(stmt, {k: params[k] for k in _PARAM.findall(stmt)}).fetchall()
+        return rows
+
+    def arrow(self, file: str, name: str, **params: Any) -> pa.Table:
+        """The result of a one-query block as Arrow, streamed from DuckDB without a row-by-row copy."""
+        (query,) = split_statements(statement(file, name))
+        return self.con.sql(query, params={k: params[k] for k in _PARAM.findall(query)}).to_arrow_table()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """BEGIN ... COMMIT, or ROLLBACK if the body raises (including KeyboardInterrupt)."""
+        self.con.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def registered(self, name: str, table: pa.Table) -> Iterator[None]:
+        """An Arrow table visible to SQL as `name` for the body's duration."""
+        self.con.register(name, table)
+        try:
+            yield
+        finally:
+            self.con.unregister(name)
+
     def run_block(self, file: str, name: str, params: dict[str, Any]) -> None:
         """Run every statement of a named SQL block with the named parameters each one uses."""
-        for stmt in split_statements(statement(file, name)):
-            used = {k: params[k] for k in _PARAM.findall(stmt)}
-            self.con.execute(stmt, used)
+        self.run(file, name, **params)
 
     # ----- shards and documents --------------------------------------------------------------------
     def shards(self) -> list[Shard]:
