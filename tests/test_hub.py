@@ -194,16 +194,31 @@ def test_kill_9_while_streaming_then_rerun_gives_the_shards_of_an_uninterrupted_
     expected = [f.read_bytes() for f in shard_files(tmp_path / "clean")]
     assert len(expected) == 30
 
+    # The child commits five shards, then stalls inside the stream until it is killed: the kill lands
+    # mid-stream on any machine, however fast, instead of racing the writer.
+    child = (
+        "import sys, time\n"
+        "import corpus_agents.scoring.hub as hub\n"
+        "from corpus_agents.cli import main\n"
+        "commit, done = hub.commit_shard, []\n"
+        "def commit_then_stall(tmp, final):\n"
+        "    commit(tmp, final)\n"
+        "    done.append(final)\n"
+        "    if len(done) == 5:\n"
+        "        time.sleep(3600)\n"
+        "hub.commit_shard = commit_then_stall\n"
+        "main(sys.argv[1:])\n"
+    )
     ws = tmp_path / "ws"
-    cmd = [sys.executable, "-m", "corpus_agents.cli", "init", str(ws), *args]
+    cmd = [sys.executable, "-c", child, "init", str(ws), *args]
     proc = subprocess.Popen(cmd, env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
     deadline = time.monotonic() + 120
-    while len(list((ws / "corpus").glob("*/shard-*.parquet"))) < 3 and time.monotonic() < deadline:
+    while len(shard_files(ws)) < 5 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     written = len(shard_files(ws))
-    assert 3 <= written < 30, "the run was killed mid-stream"
+    assert written == 5, "the child stalls after its fifth shard and is killed there"
     out = run("init", str(ws), *args)
     assert f"{written} shards from an earlier run" in out
     assert [f.read_bytes() for f in shard_files(ws)] == expected
