@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from corpus_agents.errors import AgentError, CorpusAgentsError, WorkspaceError
+from corpus_agents.errors import CorpusAgentsError, WorkspaceError
 from corpus_agents.scoring.agents import Agent, AgentContext, agent_class
 from corpus_agents.scoring.catalog import Catalog
 from corpus_agents.scoring.corpus import RegisterReport, distinct_values, register_corpus, sample_texts
@@ -134,8 +134,7 @@ class Workspace:
     def add_agent(self, name: str, kind: str, options: dict[str, Any], *, replace: bool = False) -> Agent:
         """Create an agent (fitting what needs fitting, discovering its labels) and register it; an existing
         agent of that name is an error unless `replace` (its scores are then dropped)."""
-        if not replace and name in self.agent_names():
-            raise AgentError(f"agent {name!r} exists; pass --replace to redefine it (its scores are dropped)")
+        self.catalog.check_agent_name(name, replace=replace)
         agent = agent_class(kind).create(name, options, self.agent_context())
         self.catalog.add_agent(agent, replace=replace)
         return agent

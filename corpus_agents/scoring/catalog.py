@@ -1,5 +1,8 @@
 """The workspace catalog: one DuckDB file per workspace, owned by one process at a time.
 
+The catalog owns its connection: statements run through its methods (`run` and `arrow` for the named
+blocks of `sql/`, `transaction`, `registered`, `cursor`), never through the connection itself.
+
 The owner holds an advisory lock on `WS/catalog.lock` (released by the kernel even on kill -9) that records
 its pid and command, so a second process is told who holds the workspace instead of getting a traceback.
 """
@@ -314,18 +317,22 @@ class Catalog(_Sql):
             raise AgentError(f"no agent named {unknown[0]!r} in {self.dir} (agents: {known})")
         return [by_name[n] for n in names]
 
-    def add_agent(self, agent: Agent, *, replace: bool = False) -> None:
-        exists = bool(self.run("catalog.sql", "agent_exists", agent=agent.name))
+    def check_agent_name(self, name: str, *, replace: bool = False) -> bool:
+        """Raise AgentError if `name` cannot name a new agent (before anything is fitted); returns whether an
+        agent of that name exists (and is to be replaced)."""
+        exists = bool(self.run("catalog.sql", "agent_exists", agent=name))
         if exists and not replace:
+            raise AgentError(f"agent {name!r} exists; pass --replace to redefine it (its scores are dropped)")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise AgentError(
-                f"agent {agent.name!r} exists; pass --replace to redefine it (its scores are dropped)"
+                f"agent name {name!r} must be an identifier (letters, digits, _), used as a column"
             )
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", agent.name):
-            raise AgentError(
-                f"agent name {agent.name!r} must be an identifier (letters, digits, _), used as a column"
-            )
-        if agent.name in {"doc_id", "shard_id", "row_idx", "text_bytes"} or agent.name.endswith("_score"):
-            raise AgentError(f"agent name {agent.name!r} collides with a doc_labels column; choose another")
+        if name in {"doc_id", "shard_id", "row_idx", "text_bytes"} or name.endswith("_score"):
+            raise AgentError(f"agent name {name!r} collides with a doc_labels column; choose another")
+        return exists
+
+    def add_agent(self, agent: Agent, *, replace: bool = False) -> None:
+        exists = self.check_agent_name(agent.name, replace=replace)
         with self.transaction():
             if exists:
                 self.run("catalog.sql", "drop_agent", agent=agent.name)
