@@ -98,7 +98,7 @@ def child_run(workspace: str, agents: list[str], workers: int, profile: str | No
         if profiler:
             profiler.disable()
         wall, cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
-        rows = dict(cat.con.execute("SELECT agent, count(*) FROM scores GROUP BY agent").fetchall())
+        rows = dict(cat.execute("SELECT agent, count(*) FROM scores GROUP BY agent"))
     if profiler and profile:
         profiler.dump_stats(profile)
     if summary.failed:

@@ -86,16 +86,15 @@ def build_catalog(workspace: Path, num_docs: int) -> dict[str, Any]:
 
     started = time.perf_counter()
     with Catalog(workspace, create=True, command="benchmarks/selection.py") as cat:
-        con = cat.con
-        con.execute("SET enable_progress_bar = false")
+        cat.execute("SET enable_progress_bar = false")
         num_shards = -(-num_docs // SHARD_ROWS)
-        con.execute(
+        cat.execute(
             "INSERT INTO shards SELECT s, 'synthetic/shard-' || s || '.parquet', ?, 0, 'synthetic', "
             "?, [8192], 'text', current_timestamp FROM range(?) t(s)",
             [SHARD_ROWS, -(-SHARD_ROWS // 8192), num_shards],
         )
         # text_bytes: 200 to ~16,000 (skewed short); 0.1% null texts.
-        con.execute(
+        cat.execute(
             f"""INSERT INTO docs
             SELECT (CAST(i // {SHARD_ROWS} AS BIGINT) << 32) | (i % {SHARD_ROWS}), i // {SHARD_ROWS},
                    i % {SHARD_ROWS}, (i % {SHARD_ROWS}) // 8192,
@@ -105,14 +104,14 @@ def build_catalog(workspace: Path, num_docs: int) -> dict[str, Any]:
             [num_docs],
         )
         for agent, labels in AGENTS.items():
-            con.execute("INSERT INTO agents (name, kind, config) VALUES (?, 'synthetic', '{}')", [agent])
-            con.execute(
+            cat.execute("INSERT INTO agents (name, kind, config) VALUES (?, 'synthetic', '{}')", [agent])
+            cat.execute(
                 "INSERT INTO agent_labels SELECT ?, i, ? || '_' || i FROM range(?) t(i)",
                 [agent, agent, labels],
             )
             # Skewed labels (label j has frequency ~ sqrt(j+1) - sqrt(j)); 1% unlabelled except `domain`.
             unlabelled = 0 if agent == "domain" else 100
-            con.execute(
+            cat.execute(
                 """INSERT INTO scores
                 SELECT $agent, doc_id,
                        CASE WHEN $unlabelled > 0 AND hash(doc_id, $agent, 'null') % $unlabelled = 0 THEN NULL
@@ -122,14 +121,14 @@ def build_catalog(workspace: Path, num_docs: int) -> dict[str, Any]:
                 FROM docs""",
                 {"agent": agent, "labels": labels, "unlabelled": unlabelled},
             )
-            con.execute(
+            cat.execute(
                 "INSERT INTO score_parts SELECT ?, shard_id, 'synthetic', '', num_rows, true, 0, current_timestamp "
                 "FROM shards",
                 [agent],
             )
-        con.execute("CHECKPOINT")
-        tokens = con.execute("SELECT sum(greatest(1, ceil(text_bytes / 4.0))) FROM docs WHERE NOT text_null")
-        total_tokens = int(tokens.fetchone()[0])
+        cat.execute("CHECKPOINT")
+        tokens = cat.execute("SELECT sum(greatest(1, ceil(text_bytes / 4.0))) FROM docs WHERE NOT text_null")
+        total_tokens = int(tokens[0][0])
     size = (workspace / "catalog.duckdb").stat().st_size
     return {
         "docs": num_docs,
@@ -151,8 +150,8 @@ def child(workspace: str, mode: str, threads: int, budget: int, run_id: str) -> 
     timer = Timer()
     load0 = loadavg()
     with Catalog(workspace, command="benchmarks/selection.py") as cat:
-        cat.con.execute(f"SET threads = {threads}")
-        cat.con.execute("SET enable_progress_bar = false")
+        cat.execute(f"SET threads = {threads}")
+        cat.execute("SET enable_progress_bar = false")
         rss_open = current_rss_mb()
         console = timer("console", Console, cat, run_id, ConsoleConfig(mode=mode))
         timer("start", console.start)
@@ -166,9 +165,9 @@ def child(workspace: str, mode: str, threads: int, budget: int, run_id: str) -> 
         rewards = np.random.default_rng(0).standard_normal(len(ids)) + (ids % 7 == 0)  # some structure
         timer("update", console.update, 1, dict(zip(ids.tolist(), rewards.tolist())))
         timer("select 2", console.select, 2, budget, out / "round-2.parquet")
-        selected = cat.con.execute(
+        selected = cat.execute(
             "SELECT round, num_docs, tokens FROM selections WHERE run_id = ? ORDER BY round", [run_id]
-        ).fetchall()
+        )
         console.close()
     return {
         "steps": timer.steps,

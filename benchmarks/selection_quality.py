@@ -263,21 +263,22 @@ def merge_lanes(args: argparse.Namespace, ws: Path, runs: list[str]) -> None:
             here = [r for r in runs if run_finished(lane / "runs" / r)]
             if not here:
                 continue
-            cat.con.execute(f"ATTACH '{lane / 'catalog.duckdb'}' AS lane (READ_ONLY)")
+            cat.execute(f"ATTACH '{lane / 'catalog.duckdb'}' AS lane (READ_ONLY)")
             try:
-                cat.con.execute("BEGIN")
-                for table in RUN_TABLES:
-                    cat.con.execute(f"DELETE FROM {table} WHERE run_id IN (SELECT unnest(?))", [here])
-                    columns = "*"
-                    if table == "selections":  # snapshots move with their run directories
-                        columns = f"* REPLACE (replace(path, '{lane / 'runs'}/', '{ws / 'runs'}/') AS path)"
-                    cat.con.execute(
-                        f"INSERT INTO {table} SELECT {columns} FROM lane.{table} WHERE run_id IN (SELECT unnest(?))",
-                        [here],
-                    )
-                cat.con.execute("COMMIT")
+                with cat.transaction():
+                    for table in RUN_TABLES:
+                        cat.execute(f"DELETE FROM {table} WHERE run_id IN (SELECT unnest(?))", [here])
+                        columns = "*"
+                        if table == "selections":  # snapshots move with their run directories
+                            columns = (
+                                f"* REPLACE (replace(path, '{lane / 'runs'}/', '{ws / 'runs'}/') AS path)"
+                            )
+                        cat.execute(
+                            f"INSERT INTO {table} SELECT {columns} FROM lane.{table} WHERE run_id IN (SELECT unnest(?))",
+                            [here],
+                        )
             finally:
-                cat.con.execute("DETACH lane")
+                cat.execute("DETACH lane")
             for run in here:
                 dst = ws / "runs" / run
                 shutil.rmtree(dst, ignore_errors=True)
@@ -444,7 +445,7 @@ def diagnostics(ws: Path, runs: list[str]) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     with Catalog(ws) as cat:
-        rows = cat.con.execute(
+        rows = cat.execute(
             """
             WITH p AS (
                 SELECT p.run_id, p.round, s.agent, s.label, p.reward, hash(p.doc_id) % 2 AS half
@@ -461,17 +462,17 @@ def diagnostics(ws: Path, runs: list[str]) -> dict[str, Any]:
             ) WHERE r IS NOT NULL GROUP BY agent ORDER BY agent
             """,
             [runs],
-        ).fetchall()
+        )
         out["reward_split_half_correlation"] = {a: {"mean": round(r, 3), "rounds": n} for a, r, n in rows}
         greedy: dict[str, list[float]] = defaultdict(list)
-        for run_id, path in cat.con.execute(
+        for run_id, path in cat.execute(
             "SELECT run_id, path FROM selections WHERE run_id IN (SELECT unnest(?)) AND round > 0",
             [runs],
-        ).fetchall():
-            top = cat.con.execute(
+        ):
+            top = cat.execute(
                 f"""SELECT max(n) / sum(n) FROM (SELECT count(*) AS n FROM read_parquet('{path}')
                     JOIN doc_labels USING (doc_id) GROUP BY domain, quality, topic)"""
-            ).fetchone()[0]
+            )[0][0]
             greedy[run_id.rsplit("-seed", 1)[0]].append(float(top))
         out["top_cell_share"] = {c: round(float(np.mean(v)), 3) for c, v in greedy.items()}
     return out

@@ -96,8 +96,7 @@ def init(
       corpus-agents init ws --corpus 's3://bucket/shards/*.parquet' --parts-url s3://bucket/ws-parts
       corpus-agents init ws --from-hub DKYoon/SlimPajama-6B --split train --max-rows 1000000 --shard-rows 100000
     """
-    from corpus_agents.scoring.catalog import Catalog
-    from corpus_agents.scoring.corpus import register_corpus
+    from corpus_agents.workspace import Workspace
 
     if bool(patterns) == bool(hub_name):
         raise CorpusAgentsError("pass either --corpus PATTERN or --from-hub NAME")
@@ -106,27 +105,19 @@ def init(
         from corpus_agents.scoring.hub import HubSource, normalize_name
 
         source = HubSource(normalize_name(hub_name), hub_config, split, max_rows, shard_rows, shard_mb)
-    with Catalog(workspace, create=True) as cat:
-        stored = cat.get_meta("text_column")
-        if stored and stored != text_column and cat.shards():  # fixable until a shard is registered
-            raise CorpusAgentsError(f"workspace {workspace} uses text column {stored!r}, not {text_column!r}")
-        cat.set_meta("text_column", text_column)
-        if parts_url:
-            cat.set_parts_url(parts_url)
+    with Workspace.create(workspace, text_column=text_column, parts_url=parts_url) as ws:
         if source is not None:
-            from corpus_agents.scoring.hub import materialize_into_workspace
-
-            hub = materialize_into_workspace(cat, source, text_column, show_progress=not quiet)
+            hub = ws.stream_from_hub(source, show_progress=not quiet)
             click.echo(
                 f"{len(hub.shards)} shards, {hub.rows:,} rows in {hub.directory} "
                 f"({hub.new_rows:,} written now, {hub.resumed_shards} shards from an earlier run)"
             )
             patterns = (str(hub.directory),)
-        report = register_corpus(cat, list(patterns), text_column, threads)
-        total = cat.con.execute("SELECT count(*), coalesce(sum(num_rows), 0) FROM shards").fetchone()
+        report = ws.add_corpus(list(patterns), threads=threads)
+        size = ws.corpus_size()
     click.echo(
         f"registered {len(report.added)} new shards ({len(report.unchanged)} already known); "
-        f"workspace has {total[0]} shards, {total[1]:,} documents"
+        f"workspace has {size.shards} shards, {size.documents:,} documents"
     )
     for err in report.errors:
         click.echo(f"error: {err}", err=True)
@@ -223,9 +214,8 @@ def agent_add(
       corpus-agents agent add ws edu --kind hf-classifier --model HuggingFaceFW/fineweb-edu-classifier
       corpus-agents agent add ws --pipeline pipelines/slimpajama-1.3b.yaml --set agents.quality.device=cpu
     """
-    from corpus_agents.scoring.agents import AgentContext, agent_class
-    from corpus_agents.scoring.catalog import Catalog
-    from corpus_agents.scoring.corpus import distinct_values, sample_texts
+    from corpus_agents.scoring.agents import agent_class
+    from corpus_agents.workspace import Workspace
 
     options["sample"] = options.pop("sample_size")
     ctx = click.get_current_context()
@@ -253,24 +243,13 @@ def agent_add(
     classes = {k: agent_class(k) for _, k, _ in specs}
     for cls in classes.values():
         cls.check_requirements()
-    with Catalog(workspace) as cat:
-        existing = {n for n, _, _ in cat.agent_rows()}
-        context = AgentContext(
-            workspace_dir=cat.dir,
-            models_dir=cat.models_dir,
-            sample_texts=lambda n, seed=0: sample_texts(cat, n, seed),
-            distinct_values=lambda column: distinct_values(cat, column),
-        )
+    with Workspace.open(workspace) as ws:
+        existing = ws.agent_names()
         for agent_name, agent_kind, agent_options in specs:
-            if not replace and agent_name in existing:
-                if pipeline:
-                    click.echo(f"kept agent {agent_name} (in the workspace already; --replace redefines it)")
-                    continue
-                raise CorpusAgentsError(
-                    f"agent {agent_name!r} exists; pass --replace to redefine it (its scores are dropped)"
-                )
-            new = classes[agent_kind].create(agent_name, agent_options, context)
-            cat.add_agent(new, replace=replace)
+            if pipeline and not replace and agent_name in existing:
+                click.echo(f"kept agent {agent_name} (in the workspace already; --replace redefines it)")
+                continue
+            new = ws.add_agent(agent_name, agent_kind, agent_options, replace=replace)
             labels = new.labels
             shown = ", ".join(labels[:12]) + (f", ... ({len(labels)} in all)" if len(labels) > 12 else "")
             click.echo(f"added agent {agent_name} ({agent_kind}) with labels: {shown}")
@@ -298,12 +277,10 @@ def agent_list(workspace: str) -> None:
 @user_errors
 def agent_remove(workspace: str, name: str) -> None:
     """Remove an agent and its scores."""
-    from corpus_agents.scoring.catalog import Catalog
-    from corpus_agents.scoring.driver import remove_stale_files
+    from corpus_agents.workspace import Workspace
 
-    with Catalog(workspace) as cat:
-        cat.remove_agent(name)
-        remove_stale_files(cat, keep_uncommitted=False)
+    with Workspace.open(workspace) as ws:
+        ws.remove_agent(name)
     click.echo(f"removed agent {name}")
 
 
@@ -356,15 +333,13 @@ def score(
       corpus-agents score ws --agents quality,domain --workers 8
       corpus-agents score ws --executor ray --address auto
     """
-    from corpus_agents.scoring.catalog import Catalog
-    from corpus_agents.scoring.driver import run_scoring
+    from corpus_agents.workspace import Workspace
 
     names = [a.strip() for a in agents.split(",") if a.strip()] if agents else None
-    with Catalog(workspace) as cat:
-        summary = run_scoring(
-            cat,
+    with Workspace.open(workspace) as ws:
+        summary = ws.score(
             names,
-            workers=workers if executor == "ray" else workers or os.cpu_count() or 1,
+            workers=workers,
             limit=limit,
             sample=sample,
             seed=seed,
@@ -392,34 +367,32 @@ def status(workspace: str) -> None:
     from rich.table import Table
 
     from corpus_agents.query import make_console
-    from corpus_agents.scoring.catalog import Catalog
-    from corpus_agents.sqlfiles import statement
+    from corpus_agents.workspace import Workspace
 
+    with Workspace.open(workspace) as ws:
+        summary = ws.status()
     console = make_console()
-    with Catalog(workspace) as cat:
-        shards, docs, size = cat.con.execute(
-            "SELECT count(*), coalesce(sum(num_rows), 0), coalesce(sum(num_bytes), 0) FROM shards"
-        ).fetchone()
-        console.print(f"workspace {cat.dir}: {shards} shards, {docs:,} documents, {size / 1e6:,.1f} MB")
-        parts = cat.parts()
-        table = Table("agent", "kind", "labels", "committed", "partial", "pending", "failed", "docs scored")
-        for row in cat.con.execute(statement("catalog.sql", "status_agents")).fetchall():
-            name, kind, labels, committed, partial, failed, scored = row
-            agent = cat.agents([name])[0]
-            try:
-                fp = agent.fingerprint()
-                current = sum(
-                    1 for (a, _), p in parts.items() if a == name and p.complete and p.fingerprint == fp
-                )
-                pending = str(shards - current)
-            except CorpusAgentsError as exc:
-                pending = f"? ({exc})"
-            table.add_row(
-                name, kind, str(labels), str(committed), str(partial), pending, str(failed), f"{scored:,}"
-            )
-        console.print(table)
-        for agent_name, shard_id, error in cat.failures():
-            console.print(f"[red]failed[/] {agent_name} shard {shard_id}: {error}", highlight=False)
+    corpus = summary.corpus
+    console.print(
+        f"workspace {summary.directory}: {corpus.shards} shards, {corpus.documents:,} documents, "
+        f"{corpus.bytes / 1e6:,.1f} MB"
+    )
+    table = Table("agent", "kind", "labels", "committed", "partial", "pending", "failed", "docs scored")
+    for a in summary.agents:
+        pending = str(a.pending) if a.pending is not None else f"? ({a.pending_error})"
+        table.add_row(
+            a.name,
+            a.kind,
+            str(a.labels),
+            str(a.committed),
+            str(a.partial),
+            pending,
+            str(a.failed),
+            f"{a.docs_scored:,}",
+        )
+    console.print(table)
+    for agent_name, shard_id, error in summary.failures:
+        console.print(f"[red]failed[/] {agent_name} shard {shard_id}: {error}", highlight=False)
 
 
 @main.command()
@@ -442,11 +415,11 @@ def query(workspace: str, sql: str, fmt: str, output: str | None, max_rows: int)
     Example:
       corpus-agents query ws "SELECT domain, quality, count(*) FROM doc_labels GROUP BY ALL ORDER BY ALL"
     """
-    from corpus_agents.query import run_query, write_result
-    from corpus_agents.scoring.catalog import Catalog
+    from corpus_agents.query import write_result
+    from corpus_agents.workspace import Workspace
 
-    with Catalog(workspace) as cat:
-        table = run_query(cat, sql)
+    with Workspace.open(workspace) as ws:
+        table = ws.query(sql)
     write_result(table, fmt, output, max_rows)
 
 

@@ -1,26 +1,14 @@
-"""Runs user SQL on the catalog and writes the result as a table, CSV, JSON or Parquet."""
+"""Writes a query result (`Catalog.query`) as a table, CSV, JSON or Parquet."""
 
 from __future__ import annotations
 
 import json
 import sys
 
-import duckdb
 import pyarrow as pa
 from rich.console import Console
 
 from corpus_agents.errors import CorpusAgentsError
-from corpus_agents.scoring.catalog import Catalog
-
-
-def run_query(catalog: Catalog, sql: str) -> pa.Table:
-    """Execute one SQL statement; a DuckDB error becomes a one-line user error."""
-    try:
-        rel = catalog.con.sql(sql)
-        return rel.to_arrow_table() if rel is not None else pa.table({})
-    except duckdb.Error as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CorpusAgentsError(f"SQL error: {first}") from None
 
 
 def write_result(table: pa.Table, fmt: str, output: str | None, max_rows: int = 100) -> None:

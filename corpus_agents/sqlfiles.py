@@ -39,6 +39,13 @@ def statement(file: str, name: str) -> str:
     return blocks[name].strip()
 
 
+def fragment(file: str, name: str) -> str:
+    """A block used as a template or as a piece of a larger statement, its comment lines dropped."""
+    return "\n".join(
+        line for line in statement(file, name).splitlines() if not line.lstrip().startswith("--")
+    )
+
+
 def split_statements(sql: str) -> list[str]:
     """Split a block into statements at `;` line ends, dropping comment-only lines."""
     body = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))

@@ -1,9 +1,32 @@
--- Statements the catalog runs, one per `-- name:` block. `?` are bound parameters; `{x}` are identifiers
+-- Statements the catalog runs, one per `-- name:` block. `$x` are bound parameters; `{x}` are identifiers
 -- or literals filled in by catalog.py (always quoted there).
+
+-- name: table_names
+-- The catalog's tables (to tell a new catalog from an existing one).
+SELECT table_name FROM information_schema.tables;
+
+-- name: init_meta
+INSERT OR IGNORE INTO meta VALUES ('schema_version', $version);
+
+-- name: get_meta
+SELECT value FROM meta WHERE key = $key;
+
+-- name: set_meta
+INSERT OR REPLACE INTO meta VALUES ($key, $value);
+
+-- name: corpus_size
+-- Shards, documents and bytes on disk of the registered corpus.
+SELECT count(*), coalesce(sum(num_rows), 0), coalesce(sum(num_bytes), 0) FROM shards;
+
+-- name: shards
+SELECT shard_id, uri, num_rows, num_bytes, fingerprint, num_row_groups, text_column FROM shards ORDER BY shard_id;
+
+-- name: next_shard_id
+SELECT coalesce(max(shard_id) + 1, 0) FROM shards;
 
 -- name: insert_shard
 INSERT INTO shards (shard_id, uri, num_rows, num_bytes, fingerprint, num_row_groups, row_group_rows, text_column)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?);
+VALUES ($shard_id, $uri, $num_rows, $num_bytes, $fingerprint, $num_row_groups, $row_group_rows, $text_column);
 
 -- name: insert_docs
 -- Arrow table `new_docs` (shard_id, row_idx, row_group, text_bytes, text_null) is registered by the caller.
@@ -27,8 +50,33 @@ DELETE FROM scores
 WHERE agent = $agent AND CAST(doc_id >> 32 AS INTEGER) IN (SELECT unnest($shard_ids));
 DELETE FROM score_parts WHERE agent = $agent AND shard_id IN (SELECT unnest($shard_ids));
 
+-- name: sample_rows
+-- A seeded uniform sample of {rows} selectable documents (a sample size and seed cannot be bound parameters:
+-- corpus.py fills in both as integers).
+SELECT shard_id, row_idx FROM docs WHERE NOT text_null AND text_bytes > 0
+USING SAMPLE reservoir({rows} ROWS) REPEATABLE ({seed});
+
+-- name: parts
+SELECT agent, shard_id, fingerprint, path, num_rows, complete FROM score_parts;
+
+-- name: failures
+SELECT agent, shard_id, error FROM part_failures ORDER BY 1, 2;
+
 -- name: record_failure
-INSERT OR REPLACE INTO part_failures (agent, shard_id, error, failed_at) VALUES (?, ?, ?, current_timestamp);
+INSERT OR REPLACE INTO part_failures (agent, shard_id, error, failed_at)
+VALUES ($agent, $shard_id, $error, current_timestamp);
+
+-- name: agent_rows
+SELECT name, kind, config FROM agents ORDER BY added_at, name;
+
+-- name: agent_exists
+SELECT 1 FROM agents WHERE name = $agent;
+
+-- name: insert_agent
+-- An agent's config and its labels (label_id = position in $labels).
+INSERT INTO agents (name, kind, config) VALUES ($agent, $kind, $config);
+INSERT INTO agent_labels
+SELECT $agent, generate_subscripts(CAST($labels AS VARCHAR[]), 1) - 1, unnest(CAST($labels AS VARCHAR[]));
 
 -- name: drop_agent
 DELETE FROM scores WHERE agent = $agent;
@@ -39,7 +87,11 @@ DELETE FROM agents WHERE name = $agent;
 
 -- name: doc_labels_head
 -- One row per document, one label column and one `<agent>_score` column per agent (joins appended below).
+CREATE OR REPLACE VIEW doc_labels AS
 SELECT d.doc_id, d.shard_id, d.row_idx, d.text_bytes
+
+-- name: doc_labels_from
+FROM docs d
 
 -- name: doc_labels_agent_columns
 , l{i}.name AS {label_col}, s{i}.score AS {score_col}
@@ -64,4 +116,10 @@ CREATE OR REPLACE VIEW documents AS
 SELECT (CAST(s.shard_id AS BIGINT) << 32) | p.file_row_number AS doc_id, s.shard_id,
        CAST(p.file_row_number AS INTEGER) AS row_idx, p.{text_column} AS text
 FROM read_parquet({uris}, filename = true, file_row_number = true, union_by_name = true) p
-JOIN shards s ON s.uri = p.filename OR s.uri = 'file://' || p.filename
+JOIN shards s ON s.uri = p.filename OR s.uri = 'file://' || p.filename;
+
+-- name: documents_view_empty
+-- `documents` of a workspace without shards: the same columns, no rows.
+CREATE OR REPLACE VIEW documents AS
+SELECT NULL::BIGINT AS doc_id, NULL::INTEGER AS shard_id, NULL::INTEGER AS row_idx, NULL::VARCHAR AS text
+WHERE false;

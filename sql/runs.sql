@@ -13,7 +13,7 @@ CREATE TABLE IF NOT EXISTS round_metrics (
 );
 
 -- name: record_metric
-INSERT OR REPLACE INTO round_metrics VALUES (?, ?, ?, ?, ?, ?);
+INSERT OR REPLACE INTO round_metrics VALUES ($run_id, $round, $step, $tokens, $task, $loss);
 
 -- name: list_runs
 WITH last AS (SELECT run_id, max(round) AS round FROM collab_weights GROUP BY run_id),

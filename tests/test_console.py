@@ -41,7 +41,7 @@ def catalog(tmp_path: Path) -> Iterator[Catalog]:
     cat = Catalog(tmp_path / "ws", create=True)
     n = 2 * ROWS_PER_SHARD
     for shard in range(2):
-        cat.con.execute(
+        cat.execute(
             "INSERT INTO shards VALUES (?, ?, ?, 1, 'fp', 3, [256, 256, 88], 'text', current_timestamp)",
             [shard, f"file:///corpus/shard-{shard}.parquet", ROWS_PER_SHARD],
         )
@@ -57,14 +57,12 @@ def catalog(tmp_path: Path) -> Iterator[Catalog]:
             "text_null": [i % 89 == 11 for i in range(n)],
         }
     )
-    cat.con.register("new_docs", docs)
-    cat.con.execute("INSERT INTO docs SELECT * FROM new_docs")
-    cat.con.unregister("new_docs")
+    with cat.registered("new_docs", docs):
+        cat.execute("INSERT INTO docs SELECT * FROM new_docs")
     for agent, names in AGENTS.items():
-        cat.con.execute("INSERT INTO agents (name, kind, config) VALUES (?, 'synthetic', '{}')", [agent])
-        cat.con.executemany(
-            "INSERT INTO agent_labels VALUES (?, ?, ?)", [[agent, j, x] for j, x in enumerate(names)]
-        )
+        cat.execute("INSERT INTO agents (name, kind, config) VALUES (?, 'synthetic', '{}')", [agent])
+        for j, x in enumerate(names):
+            cat.execute("INSERT INTO agent_labels VALUES (?, ?, ?)", [agent, j, x])
         scores = pa.table(
             {
                 "doc_id": docs["doc_id"],
@@ -72,9 +70,8 @@ def catalog(tmp_path: Path) -> Iterator[Catalog]:
                 "score": pa.array([((i * 2654435761) % 1000) / 1000 for i in range(n)], pa.float32()),
             }
         )
-        cat.con.register("new_scores", scores)
-        cat.con.execute("INSERT INTO scores SELECT ?, doc_id, label, score FROM new_scores", [agent])
-        cat.con.unregister("new_scores")
+        with cat.registered("new_scores", scores):
+            cat.execute("INSERT INTO scores SELECT ?, doc_id, label, score FROM new_scores", [agent])
     yield cat
     cat.close()
 
@@ -104,10 +101,10 @@ def learn(console: Console, rounds: int, **reward_kw: float) -> None:
 
 
 def selectable(cat: Catalog) -> pa.Table:
-    return cat.con.sql(
+    return cat.query(
         "SELECT doc_id, greatest(1, CAST(ceil(text_bytes / 4.0) AS INTEGER)) AS tokens FROM docs "
         "WHERE NOT text_null AND text_bytes > 0 ORDER BY doc_id"
-    ).to_arrow_table()
+    )
 
 
 def priorities(console: Console, at_round: int, seen: dict[int, int] | None = None) -> dict[int, float]:
@@ -134,9 +131,9 @@ def selected_ids(path: Path) -> list[int]:
 
 
 def order_hash(cat: Catalog, seed: int, at_round: int) -> dict[int, int]:
-    rows = cat.con.execute(
+    rows = cat.execute(
         "SELECT doc_id, hash(doc_id, CAST(? AS BIGINT), CAST(? AS BIGINT)) FROM docs", [seed, at_round]
-    ).fetchall()
+    )
     return dict(rows)
 
 
@@ -148,7 +145,7 @@ def test_start_creates_round_zero_and_resumes(catalog: Catalog) -> None:
     assert state.w == {a: {x: 0.0 for x in names} for a, names in AGENTS.items()}
     assert state.theta == pytest.approx({a: 1 / 3 for a in AGENTS})
     console.start()  # resume: nothing changes, nothing duplicated
-    assert catalog.con.execute("SELECT count(*) FROM agent_memory").fetchall()[0][0] == 9
+    assert catalog.execute("SELECT count(*) FROM agent_memory")[0][0] == 9
     assert Console(catalog, "run").config == console.config  # the stored config is the default
     with pytest.raises(ConsoleError, match="eta_agent"):
         Console(catalog, "run", ConsoleConfig(eta_agent=0.5))
@@ -198,9 +195,9 @@ def test_labels_without_probes_keep_their_weight(catalog: Catalog) -> None:
     w = console.state().w["quality"]
     assert w["low"] == 0.7 and w["mid"] == -0.2
     assert w["high"] == pytest.approx(0.3)
-    rows = catalog.con.execute(
+    rows = catalog.execute(
         "SELECT label_id, reward, num_probes FROM agent_memory WHERE agent = 'quality' AND round = 1 ORDER BY 1"
-    ).fetchall()
+    )
     assert rows[0][1:] == (None, 0) and rows[2][1] == pytest.approx(1.0) and rows[2][2] > 0
 
 
@@ -212,7 +209,7 @@ def test_theta_moves_toward_the_agent_whose_labels_earned_more(catalog: Catalog)
         thetas.append(console.state().theta["quality"])
     assert thetas[0] == 0.5
     assert all(b > a for a, b in zip(thetas, thetas[1:])), thetas  # not stuck at uniform
-    rewards = dict(catalog.con.execute("SELECT agent, reward FROM collab_weights WHERE round = 1").fetchall())
+    rewards = dict(catalog.execute("SELECT agent, reward FROM collab_weights WHERE round = 1"))
     assert rewards["quality"] > rewards["noise"]
 
 
@@ -262,7 +259,7 @@ def test_update_is_idempotent_per_round(catalog: Catalog) -> None:
     first = console.state()
     console.update(1, quality_rewards(probes))
     assert console.state() == first
-    count = catalog.con.execute("SELECT count(*) FROM probes WHERE round = 1").fetchall()[0][0]
+    count = catalog.execute("SELECT count(*) FROM probes WHERE round = 1")[0][0]
     assert count == len(probes)
     console.update(1, quality_rewards(probes, good=-1.0, bad=1.0))  # a recorded round is replaced
     assert console.state().w["quality"]["high"] == pytest.approx(-0.3)
@@ -311,7 +308,7 @@ def test_topk_takes_the_highest_priorities_within_the_budget(catalog: Catalog, t
     assert set(shards) == {0, 1} and shards[0].uri == "file:///corpus/shard-0.parquet"
     prio = priorities(console, 2)
     assert rows["priority"].to_pylist() == pytest.approx([prio[d] for d in got])
-    record = catalog.con.execute("SELECT num_docs, tokens, mode, budget_tokens FROM selections").fetchall()[0]
+    record = catalog.execute("SELECT num_docs, tokens, mode, budget_tokens FROM selections")[0]
     tokens = dict(zip(*selectable(catalog).to_pydict().values()))
     assert record == (len(got), sum(tokens[d] for d in got), "topk", budget)
     assert record[1] <= budget
@@ -331,7 +328,7 @@ def test_topk_with_flat_weights_is_a_hash_sample_and_whole_corpus_fits(
 def test_tie_break_by_an_agents_raw_score(catalog: Catalog, tmp_path: Path) -> None:
     console = make_console(catalog, tie_break="quality")
     got = selected_ids(console.select(0, 3_000, tmp_path / "sel.parquet"))  # round 0: every priority ties
-    score = dict(catalog.con.execute("SELECT doc_id, score FROM scores WHERE agent = 'quality'").fetchall())
+    score = dict(catalog.execute("SELECT doc_id, score FROM scores WHERE agent = 'quality'"))
     chosen = min(score[d] for d in got)
     others = set(selectable(catalog)["doc_id"].to_pylist()) - set(got)
     assert chosen >= max(score[d] for d in others) - 1e-6
@@ -367,9 +364,7 @@ def test_record_consumed_counts_every_occurrence(catalog: Catalog) -> None:
     console = make_console(catalog)
     console.record_consumed([5, 5, 7])
     console.record_consumed(np.array([5, 9]))
-    counts = dict(
-        catalog.con.execute("SELECT doc_id, count FROM seen_counts WHERE run_id = 'run'").fetchall()
-    )
+    counts = dict(catalog.execute("SELECT doc_id, count FROM seen_counts WHERE run_id = 'run'"))
     assert counts == {5: 3, 7: 1, 9: 1}
 
 
@@ -400,10 +395,7 @@ def test_random_ignores_priority(catalog: Catalog, tmp_path: Path) -> None:
     assert a == b  # same seed and round: the same documents, whatever the weights
     high = [labels_of(doc_index(d))["quality"] == 2 for d in a]
     assert abs(np.mean(high) - 1 / 3) < 0.08
-    assert (
-        catalog.con.execute("SELECT mode FROM selections WHERE run_id = 'learnt'").fetchall()[0][0]
-        == "random"
-    )
+    assert catalog.execute("SELECT mode FROM selections WHERE run_id = 'learnt'")[0][0] == "random"
 
 
 # ----- ablations ----------------------------------------------------------------------------------------
@@ -428,7 +420,7 @@ def test_fixed_weights_leave_memory_and_theta_unchanged(catalog: Catalog) -> Non
     learn(console, 3)
     after = console.state()
     assert after.round == 3 and after.w == before.w and after.theta == before.theta
-    assert catalog.con.execute("SELECT count(DISTINCT round) FROM probes").fetchall()[0][0] == 3
+    assert catalog.execute("SELECT count(DISTINCT round) FROM probes")[0][0] == 3
 
 
 def test_init_from_copies_the_learnt_state(catalog: Catalog) -> None:
@@ -439,9 +431,7 @@ def test_init_from_copies_the_learnt_state(catalog: Catalog) -> None:
     target.start(init_from="source")
     start = target.state()
     assert start.round == 0 and start.w == learnt.w and start.theta == learnt.theta
-    assert (
-        catalog.con.execute("SELECT init_from FROM runs WHERE run_id = 'target'").fetchall()[0][0] == "source"
-    )
+    assert catalog.execute("SELECT init_from FROM runs WHERE run_id = 'target'")[0][0] == "source"
     with pytest.raises(ConsoleError, match="no such run"):
         Console(catalog, "third").start(init_from="missing")
 
@@ -449,8 +439,8 @@ def test_init_from_copies_the_learnt_state(catalog: Catalog) -> None:
 def test_rescoring_rebuilds_the_label_index(catalog: Catalog, tmp_path: Path) -> None:
     console = make_console(catalog, agents=["domain"], prior={"domain": {"code": 1.0}})
     before = selected_ids(console.select(0, 2_000, tmp_path / "a.parquet"))
-    catalog.con.execute("UPDATE scores SET label = 1 - label WHERE agent = 'domain'")
-    catalog.con.execute("INSERT INTO scores VALUES ('quality', -1, NULL, NULL)")  # changes the fingerprint
+    catalog.execute("UPDATE scores SET label = 1 - label WHERE agent = 'domain'")
+    catalog.execute("INSERT INTO scores VALUES ('quality', -1, NULL, NULL)")  # changes the fingerprint
     after = selected_ids(console.select(0, 2_000, tmp_path / "b.parquet"))
     assert all(labels_of(doc_index(d))["domain"] == 1 for d in before)
     assert all(labels_of(doc_index(d))["domain"] == 0 for d in after)
@@ -465,9 +455,7 @@ def test_label_index_built_in_chunks_is_the_same(
     monkeypatch.setattr(console_module, "_CHUNK_ROWS", 250)  # 2 shards of 600 rows: 5 ranges
     chunked = Console(catalog, "whole")
     assert selected_ids(chunked.select(1, 6_000, tmp_path / "b.parquet")) == expected
-    assert chunked.con.execute("SELECT count(*) FROM console_docs").fetchall()[0][0] == len(
-        selectable(catalog)
-    )
+    assert chunked.db.execute("SELECT count(*) FROM console_docs")[0][0] == len(selectable(catalog))
 
 
 def test_many_rounds_stay_finite(catalog: Catalog, tmp_path: Path) -> None:

@@ -116,9 +116,7 @@ def test_training_rounds_move_the_console_and_resume_after_kill_9_matches(
         assert (tensor == resumed_weights[name]).all(), name
 
     with Catalog(ws) as cat:
-        runs = cat.con.execute(
-            "SELECT run_id, count(DISTINCT round) FROM round_metrics GROUP BY 1 ORDER BY 1"
-        ).fetchall()
+        runs = cat.execute("SELECT run_id, count(DISTINCT round) FROM round_metrics GROUP BY 1 ORDER BY 1")
     assert runs == [("clean", 3), ("killed", 3)]
 
 

@@ -17,53 +17,21 @@ from rich.console import Console
 
 from corpus_agents.demo.corpus import build_demo_corpus, describe_demo_corpus
 from corpus_agents.errors import CorpusAgentsError
-from corpus_agents.query import run_query, write_result
-from corpus_agents.scoring.agents import AgentContext, agent_class
+from corpus_agents.query import write_result
 from corpus_agents.scoring.catalog import CATALOG_FILE, Catalog
-from corpus_agents.scoring.corpus import distinct_values, register_corpus, sample_texts
-from corpus_agents.scoring.driver import run_scoring
-from corpus_agents.sqlfiles import resource_dir
+from corpus_agents.sqlfiles import resource_dir, split_statements, statement
+from corpus_agents.workspace import Workspace
 
-#: The summaries the demo prints: each is plain SQL a user can run with `corpus-agents query`.
-SUMMARIES = [
-    (
-        "Documents, kilobytes and mean quality score per domain",
-        "SELECT domain, count(*) AS docs, round(sum(text_bytes) / 1e3) AS kb, "
-        "round(avg(quality_score), 3) AS mean_quality FROM doc_labels GROUP BY ALL ORDER BY mean_quality DESC",
-    ),
-    (
-        "Share of each quality bin per domain (%)",
-        "PIVOT (SELECT domain, quality, round(100.0 * n / sum(n) OVER (PARTITION BY domain), 1) AS pct "
-        "FROM (SELECT domain, quality, count(*) AS n FROM doc_labels GROUP BY ALL)) "
-        "ON quality USING first(pct) GROUP BY domain ORDER BY domain",
-    ),
-    (
-        "Topics: size, top terms and the domain they come from most",
-        "SELECT topic, count(*) AS docs, mode(domain) AS main_domain, round(avg(quality_score), 3) AS mean_quality "
-        "FROM doc_labels GROUP BY ALL ORDER BY docs DESC",
-    ),
-]
+#: The `sql/demo.sql` summaries the demo prints: plain SQL a user can run with `corpus-agents query`.
+SUMMARIES = ("domains", "quality_bins", "topics")
 
 
-THETA_SQL = (
-    "PIVOT (SELECT round, agent, round(theta, 3) AS theta FROM collab_weights WHERE run_id = 'method') "
-    "ON agent USING first(theta) ORDER BY round"
-)
-MEMORY_SQL = (
-    "SELECT m.agent, string_agg(l.name || ' ' || round(m.w, 2), ', ' ORDER BY m.w DESC) AS w "
-    "FROM agent_memory m JOIN agent_labels l ON l.agent = m.agent AND l.label_id = m.label_id "
-    "WHERE m.run_id = 'method' AND m.round = (SELECT max(round) FROM agent_memory WHERE run_id = 'method') "
-    "GROUP BY m.agent ORDER BY m.agent"
-)
-
-
-def _context(cat: Catalog) -> AgentContext:
-    return AgentContext(
-        workspace_dir=cat.dir,
-        models_dir=cat.models_dir,
-        sample_texts=lambda n, seed=0: sample_texts(cat, n, seed),
-        distinct_values=lambda column: distinct_values(cat, column),
-    )
+def summary_sql(name: str) -> tuple[str, str]:
+    """A summary's title (the first comment line of its demo.sql block) and its SQL."""
+    text = statement("demo.sql", name)
+    title = next(line.lstrip("-").strip() for line in text.splitlines() if line.startswith("--"))
+    (sql,) = split_statements(text)
+    return title, sql
 
 
 def _write_reference(shards: list[Path], path: Path) -> int:
@@ -124,9 +92,9 @@ def _train_and_compare(cat: Catalog, shards: list[Path], console: Console) -> No
         )
 
     console.print("\n[bold]How the collaboration weights moved[/] (theta per round, run `method`)")
-    write_result(run_query(cat, THETA_SQL), "table", None, max_rows=50)
+    write_result(cat.arrow("demo.sql", "theta"), "table", None, max_rows=50)
     console.print("\n[bold]What each agent learnt to prefer[/] (agent memory w after the last round)")
-    write_result(run_query(cat, MEMORY_SQL), "table", None, max_rows=50)
+    write_result(cat.arrow("demo.sql", "memory", run_id="method"), "table", None, max_rows=50)
     console.print("\n[bold]Runs[/] (mean held-out reference loss after the last step; lower is better)")
     write_result(list_runs(cat), "table", None)
 
@@ -145,9 +113,8 @@ def run_demo(root: Path, workers: int, train: bool = True) -> None:
     for source, stats in describe_demo_corpus(shards).items():
         console.print(f"  {source:<18} {stats['docs']:>6,} docs {stats['chars'] / 1e6:>7.2f} M chars")
 
-    with Catalog(root, create=True, command="corpus-agents demo") as cat:
-        cat.set_meta("text_column", "text")
-        report = register_corpus(cat, [str(root / "corpus" / "*.parquet")], "text")
+    with Workspace.create(root, text_column="text", command="corpus-agents demo") as ws:
+        report = ws.add_corpus([str(root / "corpus" / "*.parquet")])
         console.print(f"  registered {len(report.added)} shards in {root}")
 
         console.rule("[bold]2. agents[/]")
@@ -165,8 +132,7 @@ def run_demo(root: Path, workers: int, train: bool = True) -> None:
                 specs.append(("lang", "fasttext", {"model": str(model)}))
         for name, kind, options in specs:
             t0 = time.perf_counter()
-            agent = agent_class(kind).create(name, options, _context(cat))
-            cat.add_agent(agent)
+            agent = ws.add_agent(name, kind, options)
             what = {
                 "domain": "labels = values of the `source` column",
                 "quality": f"fastText fitted: {n_ref} Python-docs sections (positive) vs a random corpus sample",
@@ -178,19 +144,20 @@ def run_demo(root: Path, workers: int, train: bool = True) -> None:
             )
 
         console.rule("[bold]3. scoring[/]")
-        summary = run_scoring(cat, workers=workers)
+        summary = ws.score(workers=workers)
         console.print(
             f"  committed {len(summary.committed)} parts, {len(summary.failed)} failed: {summary.docs:,} docs "
             f"in {summary.seconds:.1f}s"
         )
 
         console.rule("[bold]4. SQL over the scores[/] (run any of these with `corpus-agents query`)")
-        for title, sql in SUMMARIES:
+        for name in SUMMARIES:
+            title, sql = summary_sql(name)
             console.print(f"\n[bold]{title}[/]\n[dim]{sql}[/]")
-            write_result(run_query(cat, sql), "table", None, max_rows=20)
+            write_result(ws.query(sql), "table", None, max_rows=20)
 
         if train:
-            _train_and_compare(cat, shards, console)
+            _train_and_compare(ws.catalog, shards, console)
     console.rule(f"demo finished in {time.perf_counter() - started:.0f}s")
     console.print(
         f'Try: corpus-agents status {root}\n     corpus-agents query {root} "SELECT * FROM doc_labels LIMIT 5"'

@@ -1,5 +1,8 @@
 """The workspace catalog: one DuckDB file per workspace, owned by one process at a time.
 
+The catalog owns its connection: statements run through its methods (`run` and `arrow` for the named
+blocks of `sql/`, `transaction`, `registered`, `cursor`), never through the connection itself.
+
 The owner holds an advisory lock on `WS/catalog.lock` (released by the kernel even on kill -9) that records
 its pid and command, so a second process is told who holds the workspace instead of getting a traceback.
 """
@@ -13,7 +16,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +24,9 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from corpus_agents.errors import AgentError, WorkspaceBusyError, WorkspaceError
+from corpus_agents.errors import AgentError, CorpusAgentsError, WorkspaceBusyError, WorkspaceError
 from corpus_agents.scoring.agents import Agent, build_agent
-from corpus_agents.sqlfiles import read_sql_file, split_statements, statement
+from corpus_agents.sqlfiles import fragment, read_sql_file, split_statements, statement
 
 SCHEMA_VERSION = "1"
 CATALOG_FILE = "catalog.duckdb"
@@ -91,7 +94,82 @@ class WorkspaceLock:
             self.fd = -1
 
 
-class Catalog:
+class _Sql:
+    """The one way to run SQL on a catalog connection: named blocks of `sql/` with `$name` parameters,
+    transactions, Arrow tables registered for a statement's duration."""
+
+    _con: duckdb.DuckDBPyConnection
+
+    def run(self, file: str, name: str, /, **params: Any) -> list[tuple[Any, ...]]:
+        """Run every statement of the block `-- name: <name>` of `sql/<file>`, each with the `$params` it
+        uses; returns the last statement's rows."""
+        rows: list[tuple[Any, ...]] = []
+        for stmt in split_statements(statement(file, name)):
+            rows = self.execute(stmt, {k: params[k] for k in _PARAM.findall(stmt)})
+        return rows
+
+    def arrow(self, file: str, name: str, /, **params: Any) -> pa.Table:
+        """The result of a one-query block as Arrow, streamed from DuckDB without a row-by-row copy."""
+        (query,) = split_statements(statement(file, name))
+        return self._con.sql(query, params={k: params[k] for k in _PARAM.findall(query)}).to_arrow_table()
+
+    def execute(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Run one statement given as text and return its rows: a statement put together from `sql/`
+        templates (`sqlfiles.fragment`), or SQL of tests and benchmarks. Package code runs named blocks."""
+        return self._con.execute(sql, params).fetchall()
+
+    def query(self, sql: str) -> pa.Table:
+        """The user's SQL (the `query` command, a notebook): one statement, its result as Arrow (empty for
+        a statement without one); a DuckDB error becomes a one-line CorpusAgentsError."""
+        try:
+            rel = self._con.sql(sql)
+            return rel.to_arrow_table() if rel is not None else pa.table({})
+        except duckdb.Error as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise CorpusAgentsError(f"SQL error: {first}") from None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """BEGIN ... COMMIT, or ROLLBACK if the body raises (including KeyboardInterrupt)."""
+        self._con.begin()
+        try:
+            yield
+        except BaseException:
+            self._con.rollback()
+            raise
+        self._con.commit()
+
+    @contextlib.contextmanager
+    def registered(self, name: str, table: pa.Table) -> Iterator[None]:
+        """An Arrow table visible to SQL as `name` for the body's duration."""
+        self._con.register(name, table)
+        try:
+            yield
+        finally:
+            self._con.unregister(name)
+
+
+class CatalogCursor(_Sql):
+    """A cursor of a catalog's connection: the same database, its own transactions and temp tables (the
+    console keeps its caches there). Close it when done."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self._con = con.cursor()
+
+    def __enter__(self) -> CatalogCursor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(duckdb.ConnectionException):  # the catalog closed its connection first
+            self._con.close()
+
+
+class Catalog(_Sql):
     """Open (and lock) a workspace's catalog. Use as a context manager or call `close()`."""
 
     def __init__(self, workspace: str | os.PathLike, *, create: bool = False, command: str | None = None):
@@ -108,7 +186,7 @@ class Catalog:
         try:
             if not db_path.exists():
                 self._create_database(db_path)
-            self.con = duckdb.connect(str(db_path))
+            self._con = duckdb.connect(str(db_path))
         except duckdb.IOException as exc:
             self.lock.release()
             raise WorkspaceError(f"cannot open {db_path}: {str(exc).splitlines()[0]}") from None
@@ -131,8 +209,7 @@ class Catalog:
     @property
     def parts_url(self) -> str:
         """Where score parts go: `init --parts-url` (a directory or an fsspec URL), else WS/parts."""
-        rows = self.con.execute("SELECT value FROM meta WHERE key = 'parts_url'").fetchall()  # no open result
-        return rows[0][0] if rows else str(self.parts_dir)
+        return self.get_meta("parts_url") or str(self.parts_dir)
 
     def set_parts_url(self, url: str) -> None:
         """Record where parts go: a local path (made absolute) or a URL; fixed once a part is committed."""
@@ -156,115 +233,78 @@ class Catalog:
         self.close()
 
     def close(self) -> None:
-        if getattr(self, "con", None) is not None:
-            self.con.close()
-            self.con = None
+        if getattr(self, "_con", None) is not None:
+            self._con.close()
+            self._con = None
         self.lock.release()
+
+    def cursor(self) -> CatalogCursor:
+        """A cursor with its own transactions and temp tables on this catalog's connection."""
+        return CatalogCursor(self._con)
 
     # ----- schema ------------------------------------------------------------------------------------
     def _init_schema(self) -> None:
-        tables = {
-            r[0] for r in self.con.execute("SELECT table_name FROM information_schema.tables").fetchall()
-        }
+        tables = {r[0] for r in self.run("catalog.sql", "table_names")}
         if "meta" in tables:
-            row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row and row[0] != SCHEMA_VERSION:
+            version = self.get_meta("schema_version")
+            if version and version != SCHEMA_VERSION:
                 raise WorkspaceError(
-                    f"{self.dir} has catalog schema version {row[0]}; this corpus-agents uses {SCHEMA_VERSION}"
+                    f"{self.dir} has catalog schema version {version}; this corpus-agents uses {SCHEMA_VERSION}"
                 )
-        self.con.execute("BEGIN")
-        for stmt in split_statements(read_sql_file("schema.sql")):
-            self.con.execute(stmt)
-        self.con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
-        self.con.execute("COMMIT")
+        with self.transaction():
+            for stmt in split_statements(read_sql_file("schema.sql")):
+                self.execute(stmt)
+            self.run("catalog.sql", "init_meta", version=SCHEMA_VERSION)
         if "doc_labels" not in tables:
             self.refresh_views()
 
     def get_meta(self, key: str, default: str | None = None) -> str | None:
-        row = self.con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
-        return row[0] if row else default
+        rows = self.run("catalog.sql", "get_meta", key=key)
+        return rows[0][0] if rows else default
 
     def set_meta(self, key: str, value: str) -> None:
-        self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+        self.run("catalog.sql", "set_meta", key=key, value=value)
 
-    # ----- running SQL: every statement lives in sql/; these are the only ways to run one ------------
-    def run(self, file: str, name: str, **params: Any) -> list[tuple[Any, ...]]:
-        """Run every statement of the block `-- name: <name>` of `sql/<file>`, each with the `$params` it
-        uses; returns the last statement's rows."""
-        rows: list[tuple[Any, ...]] = []
-        for stmt in split_statements(statement(file, name)):
-            rows = self.con.execute(stmt, {k: params[k] for k in _PARAM.findall(stmt)}).fetchall()
-        return rows
-
-    def arrow(self, file: str, name: str, **params: Any) -> pa.Table:
-        """The result of a one-query block as Arrow, streamed from DuckDB without a row-by-row copy."""
-        (query,) = split_statements(statement(file, name))
-        return self.con.sql(query, params={k: params[k] for k in _PARAM.findall(query)}).to_arrow_table()
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """BEGIN ... COMMIT, or ROLLBACK if the body raises (including KeyboardInterrupt)."""
-        self.con.execute("BEGIN")
-        try:
-            yield
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
-        self.con.execute("COMMIT")
-
-    @contextlib.contextmanager
-    def registered(self, name: str, table: pa.Table) -> Iterator[None]:
-        """An Arrow table visible to SQL as `name` for the body's duration."""
-        self.con.register(name, table)
-        try:
-            yield
-        finally:
-            self.con.unregister(name)
+    # ----- until training/runs.py and report/ use the methods above (another branch): delete at merge ------
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        return self._con
 
     def run_block(self, file: str, name: str, params: dict[str, Any]) -> None:
-        """Run every statement of a named SQL block with the named parameters each one uses."""
         self.run(file, name, **params)
 
     # ----- shards and documents --------------------------------------------------------------------
     def shards(self) -> list[Shard]:
-        rows = self.con.execute(
-            "SELECT shard_id, uri, num_rows, num_bytes, fingerprint, num_row_groups, text_column "
-            "FROM shards ORDER BY shard_id"
-        ).fetchall()
-        return [Shard(*r) for r in rows]
+        return [Shard(*r) for r in self.run("catalog.sql", "shards")]
+
+    def corpus_size(self) -> tuple[int, int, int]:
+        """(shards, documents, bytes on disk) of the registered corpus."""
+        return self.run("catalog.sql", "corpus_size")[0]
 
     def add_shard(self, info: dict[str, Any], docs: pa.Table) -> int:
         """Register one shard and its documents in one transaction; returns the new shard_id."""
-        self.con.execute("BEGIN")
-        try:
-            shard_id = self.con.execute("SELECT coalesce(max(shard_id) + 1, 0) FROM shards").fetchone()[0]
-            self.con.execute(
-                statement("catalog.sql", "insert_shard"),
-                [
-                    shard_id,
-                    info["uri"],
-                    info["num_rows"],
-                    info["num_bytes"],
-                    info["fingerprint"],
-                    info["num_row_groups"],
-                    info["row_group_rows"],
-                    info["text_column"],
-                ],
+        with self.transaction():
+            shard_id = self.run("catalog.sql", "next_shard_id")[0][0]
+            columns = ("uri", "num_rows", "num_bytes", "fingerprint", "num_row_groups", "row_group_rows")
+            self.run(
+                "catalog.sql",
+                "insert_shard",
+                shard_id=shard_id,
+                text_column=info["text_column"],
+                **{c: info[c] for c in columns},
             )
             new_docs = docs.append_column("shard_id", pa.array([shard_id] * len(docs), pa.int32()))
-            self.con.register("new_docs", new_docs)
-            self.con.execute(statement("catalog.sql", "insert_docs"))
-            self.con.unregister("new_docs")
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
+            with self.registered("new_docs", new_docs):
+                self.run("catalog.sql", "insert_docs")
         return shard_id
+
+    def sample_documents(self, n: int, seed: int) -> list[tuple[int, int]]:
+        """(shard_id, row_idx) of a seeded uniform sample of n documents with text."""
+        return self.execute(fragment("catalog.sql", "sample_rows").format(rows=int(n), seed=int(seed)))
 
     # ----- agents ------------------------------------------------------------------------------------
     def agent_rows(self) -> list[tuple[str, str, dict[str, Any]]]:
-        rows = self.con.execute("SELECT name, kind, config FROM agents ORDER BY added_at, name").fetchall()
-        return [(n, k, json.loads(c)) for n, k, c in rows]
+        return [(n, k, json.loads(c)) for n, k, c in self.run("catalog.sql", "agent_rows")]
 
     def agents(self, names: list[str] | None = None) -> list[Agent]:
         """The registered agents (all, or the named ones in the given order), rebuilt from their configs."""
@@ -277,52 +317,47 @@ class Catalog:
             raise AgentError(f"no agent named {unknown[0]!r} in {self.dir} (agents: {known})")
         return [by_name[n] for n in names]
 
-    def add_agent(self, agent: Agent, *, replace: bool = False) -> None:
-        exists = self.con.execute("SELECT 1 FROM agents WHERE name = ?", [agent.name]).fetchone()
+    def check_agent_name(self, name: str, *, replace: bool = False) -> bool:
+        """Raise AgentError if `name` cannot name a new agent (before anything is fitted); returns whether an
+        agent of that name exists (and is to be replaced)."""
+        exists = bool(self.run("catalog.sql", "agent_exists", agent=name))
         if exists and not replace:
+            raise AgentError(f"agent {name!r} exists; pass --replace to redefine it (its scores are dropped)")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise AgentError(
-                f"agent {agent.name!r} exists; pass --replace to redefine it (its scores are dropped)"
+                f"agent name {name!r} must be an identifier (letters, digits, _), used as a column"
             )
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", agent.name):
-            raise AgentError(
-                f"agent name {agent.name!r} must be an identifier (letters, digits, _), used as a column"
-            )
-        if agent.name in {"doc_id", "shard_id", "row_idx", "text_bytes"} or agent.name.endswith("_score"):
-            raise AgentError(f"agent name {agent.name!r} collides with a doc_labels column; choose another")
-        self.con.execute("BEGIN")
-        try:
+        if name in {"doc_id", "shard_id", "row_idx", "text_bytes"} or name.endswith("_score"):
+            raise AgentError(f"agent name {name!r} collides with a doc_labels column; choose another")
+        return exists
+
+    def add_agent(self, agent: Agent, *, replace: bool = False) -> None:
+        exists = self.check_agent_name(agent.name, replace=replace)
+        with self.transaction():
             if exists:
-                self.run_block("catalog.sql", "drop_agent", {"agent": agent.name})
-            self.con.execute(
-                "INSERT INTO agents (name, kind, config) VALUES (?, ?, ?)",
-                [agent.name, agent.kind, json.dumps(agent.config)],
+                self.run("catalog.sql", "drop_agent", agent=agent.name)
+            self.run(
+                "catalog.sql",
+                "insert_agent",
+                agent=agent.name,
+                kind=agent.kind,
+                config=json.dumps(agent.config),
+                labels=list(agent.labels),
             )
-            self.con.executemany(
-                "INSERT INTO agent_labels VALUES (?, ?, ?)",
-                [[agent.name, i, label] for i, label in enumerate(agent.labels)],
-            )
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
         self.refresh_views()
 
     def remove_agent(self, name: str) -> None:
         self.agents([name])
-        self.con.execute("BEGIN")
-        self.run_block("catalog.sql", "drop_agent", {"agent": name})
-        self.con.execute("COMMIT")
+        with self.transaction():
+            self.run("catalog.sql", "drop_agent", agent=name)
         self.refresh_views()
 
     # ----- score parts -------------------------------------------------------------------------------
     def parts(self) -> dict[tuple[str, int], Part]:
-        rows = self.con.execute(
-            "SELECT agent, shard_id, fingerprint, path, num_rows, complete FROM score_parts"
-        ).fetchall()
-        return {(r[0], r[1]): Part(*r) for r in rows}
+        return {(r[0], r[1]): Part(*r) for r in self.run("catalog.sql", "parts")}
 
     def failures(self) -> list[tuple[str, int, str]]:
-        return self.con.execute("SELECT agent, shard_id, error FROM part_failures ORDER BY 1, 2").fetchall()
+        return self.run("catalog.sql", "failures")
 
     def commit_part(
         self,
@@ -335,22 +370,18 @@ class Catalog:
         seconds: float,
     ) -> None:
         """Load a finished part's scores and its manifest row in one transaction: committed exactly once."""
-        params = {
-            "agent": agent,
-            "shard_id": shard_id,
-            "fingerprint": fingerprint,
-            "path": path,
-            "num_rows": num_rows,
-            "complete": complete,
-            "seconds": seconds,
-        }
-        self.con.execute("BEGIN")
-        try:
-            self.run_block("catalog.sql", "commit_part", params)
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
+        with self.transaction():
+            self.run(
+                "catalog.sql",
+                "commit_part",
+                agent=agent,
+                shard_id=shard_id,
+                fingerprint=fingerprint,
+                path=path,
+                num_rows=num_rows,
+                complete=complete,
+                seconds=seconds,
+            )
 
     def drop_parts(self, keys: list[tuple[str, int]]) -> None:
         """Remove committed (agent, shard_id) parts and their scores, all in one transaction."""
@@ -359,22 +390,17 @@ class Catalog:
         by_agent: dict[str, list[int]] = {}
         for agent, shard_id in keys:
             by_agent.setdefault(agent, []).append(shard_id)
-        self.con.execute("BEGIN")
-        try:
+        with self.transaction():
             for agent, shard_ids in by_agent.items():
-                self.run_block("catalog.sql", "drop_parts", {"agent": agent, "shard_ids": sorted(shard_ids)})
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
+                self.run("catalog.sql", "drop_parts", agent=agent, shard_ids=sorted(shard_ids))
 
     def record_failure(self, agent: str, shard_id: int, error: str) -> None:
-        self.con.execute(statement("catalog.sql", "record_failure"), [agent, shard_id, error[:2000]])
+        self.run("catalog.sql", "record_failure", agent=agent, shard_id=shard_id, error=error[:2000])
 
     # ----- views -------------------------------------------------------------------------------------
     def refresh_views(self) -> None:
         """(Re)create `doc_labels`: one row per document, `<agent>` (label name) and `<agent>_score` columns."""
-        head = statement("catalog.sql", "doc_labels_head")
+        head = fragment("catalog.sql", "doc_labels_head")
         columns, joins = [], []
         for i, (name, _, _) in enumerate(self.agent_rows()):
             fill = {
@@ -383,10 +409,9 @@ class Catalog:
                 "label_col": quote_ident(name),
                 "score_col": quote_ident(f"{name}_score"),
             }
-            columns.append(statement("catalog.sql", "doc_labels_agent_columns").format(**fill))
-            joins.append(statement("catalog.sql", "doc_labels_agent_join").format(**fill))
-        body = "\n".join([head, *columns, "FROM docs d", *joins])
-        self.con.execute(f"CREATE OR REPLACE VIEW doc_labels AS {body}")
+            columns.append(fragment("catalog.sql", "doc_labels_agent_columns").format(**fill))
+            joins.append(fragment("catalog.sql", "doc_labels_agent_join").format(**fill))
+        self.execute("\n".join([head, *columns, fragment("catalog.sql", "doc_labels_from"), *joins]))
         self._refresh_documents_view()
 
     def register_filesystems(self) -> None:
@@ -396,27 +421,23 @@ class Catalog:
         urls = [s.uri for s in self.shards()] + [self.parts_url]
         protocols = {u.split("://", 1)[0] for u in urls if "://" in u}
         for protocol in sorted(protocols - {"file"}):
-            if not self.con.filesystem_is_registered(protocol):
-                self.con.register_filesystem(fsspec.filesystem(protocol))
+            if not self._con.filesystem_is_registered(protocol):
+                self._con.register_filesystem(fsspec.filesystem(protocol))
 
     def _refresh_documents_view(self) -> None:
         """`documents` (doc_id, shard_id, row_idx, text): the texts, read from the shards when queried."""
         shards = self.shards()
         if not shards:
-            self.con.execute(
-                "CREATE OR REPLACE VIEW documents AS "
-                "SELECT NULL::BIGINT AS doc_id, NULL::INTEGER AS shard_id, NULL::INTEGER AS row_idx, "
-                "NULL::VARCHAR AS text WHERE false"
-            )
+            self.run("catalog.sql", "documents_view_empty")
             return
         self.register_filesystems()
         uris = "[" + ", ".join(quote_literal(s.uri.removeprefix("file://")) for s in shards) + "]"
         try:
-            self.con.execute(
-                statement("catalog.sql", "documents_view").format(
-                    uris=uris, text_column=".".join(quote_ident(c) for c in shards[0].text_column.split("."))
-                )
+            text_column = ".".join(quote_ident(c) for c in shards[0].text_column.split("."))
+            (view,) = split_statements(
+                fragment("catalog.sql", "documents_view").format(uris=uris, text_column=text_column)
             )
+            self.execute(view)
         except duckdb.Error:
             # Creating the view reads every shard's schema: a missing or unreadable shard must not fail
             # `init` or `agent add`. The previous definition stays; querying it names the bad shard.

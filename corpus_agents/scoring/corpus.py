@@ -247,10 +247,7 @@ def iter_doc_batches(
 
 def sample_rows(catalog: Any, n: int, seed: int) -> dict[int, np.ndarray]:
     """A seeded uniform sample of n documents as {shard_id: sorted row indices}."""
-    rows = catalog.con.execute(
-        f"SELECT shard_id, row_idx FROM docs WHERE NOT text_null AND text_bytes > 0 "
-        f"USING SAMPLE reservoir({int(n)} ROWS) REPEATABLE ({int(seed)})"
-    ).fetchall()
+    rows = catalog.sample_documents(n, seed)
     by_shard: dict[int, list[int]] = {}
     for shard_id, row in rows:
         by_shard.setdefault(shard_id, []).append(row)

@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
-import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from corpus_agents.errors import CorpusAgentsError
 from corpus_agents.scoring.catalog import Catalog, quote_literal
-from corpus_agents.sqlfiles import split_statements, statement
+from corpus_agents.sqlfiles import fragment
 from corpus_agents.training.selection import ShardRef, write_snapshot
 
 SQL_FILE = "console.sql"
 MODES = ("topk", "gumbel", "random")
 Mode = Literal["topk", "gumbel", "random"]
-_PARAM = re.compile(r"\$(\w+)")
 # Packed label tuples (see sql/console.sql) are computed through DOUBLE products: exact below 2**53.
 _MAX_CELLS = 2**53
 # A level past every real one ("the whole corpus fits the budget"), and a round past every recorded one.
@@ -166,25 +162,18 @@ def learn_round(
     return new_w, agent_reward, new_theta
 
 
-def _fragment(name: str) -> str:
-    """A `-- name:` block of console.sql used as a piece of a larger statement (comment lines dropped)."""
-    return "\n".join(
-        line for line in statement(SQL_FILE, name).splitlines() if not line.lstrip().startswith("--")
-    )
-
-
 class Console:
     """One run's console over a catalog: its state lives in the catalog tables of `sql/console.sql`.
 
-    It works on its own cursor of the catalog's connection, so its temp tables (the documents' packed labels,
-    kept between rounds) are private to it; close it (or use it as a context manager) when done.
+    It works on its own cursor of the catalog (`Catalog.cursor()`), so its temp tables (the documents' packed
+    labels, kept between rounds) are private to it; close it (or use it as a context manager) when done.
     """
 
     def __init__(self, catalog: Catalog, run_id: str, config: ConsoleConfig | None = None):
         self.catalog = catalog
         self.run_id = run_id
-        self.con = catalog.con.cursor()
-        self._run("schema")
+        self.db = catalog.cursor()
+        self.db.run(SQL_FILE, "schema")
         stored = self._stored_run()
         self.config = self._resolve(config or (stored[0] if stored else ConsoleConfig()))
         if stored and stored[0] != self.config:
@@ -194,8 +183,8 @@ class Console:
                 if v != getattr(self.config, k)
             )
             raise ConsoleError(f"run {run_id!r} exists with another config ({diff}); use a new run id")
-        self._run("agents_table", agents=self.config.agents)
-        self.agent_labels: list[tuple[str, int, int]] = self._run("agent_strides")
+        self.db.run(SQL_FILE, "agents_table", agents=self.config.agents)
+        self.agent_labels: list[tuple[str, int, int]] = self.db.run(SQL_FILE, "agent_strides")
         _, num_labels, stride = self.agent_labels[-1]
         if stride * (num_labels + 1) > _MAX_CELLS:
             raise ConsoleError(f"the agents {self.config.agents} have too many label combinations (> 2**53)")
@@ -209,8 +198,7 @@ class Console:
         self.close()
 
     def close(self) -> None:
-        with contextlib.suppress(duckdb.ConnectionException):
-            self.con.close()
+        self.db.close()
 
     # ----- run and state ----------------------------------------------------------------------------
     def start(self, init_from: str | None = None) -> None:
@@ -232,7 +220,7 @@ class Console:
         agents = self.config.agents
         theta = np.full(len(agents), 1.0 / len(agents))
         if init_from is not None:
-            source_theta = dict(self._run("latest_theta", run_id=init_from))
+            source_theta = dict(self.db.run(SQL_FILE, "latest_theta", run_id=init_from))
             theta = np.array([source_theta.get(a, 1.0 / len(agents)) for a in agents])
             theta = project_to_simplex(theta, self.config.theta_floor)
         prior = pa.Table.from_pylist(
@@ -246,20 +234,22 @@ class Console:
         theta_rows = pa.table(
             {"agent": agents, "theta": theta, "reward": pa.nulls(len(agents), pa.float64())}
         )
-        with self._transaction():
-            self._run("insert_run", run_id=self.run_id, config=self._config_json(), init_from=init_from)
-            with self._registered("console_prior", prior):
-                self._run("init_memory", run_id=self.run_id, init_from=init_from)
-            with self._registered("console_theta", theta_rows):
-                self._run("insert_theta", run_id=self.run_id, round=0)
+        with self.db.transaction():
+            self.db.run(
+                SQL_FILE, "insert_run", run_id=self.run_id, config=self._config_json(), init_from=init_from
+            )
+            with self.db.registered("console_prior", prior):
+                self.db.run(SQL_FILE, "init_memory", run_id=self.run_id, init_from=init_from)
+            with self.db.registered("console_theta", theta_rows):
+                self.db.run(SQL_FILE, "insert_theta", run_id=self.run_id, round=0)
 
     def state(self, round: int | None = None) -> ConsoleState:
         """The state after `round` (the last recorded round at or before it; default: the latest)."""
         at = self._state_round(_LATEST if round is None else round)
         w: dict[str, dict[str, float]] = {a: {} for a in self.config.agents}
-        for agent, name, value in self._run("state_memory", run_id=self.run_id, round=at):
+        for agent, name, value in self.db.run(SQL_FILE, "state_memory", run_id=self.run_id, round=at):
             w[agent][name] = value
-        theta = dict(self._run("theta_at", run_id=self.run_id, round=at))
+        theta = dict(self.db.run(SQL_FILE, "theta_at", run_id=self.run_id, round=at))
         return ConsoleState(at, w, {a: theta[a] for a in self.config.agents})
 
     # ----- probes and learning ----------------------------------------------------------------------
@@ -273,7 +263,7 @@ class Console:
         self._require_started()
         self._ensure_docs()
         params = {"seed": self.config.seed, "round": round, "m": self.config.probes_per_label}
-        return self._arrow("draw_probes", **params)
+        return self.db.arrow(SQL_FILE, "draw_probes", **params)
 
     def update(self, round: int, probe_rewards: Mapping[int, float]) -> ConsoleState:
         """Record a round's probe rewards (already standardised) and learn from them; returns the new state.
@@ -293,16 +283,18 @@ class Console:
             }
         )
         cfg = self.config
-        with self._transaction():
-            self._run("delete_round", run_id=self.run_id, round=round)
-            with self._registered("console_rewards", rewards):
-                self._run("insert_probes", run_id=self.run_id, round=round)
+        with self.db.transaction():
+            self.db.run(SQL_FILE, "delete_round", run_id=self.run_id, round=round)
+            with self.db.registered("console_rewards", rewards):
+                self.db.run(SQL_FILE, "insert_probes", run_id=self.run_id, round=round)
             measured = {
                 (agent, label): (reward, n)
-                for agent, label, reward, n in self._run("label_rewards", run_id=self.run_id, round=round)
+                for agent, label, reward, n in self.db.run(
+                    SQL_FILE, "label_rewards", run_id=self.run_id, round=round
+                )
             }
-            memory = self._run("memory_at", run_id=self.run_id, round=previous)
-            theta = dict(self._run("theta_at", run_id=self.run_id, round=previous))
+            memory = self.db.run(SQL_FILE, "memory_at", run_id=self.run_id, round=previous)
+            theta = dict(self.db.run(SQL_FILE, "theta_at", run_id=self.run_id, round=previous))
             labels = {a: [label for agent, label, _ in memory if agent == a] for a in cfg.agents}
             w = {a: np.array([v for agent, _, v in memory if agent == a]) for a in cfg.agents}
             r = {a: np.array([measured.get((a, j), (np.nan, 0))[0] for j in labels[a]]) for a in cfg.agents}
@@ -331,10 +323,10 @@ class Console:
             theta_rows = pa.Table.from_pylist(
                 [{"agent": a, "theta": new_theta[a], "reward": agent_reward[a]} for a in cfg.agents]
             )
-            with self._registered("console_memory", memory_rows):
-                self._run("insert_memory", run_id=self.run_id, round=round)
-            with self._registered("console_theta", theta_rows):
-                self._run("insert_theta", run_id=self.run_id, round=round)
+            with self.db.registered("console_memory", memory_rows):
+                self.db.run(SQL_FILE, "insert_memory", run_id=self.run_id, round=round)
+            with self.db.registered("console_theta", theta_rows):
+                self.db.run(SQL_FILE, "insert_theta", run_id=self.run_id, round=round)
         return self.state(round)
 
     # ----- selection --------------------------------------------------------------------------------
@@ -357,10 +349,15 @@ class Console:
         state_round = self._state_round(round)
         self._ensure_docs()
         cfg = self.config
-        self._run(
-            "cells", run_id=self.run_id, state_round=state_round, decay_lambda=cfg.decay_lambda, mode=mode
+        self.db.run(
+            SQL_FILE,
+            "cells",
+            run_id=self.run_id,
+            state_round=state_round,
+            decay_lambda=cfg.decay_lambda,
+            mode=mode,
         )
-        self._run("ranked_macro")  # binds to this round's console_cells
+        self.db.run(SQL_FILE, "ranked_macro")  # binds to this round's console_cells
         order = {
             "seed": cfg.seed,
             "round": round,
@@ -368,16 +365,21 @@ class Console:
             "by_score": cfg.tie_break != "hash",
             "gumbel_tau": cfg.gumbel_tau,
         }
-        level, remaining = self._run("boundary_level", budget=budget_tokens)[0]
+        level, remaining = self.db.run(SQL_FILE, "boundary_level", budget=budget_tokens)[0]
         if level is None:
             level, bucket, remaining = _ALL_LEVELS, 0, 0
         else:
-            bucket, remaining = self._run("boundary_bucket", **order, level=level, remaining=remaining)[0]
-        rows = self._arrow("select_docs", **order, level=level, bucket=bucket, remaining=remaining)
+            bucket, remaining = self.db.run(
+                SQL_FILE, "boundary_bucket", **order, level=level, remaining=remaining
+            )[0]
+        rows = self.db.arrow(
+            SQL_FILE, "select_docs", **order, level=level, bucket=bucket, remaining=remaining
+        )
         tokens = pc.sum(rows["tokens"]).as_py() or 0
         shards = {s.shard_id: ShardRef(s.uri, s.text_column) for s in self.catalog.shards()}
         path = write_snapshot(path, rows, shards)
-        self._run(
+        self.db.run(
+            SQL_FILE,
             "insert_selection",
             run_id=self.run_id,
             round=round,
@@ -396,7 +398,10 @@ class Console:
         every few hundred steps: each call is one statement over the run's seen counts. With `round`, the
         round's consumption is recorded once: a crashed run that replays the round does not count it twice."""
         self._require_started()
-        if round is not None and self._run("round_consumed", run_id=self.run_id, round=round)[0][0]:
+        if (
+            round is not None
+            and self.db.run(SQL_FILE, "round_consumed", run_id=self.run_id, round=round)[0][0]
+        ):
             return
         if isinstance(doc_ids, pa.Array | pa.ChunkedArray):
             ids = doc_ids.cast(pa.int64())
@@ -404,50 +409,20 @@ class Console:
             ids = pa.array(doc_ids if isinstance(doc_ids, np.ndarray) else list(doc_ids), pa.int64())
         consumed = pa.table({"doc_id": ids})
         in_step = self._docs_key is not None and self._seen_key == self._seen_fingerprint()
-        with self._transaction(), self._registered("console_consumed", consumed):
-            self._run("record_consumed", run_id=self.run_id)
+        with self.db.transaction(), self.db.registered("console_consumed", consumed):
+            self.db.run(SQL_FILE, "record_consumed", run_id=self.run_id)
             if round is not None:
-                self._run("mark_round_consumed", run_id=self.run_id, round=round)
+                self.db.run(SQL_FILE, "mark_round_consumed", run_id=self.run_id, round=round)
             if in_step:
-                self._run("consumed_into_docs")
+                self.db.run(SQL_FILE, "consumed_into_docs")
         self._seen_key = self._seen_fingerprint() if in_step else None
 
     # ----- internals --------------------------------------------------------------------------------
-    def _run(self, name: str, **params: Any) -> list[tuple[Any, ...]]:
-        """Run every statement of a console.sql block with the parameters it uses; the last one's rows."""
-        rows: list[tuple[Any, ...]] = []
-        for stmt in split_statements(statement(SQL_FILE, name)):
-            rows = self.con.execute(stmt, {k: params[k] for k in _PARAM.findall(stmt)}).fetchall()
-        return rows
-
-    def _arrow(self, name: str, **params: Any) -> pa.Table:
-        """The result of a one-query console.sql block as Arrow, streamed from DuckDB without a copy."""
-        (query,) = split_statements(statement(SQL_FILE, name))
-        return self.con.sql(query, params={k: params[k] for k in _PARAM.findall(query)}).to_arrow_table()
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self.con.execute("BEGIN")
-        try:
-            yield
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
-        self.con.execute("COMMIT")
-
-    @contextlib.contextmanager
-    def _registered(self, name: str, table: pa.Table) -> Iterator[None]:
-        self.con.register(name, table)
-        try:
-            yield
-        finally:
-            self.con.unregister(name)
-
     def _run_exists(self, run_id: str) -> bool:
-        return self._run("run_row", run_id=run_id) != []
+        return self.db.run(SQL_FILE, "run_row", run_id=run_id) != []
 
     def _stored_run(self) -> tuple[ConsoleConfig, str | None] | None:
-        rows = self._run("run_row", run_id=self.run_id)
+        rows = self.db.run(SQL_FILE, "run_row", run_id=self.run_id)
         if not rows:
             return None
         row = rows[0]
@@ -458,13 +433,13 @@ class Console:
 
     def _state_round(self, round: int) -> int:
         """The last recorded round at or before `round`; raises if the run has none."""
-        at = self._run("state_round", run_id=self.run_id, round=round)[0][0]
+        at = self.db.run(SQL_FILE, "state_round", run_id=self.run_id, round=round)[0][0]
         if at is None:
             raise ConsoleError(f"run {self.run_id!r} has no state at round {round}; call start() first")
         return at
 
     def _seen_fingerprint(self) -> tuple[Any, ...]:
-        return self._run("seen_fingerprint", run_id=self.run_id)[0]
+        return self.db.run(SQL_FILE, "seen_fingerprint", run_id=self.run_id)[0]
 
     def _require_started(self) -> None:
         self._state_round(_LATEST)
@@ -483,7 +458,7 @@ class Console:
         if len(set(agents)) != len(agents):
             raise ConsoleError(f"agents listed twice in {agents}")
         labels: dict[str, set[str]] = {}
-        for agent, name in self._run("label_names"):
+        for agent, name in self.db.run(SQL_FILE, "label_names"):
             labels.setdefault(agent, set()).add(name)
         for agent in agents:
             if agent not in labels:
@@ -499,14 +474,14 @@ class Console:
     def _ensure_docs(self) -> None:
         """Make `console_docs` current: rebuilt if documents or scores changed, seen counts resynced if they
         changed behind this console (record_consumed keeps them in step otherwise)."""
-        key = self._run("cache_fingerprint")[0]
+        key = self.db.run(SQL_FILE, "cache_fingerprint")[0]
         if key != self._docs_key:
             self._docs_key = self._seen_key = None
             self._build_docs()
             self._docs_key = key
         seen = self._seen_fingerprint()
         if seen != self._seen_key:
-            self._run("sync_seen", run_id=self.run_id)
+            self.db.run(SQL_FILE, "sync_seen", run_id=self.run_id)
             self._seen_key = seen
 
     def _build_docs(self) -> None:
@@ -518,18 +493,22 @@ class Console:
         terms, joins = [], []
         for i, (agent, num_labels, stride) in enumerate(self.agent_labels):
             fill = {"i": i, "agent_lit": quote_literal(agent), "max_label": num_labels - 1, "stride": stride}
-            terms.append(_fragment("docs_cache_cell_term").format(**fill))
-            joins.append(_fragment("docs_cache_join").format(**fill))
+            terms.append(fragment(SQL_FILE, "docs_cache_cell_term").format(**fill))
+            joins.append(fragment(SQL_FILE, "docs_cache_join").format(**fill))
         tie = "NULL"
         if self.config.tie_break != "hash":
             names = [agent for agent, _, _ in self.agent_labels]
             i = names.index(self.config.tie_break) if self.config.tie_break in names else len(names)
             if i == len(names):
                 joins.append(
-                    _fragment("docs_cache_join").format(i=i, agent_lit=quote_literal(self.config.tie_break))
+                    fragment(SQL_FILE, "docs_cache_join").format(
+                        i=i, agent_lit=quote_literal(self.config.tie_break)
+                    )
                 )
             tie = f"s{i}.score"
-        insert = _fragment("docs_cache_insert").format(cell="\n".join(terms), joins="\n".join(joins), tie=tie)
-        self._run("docs_cache_create")
-        for lo, hi in self._run("docs_cache_chunks", chunk_rows=_CHUNK_ROWS):
-            self.con.execute(insert, {"bytes_per_token": self.config.bytes_per_token, "lo": lo, "hi": hi})
+        insert = fragment(SQL_FILE, "docs_cache_insert").format(
+            cell="\n".join(terms), joins="\n".join(joins), tie=tie
+        )
+        self.db.run(SQL_FILE, "docs_cache_create")
+        for lo, hi in self.db.run(SQL_FILE, "docs_cache_chunks", chunk_rows=_CHUNK_ROWS):
+            self.db.execute(insert, {"bytes_per_token": self.config.bytes_per_token, "lo": lo, "hi": hi})

@@ -33,7 +33,6 @@ from corpus_agents.config import PipelineConfig
 from corpus_agents.errors import CorpusAgentsError
 from corpus_agents.scoring.catalog import Catalog
 from corpus_agents.scoring.corpus import read_doc_texts, sample_texts
-from corpus_agents.sqlfiles import statement
 from corpus_agents.training.distributed import Distributed
 from corpus_agents.training.models import build_model, load_tokenizer, train_tokenizer
 from corpus_agents.training.runs import ensure_schema
@@ -425,8 +424,15 @@ class Trainer:
         state = self.console.state(round_)
         tokens = step * self.tokens_per_step
         for task, loss in losses.items():
-            self.catalog.con.execute(
-                statement("runs.sql", "record_metric"), [self.run_id, round_, step, tokens, task, loss]
+            self.catalog.run(
+                "runs.sql",
+                "record_metric",
+                run_id=self.run_id,
+                round=round_,
+                step=step,
+                tokens=tokens,
+                task=task,
+                loss=loss,
             )
         record = {
             "event": event, "step": step, "round": round_, "tokens": tokens,

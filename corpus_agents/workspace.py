@@ -1,0 +1,185 @@
+"""A workspace and what one does with it: register a corpus, add agents, score, summarise, query.
+
+The `corpus-agents` commands and the demo are thin layers over these operations, so a notebook can do the
+same: `with Workspace.create("ws") as ws: ws.add_corpus(["shards/*.parquet"]); ws.add_agent(...)`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from corpus_agents.errors import CorpusAgentsError, WorkspaceError
+from corpus_agents.scoring.agents import Agent, AgentContext, agent_class
+from corpus_agents.scoring.catalog import Catalog
+from corpus_agents.scoring.corpus import RegisterReport, distinct_values, register_corpus, sample_texts
+from corpus_agents.scoring.driver import RunSummary, remove_stale_files, run_scoring
+from corpus_agents.scoring.hub import HubSource, MaterializeReport, materialize_into_workspace
+
+
+@dataclass(frozen=True)
+class CorpusSize:
+    shards: int
+    documents: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    """One agent's parts: committed (complete / partial), pending for its current config, failed."""
+
+    name: str
+    kind: str
+    labels: int
+    committed: int
+    partial: int
+    pending: int | None  # None when the agent's fingerprint cannot be computed (see `pending_error`)
+    failed: int
+    docs_scored: int
+    pending_error: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkspaceStatus:
+    directory: Path
+    corpus: CorpusSize
+    agents: list[AgentStatus]
+    failures: list[tuple[str, int, str]]  # (agent, shard_id, error) of the parts that failed last
+
+
+class Workspace:
+    """An open workspace: its catalog, locked while open. Use as a context manager or call `close()`."""
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, command: str | None = None) -> Workspace:
+        """Open an existing workspace."""
+        return cls(Catalog(path, command=command))
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        *,
+        text_column: str = "text",
+        parts_url: str | None = None,
+        command: str | None = None,
+    ) -> Workspace:
+        """Create a workspace, or open an existing one to register more shards. The text column is fixed once
+        a shard is registered, the parts URL once a part is committed."""
+        catalog = Catalog(path, create=True, command=command)
+        try:
+            stored = catalog.get_meta("text_column")
+            if stored and stored != text_column and catalog.shards():
+                raise WorkspaceError(
+                    f"workspace {catalog.dir} uses text column {stored!r}, not {text_column!r}"
+                )
+            catalog.set_meta("text_column", text_column)
+            if parts_url:
+                catalog.set_parts_url(parts_url)
+        except BaseException:
+            catalog.close()
+            raise
+        return cls(catalog)
+
+    @property
+    def dir(self) -> Path:
+        return self.catalog.dir
+
+    @property
+    def text_column(self) -> str:
+        return self.catalog.get_meta("text_column") or "text"
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    # ----- corpus ------------------------------------------------------------------------------------
+    def add_corpus(self, patterns: list[str], *, threads: int = 4) -> RegisterReport:
+        """Register the Parquet shards that `patterns` (paths, globs, URLs) match; known ones are skipped."""
+        return register_corpus(self.catalog, list(patterns), self.text_column, threads)
+
+    def stream_from_hub(self, source: HubSource, *, show_progress: bool = True) -> MaterializeReport:
+        """Stream a dataset into Parquet shards under WS/corpus/ (a re-run resumes after the last complete
+        shard); register them with `add_corpus([str(report.directory)])`."""
+        return materialize_into_workspace(self.catalog, source, self.text_column, show_progress=show_progress)
+
+    def corpus_size(self) -> CorpusSize:
+        return CorpusSize(*self.catalog.corpus_size())
+
+    # ----- agents ------------------------------------------------------------------------------------
+    def agent_names(self) -> list[str]:
+        return [name for name, _, _ in self.catalog.agent_rows()]
+
+    def agent_context(self) -> AgentContext:
+        """What an agent being created may use: where models go, and samples of this workspace's corpus."""
+        return AgentContext(
+            workspace_dir=self.dir,
+            models_dir=self.catalog.models_dir,
+            sample_texts=lambda n, seed=0: sample_texts(self.catalog, n, seed),
+            distinct_values=lambda column: distinct_values(self.catalog, column),
+        )
+
+    def add_agent(self, name: str, kind: str, options: dict[str, Any], *, replace: bool = False) -> Agent:
+        """Create an agent (fitting what needs fitting, discovering its labels) and register it; an existing
+        agent of that name is an error unless `replace` (its scores are then dropped)."""
+        self.catalog.check_agent_name(name, replace=replace)
+        agent = agent_class(kind).create(name, options, self.agent_context())
+        self.catalog.add_agent(agent, replace=replace)
+        return agent
+
+    def remove_agent(self, name: str) -> None:
+        """Remove an agent, its scores and its part files."""
+        self.catalog.remove_agent(name)
+        remove_stale_files(self.catalog, keep_uncommitted=False)
+
+    # ----- scoring and status -------------------------------------------------------------------------
+    def score(
+        self,
+        agents: list[str] | None = None,
+        *,
+        workers: int | None = None,
+        executor: str = "local",
+        **options: Any,
+    ) -> RunSummary:
+        """Score every pending (agent, shard) part (all agents, or the named ones). `workers` defaults to the
+        CPU cores (local) or the cluster's CPUs (ray); `options` are those of `driver.run_scoring`."""
+        if executor == "local":
+            workers = workers or os.cpu_count() or 1
+        return run_scoring(self.catalog, agents, workers=workers, executor=executor, **options)
+
+    def status(self) -> WorkspaceStatus:
+        """The corpus, each agent's parts (pending = shards without a complete part for its current config)
+        and the parts that failed."""
+        corpus = self.corpus_size()
+        parts = self.catalog.parts()
+        agents = []
+        for name, kind, labels, committed, partial, failed, scored in self.catalog.run(
+            "catalog.sql", "status_agents"
+        ):
+            pending, error = None, None
+            try:
+                fp = self.catalog.agents([name])[0].fingerprint()
+                current = sum(
+                    1 for (a, _), p in parts.items() if a == name and p.complete and p.fingerprint == fp
+                )
+                pending = corpus.shards - current
+            except CorpusAgentsError as exc:
+                error = str(exc)
+            agents.append(AgentStatus(name, kind, labels, committed, partial, pending, failed, scored, error))
+        return WorkspaceStatus(self.dir, corpus, agents, self.catalog.failures())
+
+    def query(self, sql: str) -> pa.Table:
+        """Run SQL on the catalog (tables, and the `doc_labels` and `documents` views); the result as Arrow."""
+        return self.catalog.query(sql)
