@@ -178,14 +178,17 @@ RUN_SET_FIELDS = {"vocab_size": "tokenizer.vocab_size", "max_position_embeddings
 
 @functools.cache
 def llama_fields() -> dict[str, Any]:
-    """LlamaConfig's fields (constructor arguments and attributes) with their defaults."""
+    """LlamaConfig's fields (constructor arguments and attributes) with their defaults, and the keys of its
+    mapping fields, which it also takes flat (`rope_theta` goes into `rope_parameters`)."""
     import inspect
 
     from transformers import LlamaConfig
 
     params = inspect.signature(LlamaConfig.__init__).parameters.values()
     named = {p.name: p.default for p in params if p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "self"}
-    return {**LlamaConfig().to_dict(), **named}
+    fields = {**LlamaConfig().to_dict(), **named}
+    nested = {str(k): v for value in fields.values() if isinstance(value, dict) for k, v in value.items()}
+    return {**nested, **fields}
 
 
 @dataclass
@@ -196,7 +199,8 @@ class ModelConfig(Section):
     overrides: dict[str, Any] = field(default_factory=dict)  # LlamaConfig fields
 
     def validate(self, where: str) -> None:
-        """Overrides must be LlamaConfig fields of the default's type, and the merged shape must divide."""
+        """Overrides must be LlamaConfig fields of the default's type (numbers are converted: `1e4`), and
+        the preset's shape with them must divide into heads."""
         if not self.overrides:
             return
         known = llama_fields()
@@ -208,7 +212,7 @@ class ModelConfig(Section):
                 raise ConfigError(f"unknown config key {key} (not a field of transformers' LlamaConfig)")
             default = known[name]
             if isinstance(default, bool | int | float | str) and value is not None:
-                _value(type(default), value, key)
+                self.overrides[name] = _value(type(default), value, key)
         shape = {**MODEL_PRESETS[self.preset], **self.overrides}
         for name in MODEL_PRESETS[self.preset]:
             if not (isinstance(shape[name], int) and shape[name] > 0):
