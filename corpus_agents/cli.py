@@ -143,7 +143,9 @@ def agent() -> None:
     "--set", "overrides", multiple=True, help="With --pipeline: override agents.NAME.KEY=VALUE (repeatable)."
 )
 @click.option("--model", help="fasttext: a .bin/.ftz file; hf-classifier: a model directory or hub name.")
-@click.option("--label", help="Class whose probability is the score (binned into labels with --bins).")
+@click.option(
+    "--label", help="fasttext, hf-classifier: the class whose probability is the score (binned by --bins)."
+)
 @click.option(
     "--bins", help="Bin edges of the score, e.g. 0,0.2,0.4,0.6,0.8,1 (hf regression default 0,1,2,3,4,5)."
 )
@@ -153,41 +155,24 @@ def agent() -> None:
     help="fasttext: fit a classifier with this reference Parquet as positives (DCLM-style).",
 )
 @click.option(
-    "--positive-columns", help="Columns of the positive set joined as text (default: text or all strings)."
+    "--positive-columns",
+    help="fasttext: columns of the positive set joined as text (default: text or all strings).",
 )
 @click.option(
     "--fit-negative",
-    default="sample",
-    show_default=True,
-    help="Negatives: 'sample' (random corpus documents) or a Parquet file.",
+    help="fasttext: negatives, 'sample' (random corpus documents, the default) or a Parquet file.",
 )
+@click.option("--negative-columns", help="fasttext: columns of a negative Parquet file joined as text.")
+@click.option("--fit-samples", type=int, help="fasttext: at most this many positives (default 20000).")
 @click.option("--column", help="metadata: the column (dots for nested fields: meta.source).")
-@click.option("--topics", type=int, default=16, show_default=True, help="topic: number of topics.")
-@click.option(
-    "--sample",
-    "sample_size",
-    type=int,
-    default=20000,
-    show_default=True,
-    help="topic: corpus documents to fit on.",
-)
-@click.option(
-    "--method",
-    type=click.Choice(["tfidf", "minilm"]),
-    default="tfidf",
-    show_default=True,
-    help="topic: document representation clustered by k-means.",
-)
-@click.option(
-    "--max-length", type=int, default=512, show_default=True, help="hf-classifier: truncation in tokens."
-)
-@click.option(
-    "--batch-tokens", type=int, default=16384, show_default=True, help="hf-classifier: tokens per batch."
-)
-@click.option(
-    "--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True
-)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--topics", type=int, help="topic: number of topics (default 16).")
+@click.option("--sample", type=int, help="topic: corpus documents to fit on (default 20000).")
+@click.option("--method", help="topic: tfidf (default) or minilm, the representation k-means clusters.")
+@click.option("--seed", type=int, help="topic: seed of the sample and of k-means (default 0).")
+@click.option("--max-length", type=int, help="hf-classifier: truncation in tokens (default 512).")
+@click.option("--batch-tokens", type=int, help="hf-classifier: tokens per batch (default 16384).")
+@click.option("--dtype", help="hf-classifier: auto (default: bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.")
+@click.option("--device", help="hf-classifier: auto (default), cpu or cuda.")
 @click.option("--trust-remote-code", is_flag=True, help="hf-classifier: allow the model's own code to run.")
 @click.option("--replace", is_flag=True, help="Redefine an existing agent (drops its scores).")
 @user_errors
@@ -202,6 +187,7 @@ def agent_add(
 ) -> None:
     """Add an agent: fits what needs fitting, discovers its labels, stores its config.
 
+    Each option belongs to the kinds named in its help; one of another kind is an error.
     With --pipeline, adds the agents a pipeline YAML declares (`agents: {NAME: {kind: ..., OPTION: ...}}`,
     options as below with underscores); agents already in the workspace are kept unless --replace.
 
@@ -214,45 +200,51 @@ def agent_add(
       corpus-agents agent add ws edu --kind hf-classifier --model HuggingFaceFW/fineweb-edu-classifier
       corpus-agents agent add ws --pipeline pipelines/slimpajama-1.3b.yaml --set agents.quality.device=cpu
     """
-    from corpus_agents.scoring.agents import agent_class
+    from corpus_agents.config import AgentSpec, ConfigError, load_config
+    from corpus_agents.scoring.agents import agent_class, make_options
     from corpus_agents.workspace import Workspace
 
-    options["sample"] = options.pop("sample_size")
     ctx = click.get_current_context()
+    given = {
+        option: value
+        for option, value in options.items()
+        if ctx.get_parameter_source(option) == click.core.ParameterSource.COMMANDLINE
+    }
     if pipeline:
-        from corpus_agents.config import agent_specs, load_config
-
-        sources = {p: ctx.get_parameter_source("sample_size" if p == "sample" else p) for p in options}
-        given = [p for p, source in sources.items() if source == click.core.ParameterSource.COMMANDLINE]
         if kind or given:
             raise CorpusAgentsError(
                 f"with --pipeline the agents' options come from the file; use --set agents.NAME.KEY=VALUE "
-                f"instead of --{(['kind'] if kind else given)[0].replace('_', '-')}"
+                f"instead of --{(['kind'] if kind else list(given))[0].replace('_', '-')}"
             )
-        specs = agent_specs(load_config(pipeline, list(overrides)).agents, options)
+        specs = load_config(pipeline, list(overrides)).agents
+        if not specs:
+            raise ConfigError(
+                f"pipeline {pipeline} has no `agents:` section (NAME: {{kind: ..., OPTION: ...}})"
+            )
         if name is not None:
-            specs = [s for s in specs if s[0] == name]
-            if not specs:
+            if name not in specs:
                 raise CorpusAgentsError(f"pipeline {pipeline} declares no agent {name!r}")
+            specs = {name: specs[name]}
     elif overrides:
         raise CorpusAgentsError("--set needs --pipeline")
     elif not name or not kind:
         raise CorpusAgentsError("give the agent's NAME and --kind (or --pipeline FILE)")
     else:
-        specs = [(name, kind, options)]
-    classes = {k: agent_class(k) for _, k, _ in specs}
+        agent_class(kind)  # an unknown kind is named before its options
+        specs = {name: AgentSpec(kind, make_options(kind, given))}
+    classes = {spec.kind: agent_class(spec.kind) for spec in specs.values()}
     for cls in classes.values():
         cls.check_requirements()
     with Workspace.open(workspace) as ws:
         existing = ws.agent_names()
-        for agent_name, agent_kind, agent_options in specs:
+        for agent_name, spec in specs.items():
             if pipeline and not replace and agent_name in existing:
                 click.echo(f"kept agent {agent_name} (in the workspace already; --replace redefines it)")
                 continue
-            new = ws.add_agent(agent_name, agent_kind, agent_options, replace=replace)
+            new = ws.add_agent(agent_name, spec.kind, spec.options, replace=replace)
             labels = new.labels
             shown = ", ".join(labels[:12]) + (f", ... ({len(labels)} in all)" if len(labels) > 12 else "")
-            click.echo(f"added agent {agent_name} ({agent_kind}) with labels: {shown}")
+            click.echo(f"added agent {agent_name} ({spec.kind}) with labels: {shown}")
 
 
 @agent.command("list")
@@ -432,6 +424,11 @@ def query(workspace: str, sql: str, fmt: str, output: str | None, max_rows: int)
 @click.option(
     "--set", "overrides", multiple=True, help="Override a config value: section.key=value (repeatable)."
 )
+@click.option(
+    "--print-config",
+    is_flag=True,
+    help="Print the effective config (all defaults filled in) as YAML and exit.",
+)
 @user_errors
 def train(
     workspace: str,
@@ -440,6 +437,7 @@ def train(
     resume: bool,
     init_from: str | None,
     overrides: tuple[str, ...],
+    print_config: bool,
 ) -> None:
     """Train a causal LM on the documents the console selects, re-weighting the agents every round.
 
@@ -455,11 +453,15 @@ def train(
       corpus-agents train ws --config pipelines/demo.yaml --run refreshed --init-from demo
       torchrun --nproc-per-node 4 -m -- corpus_agents.cli train ws --config pipelines/demo.yaml --run ddp
     """
-    from corpus_agents.config import load_config
+    from corpus_agents.config import dump_config, load_config
+
+    config = load_config(config_path, list(overrides))
+    if print_config:
+        click.echo(dump_config(config), nl=False)
+        return
     from corpus_agents.scoring.catalog import Catalog
     from corpus_agents.training.trainer import Trainer, start_distributed
 
-    config = load_config(config_path, list(overrides))
     run_id = run_id or (Path(config_path).stem if config_path else "run")
     dist = start_distributed(config)
     try:
@@ -542,6 +544,11 @@ def report(workspace: str, run_ids: tuple[str, ...], out: str | None, group: str
     help="Pipeline YAML whose console section (agents, prior, ...) a --static selection uses.",
 )
 @click.option("--init-from", help="A --static selection with the learnt weights of this run.")
+@click.option(
+    "--print-config",
+    is_flag=True,
+    help="Print the effective config of a --static selection (--config with --mode applied) as YAML and exit.",
+)
 @user_errors
 def select_cmd(
     workspace: str,
@@ -552,6 +559,7 @@ def select_cmd(
     mode: str,
     config_path: str | None,
     init_from: str | None,
+    print_config: bool,
 ) -> None:
     """Summarise a run's selection of a round, or make a static one (fusion + top-k, no training feedback).
 
@@ -560,14 +568,21 @@ def select_cmd(
       corpus-agents select ws --run demo --round 3
       corpus-agents select ws --run refreshed --static --init-from demo --tokens 5000000
     """
-    from corpus_agents.config import load_config
+    import dataclasses
+
+    from corpus_agents.config import dump_config, load_config
+
+    config = load_config(config_path)
+    config.console = dataclasses.replace(config.console, mode=mode)
+    if print_config:
+        click.echo(dump_config(config), nl=False)
+        return
     from corpus_agents.scoring.catalog import Catalog
     from corpus_agents.training.runs import static_selection, summarize_selection
 
     with Catalog(workspace) as cat:
         if static:
-            console = load_config(config_path).console if config_path else {}
-            static_selection(cat, run_id, tokens, mode, console, init_from)
+            static_selection(cat, run_id, tokens, mode, config.console.to_dict(), init_from)
             round_ = 0
         click.echo(summarize_selection(cat, run_id, round_))
 

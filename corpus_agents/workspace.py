@@ -7,6 +7,7 @@ same: `with Workspace.create("ws") as ws: ws.add_corpus(["shards/*.parquet"]); w
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from corpus_agents.errors import CorpusAgentsError, WorkspaceError
-from corpus_agents.scoring.agents import Agent, AgentContext, agent_class
+from corpus_agents.scoring.agents import Agent, AgentContext, AgentOptions, agent_class
 from corpus_agents.scoring.catalog import Catalog
 from corpus_agents.scoring.corpus import RegisterReport, distinct_values, register_corpus, sample_texts
 from corpus_agents.scoring.driver import RunSummary, remove_stale_files, run_scoring
@@ -131,7 +132,9 @@ class Workspace:
             distinct_values=lambda column: distinct_values(self.catalog, column),
         )
 
-    def add_agent(self, name: str, kind: str, options: dict[str, Any], *, replace: bool = False) -> Agent:
+    def add_agent(
+        self, name: str, kind: str, options: AgentOptions | Mapping[str, Any], *, replace: bool = False
+    ) -> Agent:
         """Create an agent (fitting what needs fitting, discovering its labels) and register it; an existing
         agent of that name is an error unless `replace` (its scores are then dropped)."""
         self.catalog.check_agent_name(name, replace=replace)

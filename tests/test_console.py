@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 import corpus_agents.training.console as console_module
+from corpus_agents.config import ConfigError
 from corpus_agents.scoring.catalog import Catalog
 from corpus_agents.training.console import (
     Console,
@@ -161,7 +162,7 @@ def test_prior_sets_initial_memory(catalog: Catalog) -> None:
 def test_config_errors_are_clear(catalog: Catalog) -> None:
     with pytest.raises(ConsoleError, match="no agent named 'nope'"):
         Console(catalog, "r", ConsoleConfig(agents=["quality", "nope"]))
-    with pytest.raises(ConsoleError, match="mode"):
+    with pytest.raises(ConfigError, match="console.mode must be one of topk, gumbel, random, got 'best'"):
         Console(catalog, "r", ConsoleConfig(mode="best"))
     with pytest.raises(ConsoleError, match="call start"):
         Console(catalog, "never-started").update(1, {})

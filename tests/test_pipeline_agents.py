@@ -11,7 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from corpus_agents.cli import main
-from corpus_agents.config import ConfigError, agent_specs, load_config
+from corpus_agents.config import AgentSpec, ConfigError, load_config
+from corpus_agents.scoring.agents.hf_classifier import HFClassifierOptions
+from corpus_agents.scoring.agents.metadata import MetadataOptions
 
 PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
 SLIMPAJAMA = PIPELINES / "slimpajama-1.3b.yaml"
@@ -49,20 +51,21 @@ def tiny_classifier(path: Path, num_labels: int) -> Path:
 
 
 def test_slimpajama_pipeline_declares_the_papers_agents():
-    config = load_config(SLIMPAJAMA)
-    defaults = {"model": None, "bins": None, "column": None, "trust_remote_code": False}
-    specs = {name: (kind, options) for name, kind, options in agent_specs(config.agents, defaults)}
-    assert list(specs) == ["quality", "domain", "topic"]
-    assert specs["quality"] == (
+    agents = load_config(SLIMPAJAMA).agents
+    assert list(agents) == ["quality", "domain", "topic"]
+    assert agents["quality"] == AgentSpec(
         "hf-classifier",
-        {**defaults, "model": "HuggingFaceFW/fineweb-edu-classifier", "bins": "0,1,2,3,4,5"},
+        HFClassifierOptions(model="HuggingFaceFW/fineweb-edu-classifier", bins=[0, 1, 2, 3, 4, 5]),
     )
-    assert specs["domain"] == ("metadata", {**defaults, "column": "meta.redpajama_set_name"})
-    assert specs["topic"][0] == "hf-classifier" and "TopicClassifier" in specs["topic"][1]["model"]
-    with pytest.raises(ConfigError, match="agents.quality.colour"):
-        agent_specs({"quality": {"kind": "hf-classifier", "colour": 1}}, {"model": None})
+    assert agents["domain"] == AgentSpec("metadata", MetadataOptions(column="meta.redpajama_set_name"))
+    assert agents["topic"].kind == "hf-classifier" and "TopicClassifier" in agents["topic"].options.model
+    assert agents["topic"].options.trust_remote_code is True
+    with pytest.raises(
+        ConfigError, match="agents.quality.colour is not an option of agent kind 'hf-classifier'"
+    ):
+        load_config(None, ["agents.quality={kind: hf-classifier, model: x, colour: 1}"])
     with pytest.raises(ConfigError, match="needs a `kind`"):
-        agent_specs({"quality": {"model": "x"}}, {"model": None})
+        load_config(None, ["agents.quality={model: x}"])
 
 
 def test_slimpajama_agents_on_local_stand_ins_label_and_score_every_document(tmp_path, real_docs):

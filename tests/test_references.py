@@ -15,6 +15,7 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from corpus_agents.config import ConfigError
 from corpus_agents.errors import CorpusAgentsError
 from corpus_agents.training.references import (
     IGNORE_INDEX,
@@ -107,9 +108,9 @@ def test_clear_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pq.write_table(pa.table({"q": pa.array([], pa.string()), "a": pa.array([], pa.string())}), empty)
     with pytest.raises(ReferenceSetError, match="no rows"):
         load_reference(ReferenceSpec.from_dict({**base, "path": str(empty)}))
-    with pytest.raises(ReferenceSetError, match="unknown keys"):
+    with pytest.raises(ConfigError, match="unknown config key reference.promt"):
         ReferenceSpec.from_dict({**base, "promt": "{q}"})
-    with pytest.raises(ReferenceSetError, match="exactly one of"):
+    with pytest.raises(ConfigError, match="exactly one of"):
         ReferenceSpec.from_dict({**base, "dataset": "lambada"})
     monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` now raises ImportError
     spec = ReferenceSpec.from_dict({"name": "t", "dataset": "x", "prompt": "{q}", "answer": "{a}"})

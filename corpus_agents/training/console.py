@@ -6,7 +6,7 @@ import dataclasses
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from corpus_agents.config import ConsoleConfig
 from corpus_agents.errors import CorpusAgentsError
 from corpus_agents.scoring.catalog import Catalog, quote_literal
 from corpus_agents.sqlfiles import fragment
@@ -33,65 +34,6 @@ _CHUNK_ROWS = 1_000_000
 
 class ConsoleError(CorpusAgentsError):
     """An invalid console config, or a run that is missing or recorded with another config."""
-
-
-@dataclass
-class ConsoleConfig:
-    """Console settings, defaults from ALGORITHM.md. Every ablation is config: `agents` (one agent, a pair),
-    `fixed_weights` (eta_agent = eta_theta = 0), `mode`."""
-
-    agents: list[str] | None = None  # None: every registered agent, in registration order
-    eta_agent: float = 0.3
-    eta_theta: float = 0.5
-    tau_p: float = 1.0
-    theta_floor: float = 0.02
-    decay_lambda: float = 0.1
-    mode: Mode = "topk"
-    gumbel_tau: float = 0.1
-    probes_per_label: int = 64
-    tie_break: str = "hash"  # or an agent's name: its raw score, descending, orders equal priorities
-    seed: int = 0
-    fixed_weights: bool = False
-    bytes_per_token: float = 4.0  # n(x) = ceil(text_bytes / bytes_per_token), at least 1
-    prior: dict[str, dict[str, float]] = field(default_factory=dict)  # agent -> label name -> initial w
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ConsoleConfig:
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConsoleError(f"unknown console config keys {unknown}")
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @property
-    def effective_eta_agent(self) -> float:
-        return 0.0 if self.fixed_weights else self.eta_agent
-
-    @property
-    def effective_eta_theta(self) -> float:
-        return 0.0 if self.fixed_weights else self.eta_theta
-
-    def check(self) -> None:
-        """Raise ConsoleError on values outside their range (agent names are checked by the Console)."""
-        problems = []
-        if self.mode not in MODES:
-            problems.append(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
-        for name in ("eta_agent", "eta_theta"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                problems.append(f"{name} must be in [0, 1]")
-        for name in ("tau_p", "gumbel_tau", "bytes_per_token"):
-            if not getattr(self, name) > 0:
-                problems.append(f"{name} must be > 0")
-        if not 0.0 <= self.theta_floor < 1.0:
-            problems.append("theta_floor must be in [0, 1)")
-        if not self.decay_lambda >= 0:
-            problems.append("decay_lambda must be >= 0")
-        if self.probes_per_label < 1:
-            problems.append("probes_per_label must be >= 1")
-        if problems:
-            raise ConsoleError("invalid console config: " + "; ".join(problems))
 
 
 @dataclass(frozen=True)

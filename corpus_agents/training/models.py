@@ -10,46 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from corpus_agents.config import MODEL_PRESETS
 from corpus_agents.errors import CorpusAgentsError
 
-#: hidden size, layers, attention heads, key/value heads, MLP size. Vocabulary and context come from the run.
-PRESETS: dict[str, dict[str, int]] = {
-    "tiny": {
-        "hidden_size": 128,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "intermediate_size": 384,
-    },
-    "small": {
-        "hidden_size": 256,
-        "num_hidden_layers": 6,
-        "num_attention_heads": 8,
-        "num_key_value_heads": 4,
-        "intermediate_size": 768,
-    },
-    "125m": {
-        "hidden_size": 768,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 12,
-        "num_key_value_heads": 12,
-        "intermediate_size": 2048,
-    },
-    "373m": {
-        "hidden_size": 1024,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 16,
-        "num_key_value_heads": 16,
-        "intermediate_size": 2816,
-    },
-    "1.3b": {
-        "hidden_size": 2048,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 16,
-        "num_key_value_heads": 16,
-        "intermediate_size": 5632,
-    },
-}
+#: Model sizes by preset name (defined with the config, which checks `model.preset` at load).
+PRESETS = MODEL_PRESETS
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>"]
 
 
@@ -61,10 +26,9 @@ def build_model(preset: str, vocab_size: int, max_length: int, seed: int, **over
     if preset not in PRESETS:
         raise CorpusAgentsError(f"unknown model preset {preset!r}; presets: {', '.join(PRESETS)}")
     config = LlamaConfig(
+        **{"tie_word_embeddings": True, **PRESETS[preset], **overrides},
         vocab_size=vocab_size,
         max_position_embeddings=max_length,
-        tie_word_embeddings=True,
-        **{**PRESETS[preset], **overrides},
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)

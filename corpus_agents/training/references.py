@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import string
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from corpus_agents.config import ReferenceSpec
 from corpus_agents.errors import CorpusAgentsError
 
 IGNORE_INDEX = -100
@@ -24,48 +25,6 @@ Batch = dict[str, torch.Tensor]
 
 class ReferenceSetError(CorpusAgentsError):
     """A reference set cannot be loaded (missing file or dataset, bad template, no examples)."""
-
-
-@dataclass(frozen=True)
-class ReferenceSpec:
-    """One reference task: where its rows are and how a row becomes a (prompt, answer) pair.
-
-    `prompt` and `answer` are `str.format` templates over a row's columns, e.g. prompt `"{until_last}"` and
-    answer `" {last_word}"`; nested values index as in `"{answers[text][0]}"`. Give exactly one of `path` (a
-    Parquet file) or `dataset` (a Hugging Face `datasets` name, with optional `config` and `split`).
-    """
-
-    name: str
-    prompt: str
-    answer: str
-    path: str | None = None
-    dataset: str | None = None
-    config: str | None = None
-    split: str | None = None
-    max_examples: int = 1000
-    probe_fraction: float = 0.5
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if (self.path is None) == (self.dataset is None):
-            raise ReferenceSetError(f"reference {self.name!r}: give exactly one of 'path' or 'dataset'")
-        if self.max_examples < 1:
-            raise ReferenceSetError(f"reference {self.name!r}: max_examples must be >= 1")
-        if not 0.0 < self.probe_fraction <= 1.0:
-            raise ReferenceSetError(f"reference {self.name!r}: probe_fraction must be in (0, 1]")
-
-    @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> ReferenceSpec:
-        """Build from a YAML config mapping; unknown or missing keys are a one-line error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(config) - known)
-        name = config.get("name", "?")
-        if unknown:
-            raise ReferenceSetError(f"reference {name!r}: unknown keys {unknown} (known: {sorted(known)})")
-        missing = [k for k in ("name", "prompt", "answer") if k not in config]
-        if missing:
-            raise ReferenceSetError(f"reference {name!r}: missing keys {missing}")
-        return cls(**config)
 
 
 @dataclass

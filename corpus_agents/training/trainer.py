@@ -22,14 +22,14 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from corpus_agents.config import PipelineConfig
+from corpus_agents.config import PipelineConfig, ReferenceSpec
 from corpus_agents.errors import CorpusAgentsError
 from corpus_agents.scoring.catalog import Catalog
 from corpus_agents.scoring.corpus import read_doc_texts, sample_texts
@@ -87,8 +87,6 @@ def lr_lambda(config: PipelineConfig) -> Any:
         progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
-    if t.schedule not in ("cosine", "wsd"):
-        raise CorpusAgentsError(f"unknown train.schedule {t.schedule!r}; choose cosine or wsd")
     return factor
 
 
@@ -140,8 +138,8 @@ class Trainer:
         init_from: str | None = None,
         dist: Distributed | None = None,
     ):
-        from corpus_agents.training.console import Console, ConsoleConfig
-        from corpus_agents.training.references import ReferenceSpec, encode_examples, load_reference
+        from corpus_agents.training.console import Console
+        from corpus_agents.training.references import encode_examples, load_reference
 
         self.dist = dist or Distributed()
         if (catalog is not None) != self.dist.is_main:
@@ -169,9 +167,7 @@ class Trainer:
             self.tokenizer = self._tokenizer()
         self.eos_id = self.tokenizer.eos_token_id
         seq_len = config.model.seq_len
-        self.references = [
-            load_reference(ReferenceSpec.from_dict(self._in_workspace(r))) for r in config.references
-        ]
+        self.references = [load_reference(self._in_workspace(r)) for r in config.references]
         self.probe_batches = {
             r.name: encode_examples(self.tokenizer, r.probe, max_length=seq_len) for r in self.references
         }
@@ -181,16 +177,18 @@ class Trainer:
         self.console: Console | None = None
         if catalog is not None:
             ensure_schema(catalog)
-            self.console = Console(catalog, run_id, ConsoleConfig.from_dict(config.console))
+            self.console = Console(catalog, run_id, config.console)
             self.console.start(init_from=init_from)
         tokens_per_rank = config.train.batch_size * config.train.grad_accum * seq_len
         self.tokens_per_step = tokens_per_rank * self.dist.world_size
 
     # ----- setup -----------------------------------------------------------------------------------
-    def _in_workspace(self, reference: dict[str, Any]) -> dict[str, Any]:
+    def _in_workspace(self, reference: ReferenceSpec) -> ReferenceSpec:
         """`{workspace}` in a reference path stands for the workspace directory."""
-        path = reference.get("path")
-        return {**reference, "path": path.replace("{workspace}", str(self.workspace))} if path else reference
+        path = reference.path
+        return (
+            replace(reference, path=path.replace("{workspace}", str(self.workspace))) if path else reference
+        )
 
     def _tokenizer(self) -> Any:
         cfg = self.config.tokenizer
@@ -300,9 +298,7 @@ class Trainer:
                 model, self.probe_batches, docs, cosine=cfg.cosine, projection_dim=cfg.projection_dim,
                 seed=self.config.train.seed, chunk_size=cfg.chunk_size,
             )  # fmt: skip
-        if cfg.method == "one_step":
-            return one_step_rewards(model, optimizer, docs, self.probe_batches)
-        raise CorpusAgentsError(f"unknown rewards.method {cfg.method!r}; choose gradient or one_step")
+        return one_step_rewards(model, optimizer, docs, self.probe_batches)  # rewards.method: one_step
 
     def select(self, round_: int) -> Path:
         """The round's selection snapshot, for every rank's tokens (rank 0 only)."""

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from corpus_agents.config import ConfigError
 from corpus_agents.scoring.agents import AgentContext, AgentError, DocBatch
 from corpus_agents.scoring.agents.fasttext import FastTextAgent, load_fasttext, train_fasttext
 
@@ -77,7 +78,7 @@ def test_probability_mode_bins_and_unknown_label(prose_vs_code: Path, tmp_path: 
     assert out.scores[:10].mean() > out.scores[10:].mean()
     with pytest.raises(AgentError, match="no class 'nope'"):
         FastTextAgent.create("q", {"model": str(prose_vs_code), "label": "nope"}, context(tmp_path))
-    with pytest.raises(AgentError, match="strictly increasing"):
+    with pytest.raises(ConfigError, match="--bins must be at least two strictly increasing"):
         FastTextAgent.create(
             "q", {"model": str(prose_vs_code), "label": "prose", "bins": "0,1,0.5"}, context(tmp_path)
         )

@@ -19,6 +19,7 @@ from transformers import (
     BertForSequenceClassification,
 )
 
+from corpus_agents.config import ConfigError
 from corpus_agents.scoring.agents import build_agent, hf_classifier
 from corpus_agents.scoring.agents.base import AgentContext, AgentError, DocBatch, digitize
 from corpus_agents.scoring.agents.hf_classifier import HFClassifierAgent
@@ -94,7 +95,7 @@ def context(tmp_path: Path) -> AgentContext:
     return AgentContext(workspace_dir=tmp_path, models_dir=tmp_path / "models")
 
 
-@pytest.mark.parametrize("options", [{}, {"max_length": "16", "batch_tokens": "40"}])
+@pytest.mark.parametrize("options", [{}, {"max_length": 16, "batch_tokens": 40}])
 def test_regression_matches_plain_loop(regression_dir: Path, context: AgentContext, options: dict) -> None:
     agent = HFClassifierAgent.create("edu", {"model": str(regression_dir), **options}, context)
     assert agent.config["mode"] == "regression"
@@ -145,24 +146,44 @@ def test_unknown_label_lists_the_classes(classifier_dir: Path, context: AgentCon
 
 
 @pytest.mark.parametrize(
-    ("options", "message"),
+    ("options", "error", "message"),
     [
-        ({}, "--model is required"),
-        ({"model": "/nonexistent/model-dir"}, "does not exist"),
-        ({"model": "REGRESSION", "label": "high"}, "needs a classification model"),
-        ({"model": "CLASSIFIER", "bins": "0,1"}, "--bins needs --label"),
-        ({"model": "REGRESSION", "dtype": "int8"}, "--dtype must be one of"),
-        ({"model": "REGRESSION", "max_length": "0"}, "--max-length must be a positive integer"),
-        ({"model": "REGRESSION", "max_length": "4096"}, "exceeds the 512 positions"),
-        ({"model": "REGRESSION", "trust_remote_code": "maybe"}, "--trust-remote-code must be true or false"),
+        ({}, ConfigError, "--model is required"),
+        ({"model": "/nonexistent/model-dir"}, AgentError, "does not exist"),
+        ({"model": "REGRESSION", "label": "high"}, AgentError, "needs a classification model"),
+        ({"model": "CLASSIFIER", "bins": "0,1"}, AgentError, "--bins needs --label"),
+        (
+            {"model": "REGRESSION", "dtype": "int8"},
+            ConfigError,
+            "--dtype must be one of auto, bf16, fp16, fp32",
+        ),
+        ({"model": "REGRESSION", "max_length": 0}, ConfigError, "--max-length must be > 0, got 0"),
+        ({"model": "REGRESSION", "max_length": "16"}, ConfigError, "--max-length must be an integer"),
+        ({"model": "REGRESSION", "max_length": 4096}, AgentError, "exceeds the 512 positions"),
+        (
+            {"model": "REGRESSION", "bins": "0,2,1"},
+            ConfigError,
+            "--bins must be at least two strictly increasing",
+        ),
+        (
+            {"model": "REGRESSION", "trust_remote_code": "maybe"},
+            ConfigError,
+            "--trust-remote-code must be true or false",
+        ),
+        ({"model": "REGRESSION", "topics": 3}, ConfigError, "unknown config key --topics"),
     ],
 )
 def test_option_errors(
-    regression_dir: Path, classifier_dir: Path, context: AgentContext, options: dict, message: str
+    regression_dir: Path,
+    classifier_dir: Path,
+    context: AgentContext,
+    options: dict,
+    error: type[Exception],
+    message: str,
 ) -> None:
     dirs = {"REGRESSION": str(regression_dir), "CLASSIFIER": str(classifier_dir)}
     options = {key: dirs.get(value, value) for key, value in options.items()}
-    with pytest.raises(AgentError, match=message):
+    with pytest.raises(error, match=message):
         HFClassifierAgent.create("edu", options, context)
 
 
@@ -356,7 +377,7 @@ def test_documents_without_tokens_get_nan(tmp_path: Path, context: AgentContext)
 def test_max_length_truncation_is_honoured(regression_dir: Path, context: AgentContext) -> None:
     head = "rivers carry silt to the sea " * 2  # 12 words, 12 tokens
     texts = [head + "and nothing else", head + "then a long tail of other words " * 50, "short one"]
-    agent = HFClassifierAgent.create("edu", {"model": str(regression_dir), "max_length": "10"}, context)
+    agent = HFClassifierAgent.create("edu", {"model": str(regression_dir), "max_length": 10}, context)
     inputs = record_inputs(agent)
     scores = agent.score(batch(texts)).scores
     assert max(f["input_ids"].shape[1] for f in inputs) == 10

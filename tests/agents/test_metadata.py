@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from corpus_agents.config import ConfigError
 from corpus_agents.scoring.agents import AgentContext, AgentError, DocBatch
 from corpus_agents.scoring.agents.metadata import OTHER, MetadataAgent
 
@@ -34,7 +35,7 @@ def test_non_string_column_values(tmp_path: Path) -> None:
 
 
 def test_needs_a_column_and_bounded_labels(tmp_path: Path) -> None:
-    with pytest.raises(AgentError, match="--column"):
+    with pytest.raises(ConfigError, match="--column is required"):
         MetadataAgent.create("d", {}, context(tmp_path, []))
     with pytest.raises(AgentError, match="distinct values"):
         MetadataAgent.create("d", {"column": "id"}, context(tmp_path, list(range(20_000))))

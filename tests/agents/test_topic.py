@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from corpus_agents.config import ConfigError
 from corpus_agents.scoring.agents.base import AgentContext, AgentError, DocBatch
 from corpus_agents.scoring.agents.fasttext import zeroed_allocations
 from corpus_agents.scoring.agents.topic import TopicAgent, renumber
@@ -138,9 +139,9 @@ def test_too_small_sample_raises(corpus, tmp_path):
 
 def test_bad_options_raise(corpus, tmp_path):
     context = make_context(tmp_path, corpus[0])
-    with pytest.raises(AgentError, match="unknown topic method"):
+    with pytest.raises(ConfigError, match="--method must be one of tfidf, minilm, got 'lda'"):
         TopicAgent.create("topics", {"method": "lda"}, context)
-    with pytest.raises(AgentError, match="at least 2"):
+    with pytest.raises(ConfigError, match="--topics must be >= 2, got 1"):
         TopicAgent.create("topics", {"topics": 1}, context)
 
 

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+from collections.abc import Mapping
 from typing import Any
 
-from corpus_agents.scoring.agents.base import Agent, AgentContext, AgentError, DocBatch, ScoreResult
+from corpus_agents.config import ConfigError, key_path
+from corpus_agents.scoring.agents.base import (
+    Agent,
+    AgentContext,
+    AgentError,
+    AgentOptions,
+    DocBatch,
+    ScoreResult,
+)
 
 # kind -> "module:Class", imported lazily so a missing optional dependency only affects its own kind.
 REGISTRY: dict[str, str] = {
@@ -23,6 +33,20 @@ def agent_class(kind: str) -> type[Agent]:
     return getattr(importlib.import_module(module), cls)
 
 
+def make_options(kind: str, values: Mapping[str, Any], where: str = "--") -> AgentOptions:
+    """The options of an agent kind from `agent add` flags (`where="--"`) or a pipeline's `agents.NAME`
+    entry; an option of another kind is one line naming it and the kind."""
+    cls = agent_class(kind).options_type
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            own = ", ".join(key_path("--" if where == "--" else "", n) for n in names)
+            raise ConfigError(
+                f"{key_path(where, key)} is not an option of agent kind {kind!r} (its options: {own})"
+            )
+    return cls.from_dict(values, where)
+
+
 def build_agent(name: str, kind: str, config: dict[str, Any]) -> Agent:
     """Rebuild an agent from its stored config (cheap: the model loads on first use)."""
     return agent_class(kind)(name, config)
@@ -32,9 +56,11 @@ __all__ = [
     "Agent",
     "AgentContext",
     "AgentError",
+    "AgentOptions",
     "DocBatch",
     "REGISTRY",
     "ScoreResult",
     "agent_class",
     "build_agent",
+    "make_options",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from corpus_agents.config import ConfigError, Section
 from corpus_agents.errors import AgentError
 
 
@@ -110,14 +112,22 @@ def file_stamp(path: str | os.PathLike) -> tuple:
     return tuple((name, st.st_ino, st.st_size, st.st_mtime_ns) for name, st in stats)
 
 
-def parse_bins(spec: str | list[float] | None) -> list[float] | None:
-    """'0,0.2,0.4' -> [0.0, 0.2, 0.4]; must be strictly increasing with at least two edges."""
-    if spec is None or spec == "":
-        return None
-    edges = [float(x) for x in spec.split(",")] if isinstance(spec, str) else [float(x) for x in spec]
-    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
-        raise AgentError(f"--bins must be at least two strictly increasing numbers, got {spec!r}")
-    return edges
+class AgentOptions(Section):
+    """Base of each agent kind's options dataclass: the one description of a kind's options that the
+    `agent add` flags, a pipeline's `agents:` entries and `Agent.create` all use (checked by config.build)."""
+
+    where = "--"
+
+    @classmethod
+    def of(cls, options: AgentOptions | Mapping[str, Any]) -> Any:
+        """`options` itself if it is already this kind's options, else built (and checked) from a mapping."""
+        return options if isinstance(options, cls) else cls.from_dict(options)
+
+
+def check_bins(edges: list[float] | None, key: str) -> None:
+    """Bin edges must be at least two strictly increasing numbers (None: the kind's default bins)."""
+    if edges is not None and (len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:]))):
+        raise ConfigError(f"{key} must be at least two strictly increasing numbers, got {edges}")
 
 
 def bin_labels(edges: list[float]) -> list[str]:
@@ -152,6 +162,8 @@ class Agent:
     uses_gpu: ClassVar[bool] = False
     #: Config keys that change how fast an agent runs, not what it outputs: left out of the fingerprint.
     runtime_keys: ClassVar[frozenset[str]] = frozenset()
+    #: The kind's options dataclass (what `create` takes).
+    options_type: ClassVar[type[AgentOptions]]
 
     def __init__(self, name: str, config: dict[str, Any]):
         self.name = name
@@ -160,8 +172,9 @@ class Agent:
 
     # ----- what subclasses implement -------------------------------------------------------------
     @classmethod
-    def create(cls, name: str, options: dict[str, Any], context: AgentContext) -> Agent:
-        """Build an agent from CLI options when a user adds it (may fit a model into the workspace)."""
+    def create(cls, name: str, options: AgentOptions | Mapping[str, Any], context: AgentContext) -> Agent:
+        """Build an agent from its options when a user adds it (may fit a model into the workspace); the
+        config it stores is a plain JSON dict."""
         raise NotImplementedError
 
     @property

@@ -13,26 +13,29 @@ import os
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
+from corpus_agents.config import ConfigError, bounded, key_path
 from corpus_agents.scoring.agents.base import (
     Agent,
     AgentContext,
     AgentError,
+    AgentOptions,
     DocBatch,
     ScoreResult,
     bin_labels,
+    check_bins,
     digitize,
-    parse_bins,
 )
 
 PREFIX = "__label__"
-DEFAULT_PROBABILITY_BINS = "0,0.2,0.4,0.6,0.8,1"
+DEFAULT_PROBABILITY_BINS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 #: fastText training parameters for fitted classifiers: a bigram model as in DCLM's quality filter, with
 #: 200k hash buckets (the default 2M makes a 500 MB model) and more epochs at a higher rate on small sets.
 FIT_PARAMS = {"wordNgrams": 2, "dim": 64, "minCount": 2, "bucket": 200_000}
@@ -106,8 +109,8 @@ def train_fasttext(texts: Sequence[str], labels: Sequence[str], path: Path, **pa
         os.unlink(train_file)
 
 
-def read_reference_texts(path: str, columns: str | None) -> list[str]:
-    """Texts of a reference Parquet file: the given comma-separated columns joined, or `text`, or all strings."""
+def read_reference_texts(path: str, columns: list[str] | None) -> list[str]:
+    """Texts of a reference Parquet file: the given columns joined, or `text`, or all string columns."""
     try:
         table = pq.read_table(path)
     except (OSError, ValueError) as exc:
@@ -115,7 +118,7 @@ def read_reference_texts(path: str, columns: str | None) -> list[str]:
     import pyarrow as pa
 
     if columns:
-        names = [c.strip() for c in columns.split(",")]
+        names = columns
         missing = [c for c in names if c not in table.column_names]
         if missing:
             raise AgentError(
@@ -133,22 +136,50 @@ def read_reference_texts(path: str, columns: str | None) -> list[str]:
     return [" ".join(str(v) for v in row if v) for row in rows]
 
 
+@dataclass
+class FastTextOptions(AgentOptions):
+    """A given fastText model (`model`), or one fitted DCLM-style on a reference set (`fit_positive`)."""
+
+    model: str | None = None  # a .bin/.ftz file
+    label: str | None = None  # the class whose probability is the score, binned into labels by `bins`
+    bins: list[float] | None = None  # bin edges of that probability (default 0, 0.2, ..., 1)
+    fit_positive: str | None = None  # fit on this reference Parquet as positives (label `hq`)
+    positive_columns: list[str] | None = None  # columns joined as text (default: text or all strings)
+    fit_negative: str = "sample"  # negatives: `sample` (random corpus documents) or a Parquet file
+    negative_columns: list[str] | None = None
+    fit_samples: int = bounded(20_000, gt=0)  # at most this many positives (and as many negatives)
+
+    def validate(self, where: str) -> None:
+        if (self.model is None) == (self.fit_positive is None):
+            raise ConfigError(
+                f"a fasttext agent needs exactly one of {key_path(where, 'model')} (a model file) or "
+                f"{key_path(where, 'fit_positive')} (a reference Parquet to fit on)"
+            )
+        check_bins(self.bins, key_path(where, "bins"))
+        if self.bins is not None and self.label is None and self.fit_positive is None:
+            raise ConfigError(
+                f"{key_path(where, 'bins')} needs {key_path(where, 'label')} (the class whose probability is binned)"
+            )
+
+
 class FastTextAgent(Agent):
     kind = "fasttext"
     requires = {"fasttext": "fasttext-numpy2-wheel"}
+    options_type = FastTextOptions
 
     @classmethod
-    def create(cls, name: str, options: dict[str, Any], context: AgentContext) -> FastTextAgent:
-        if options.get("fit_positive"):
+    def create(
+        cls, name: str, options: FastTextOptions | Mapping[str, Any], context: AgentContext
+    ) -> FastTextAgent:
+        options = FastTextOptions.of(options)
+        if options.fit_positive is not None:
             model_path = cls._fit(name, options, context)
-            label = options.get("label") or "hq"
-        elif options.get("model"):
-            model_path = Path(options["model"]).expanduser().resolve()
-            if not model_path.is_file():
-                raise AgentError(f"fastText model {options['model']} does not exist")
-            label = options.get("label")
+            label = options.label or "hq"
         else:
-            raise AgentError("a fasttext agent needs --model FILE or --fit-positive REFERENCE.parquet")
+            model_path = Path(options.model).expanduser().resolve()
+            if not model_path.is_file():
+                raise AgentError(f"fastText model {options.model} does not exist")
+            label = options.label
         model = load_fasttext(str(model_path))
         classes = [lab.removeprefix(PREFIX) for lab in model.get_labels()]
         config: dict[str, Any] = {"model": str(model_path), "classes": classes}
@@ -158,27 +189,24 @@ class FastTextAgent(Agent):
                 raise AgentError(
                     f"model {model_path} has no class {label!r}; classes: {', '.join(classes[:20])}"
                 )
-            edges = parse_bins(options.get("bins") or DEFAULT_PROBABILITY_BINS)
+            edges = options.bins or DEFAULT_PROBABILITY_BINS
             config.update(label=label, bins=edges, labels=bin_labels(edges))
         else:
-            if options.get("bins"):
-                raise AgentError("--bins needs --label (the class whose probability is binned)")
             config["labels"] = classes
         return cls(name, config)
 
     @staticmethod
-    def _fit(name: str, options: dict[str, Any], context: AgentContext) -> Path:
+    def _fit(name: str, options: FastTextOptions, context: AgentContext) -> Path:
         """DCLM-style: reference texts are positives (`hq`), a random corpus sample (or a file) negatives (`cc`)."""
-        positives = read_reference_texts(options["fit_positive"], options.get("positive_columns"))
-        limit = int(options.get("fit_samples") or 20_000)
+        positives = read_reference_texts(options.fit_positive, options.positive_columns)
+        limit = options.fit_samples
         rng = np.random.default_rng(0)
         if len(positives) > limit:
             positives = [positives[i] for i in sorted(rng.choice(len(positives), limit, replace=False))]
-        negative = options.get("fit_negative") or "sample"
-        if negative == "sample":
+        if options.fit_negative == "sample":
             negatives = context.sample_texts(len(positives), seed=0)
         else:
-            negatives = read_reference_texts(negative, options.get("negative_columns"))
+            negatives = read_reference_texts(options.fit_negative, options.negative_columns)
         if not positives or not negatives:
             raise AgentError(f"agent {name!r}: cannot fit a classifier without positive and negative texts")
         texts = positives + negatives
@@ -223,4 +251,4 @@ class FastTextAgent(Agent):
         return ScoreResult(labels, scores)
 
 
-__all__ = ["FastTextAgent", "fit_params", "load_fasttext", "train_fasttext"]
+__all__ = ["FastTextAgent", "FastTextOptions", "fit_params", "load_fasttext", "train_fasttext"]

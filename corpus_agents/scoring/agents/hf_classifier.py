@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from corpus_agents.config import ConfigError, bounded, key_path
 from corpus_agents.scoring.agents.base import (
     Agent,
     AgentContext,
     AgentError,
+    AgentOptions,
     DocBatch,
     ScoreResult,
     bin_labels,
+    check_bins,
     digitize,
-    parse_bins,
 )
 
 if TYPE_CHECKING:
@@ -27,11 +30,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 #: Default bins of a regression head: the 0-5 educational-value scale of the FineWeb-Edu classifier.
-REGRESSION_BINS = "0,1,2,3,4,5"
+REGRESSION_BINS = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
 #: Default bins of a class probability (`label` option).
-PROBABILITY_BINS = "0,0.2,0.4,0.6,0.8,1"
-DTYPES = ("auto", "bf16", "fp16", "fp32")
-DEVICES = ("auto", "cpu", "cuda")
+PROBABILITY_BINS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 #: Texts are cut at a space before this many characters per token of `max_length` before tokenising, so a
 #: 200k-character page costs no more than a normal one. Cutting at a space keeps every earlier word intact, so
 #: the first `max_length` tokens are unchanged; a text that still comes out shorter is tokenised in full.
@@ -53,6 +54,23 @@ class LoadedClassifier:
     dtype: torch.dtype
 
 
+@dataclass
+class HFClassifierOptions(AgentOptions):
+    model: str  # a local model directory or a hub name (pinned to the snapshot it was added with)
+    label: str | None = None  # the class whose probability is the score (binned into labels by `bins`)
+    bins: list[float] | None = None  # bin edges of the score (regression default 0,1,...,5)
+    max_length: int = bounded(512, gt=0)  # truncation in tokens
+    batch_tokens: int = bounded(16384, gt=0)  # padded tokens per forward pass
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    trust_remote_code: bool = False  # allow the model's own modelling code to run
+
+    def validate(self, where: str) -> None:
+        if not self.model.strip():
+            raise ConfigError(f"{key_path(where, 'model')} is empty")
+        check_bins(self.bins, key_path(where, "bins"))
+
+
 class HFClassifierAgent(Agent):
     """Scores documents with an AutoModelForSequenceClassification checkpoint.
 
@@ -71,37 +89,37 @@ class HFClassifierAgent(Agent):
     requires = {"torch": "torch", "transformers": "transformers"}
     uses_gpu = True
     runtime_keys = frozenset({"batch_tokens", "device"})
+    options_type = HFClassifierOptions
 
     @classmethod
-    def create(cls, name: str, options: dict[str, Any], context: AgentContext) -> HFClassifierAgent:
+    def create(
+        cls, name: str, options: HFClassifierOptions | Mapping[str, Any], context: AgentContext
+    ) -> HFClassifierAgent:
         """Read the model's config (only the config: weights load lazily) to pick the mode and labels."""
-        model = options.get("model")
-        if not model:
-            raise AgentError(f"agent {name!r}: --model is required (a local model directory or a hub name)")
-        trust_remote_code = _bool_option(options, "trust_remote_code")
-        model_ref, revision = _locate_model(str(model))
+        options = HFClassifierOptions.of(options)
+        model, label, bins = options.model, options.label, options.bins
+        trust_remote_code = options.trust_remote_code
+        model_ref, revision = _locate_model(model)
         hf_config = _load_hf_config(model_ref, revision, trust_remote_code)
 
         num_labels = int(hf_config.num_labels)
         class_names = [str(hf_config.id2label.get(i, f"LABEL_{i}")) for i in range(num_labels)]
-        label = options.get("label")
-        bins = options.get("bins")
         class_index = None
         if num_labels == 1:
             if label:
                 raise AgentError(f"--label needs a classification model; {model} is a regression model")
-            mode, edges = "regression", parse_bins(bins or REGRESSION_BINS)
+            mode, edges = "regression", bins or REGRESSION_BINS
         elif not label:
             if bins:
                 raise AgentError(f"--bins needs --label: {model} is a classifier, labelled by its top class")
             mode, edges = "argmax", None
         elif label in class_names:
-            mode, edges = "probability", parse_bins(bins or PROBABILITY_BINS)
+            mode, edges = "probability", bins or PROBABILITY_BINS
             class_index = class_names.index(label)
         else:
             raise AgentError(f"{model} has no class {label!r}; its classes: {', '.join(class_names)}")
 
-        max_length = _positive_int_option(options, "max_length", 512)
+        max_length = options.max_length
         positions = getattr(hf_config, "max_position_embeddings", None)
         if positions and max_length > positions:
             raise AgentError(f"--max-length {max_length} exceeds the {positions} positions of {model}")
@@ -117,9 +135,9 @@ class HFClassifierAgent(Agent):
                 "bins": edges,
                 "labels": class_names if edges is None else bin_labels(edges),
                 "max_length": max_length,
-                "batch_tokens": _positive_int_option(options, "batch_tokens", 16384),
-                "dtype": _choice_option(options, "dtype", DTYPES),
-                "device": _choice_option(options, "device", DEVICES),
+                "batch_tokens": options.batch_tokens,
+                "dtype": options.dtype,
+                "device": options.device,
                 "trust_remote_code": trust_remote_code,
             },
         )
@@ -363,36 +381,3 @@ def _one_line(exc: BaseException) -> str:
     """First line of an exception message (transformers errors span paragraphs)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _positive_int_option(options: dict[str, Any], key: str, default: int) -> int:
-    """The option as a positive int (CLI values may be strings), or `default` when missing."""
-    value = options.get(key)
-    if value is None or value == "":
-        return default
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = 0
-    if number <= 0:
-        raise AgentError(f"--{key.replace('_', '-')} must be a positive integer, got {value!r}")
-    return number
-
-
-def _choice_option(options: dict[str, Any], key: str, choices: tuple[str, ...]) -> str:
-    """The option's value, lower-cased, or the first choice when missing."""
-    value = str(options.get(key) or choices[0]).lower()
-    if value not in choices:
-        raise AgentError(f"--{key.replace('_', '-')} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def _bool_option(options: dict[str, Any], key: str) -> bool:
-    """The option as a bool (CLI values may be strings such as "true" or "0"); missing means False."""
-    value = options.get(key)
-    if value is None or isinstance(value, bool):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text not in ("true", "false", "1", "0", "yes", "no", ""):
-        raise AgentError(f"--{key.replace('_', '-')} must be true or false, got {value!r}")
-    return text in ("true", "1", "yes")

@@ -6,26 +6,46 @@ not there then, and nulls, get the label `(other)`. Nested fields are addressed 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from corpus_agents.scoring.agents.base import Agent, AgentContext, AgentError, DocBatch, ScoreResult
+from corpus_agents.config import ConfigError, key_path
+from corpus_agents.scoring.agents.base import (
+    Agent,
+    AgentContext,
+    AgentError,
+    AgentOptions,
+    DocBatch,
+    ScoreResult,
+)
 
 OTHER = "(other)"
 MAX_LABELS = 10_000
 
 
+@dataclass
+class MetadataOptions(AgentOptions):
+    column: str  # the corpus column whose values are the labels; dots address nested fields (meta.source)
+
+    def validate(self, where: str) -> None:
+        if not self.column.strip():
+            raise ConfigError(f"{key_path(where, 'column')} is empty")
+
+
 class MetadataAgent(Agent):
     kind = "metadata"
+    options_type = MetadataOptions
 
     @classmethod
-    def create(cls, name: str, options: dict[str, Any], context: AgentContext) -> MetadataAgent:
-        column = options.get("column")
-        if not column:
-            raise AgentError("a metadata agent needs --column NAME (dots address nested fields: meta.source)")
+    def create(
+        cls, name: str, options: MetadataOptions | Mapping[str, Any], context: AgentContext
+    ) -> MetadataAgent:
+        column = MetadataOptions.of(options).column
         values = context.distinct_values(column)
         values = sorted(str(v) for v in values if v is not None)
         if len(values) > MAX_LABELS:

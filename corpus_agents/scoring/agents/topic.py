@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from corpus_agents.scoring.agents.base import AgentContext, AgentError
+from corpus_agents.config import bounded
+from corpus_agents.scoring.agents.base import AgentContext, AgentError, AgentOptions
 from corpus_agents.scoring.agents.fasttext import PREFIX, FastTextAgent, load_fasttext, train_fasttext
 
-DEFAULT_TOPICS = 16
-DEFAULT_SAMPLE = 20_000
 #: Words per topic name, from class-based TF-IDF over the sample.
 TOP_TERMS = 3
 #: Fraction of the sample held out to measure how well fastText reproduces the k-means labels.
@@ -72,20 +72,6 @@ METHODS: dict[str, Callable[[list[str], int], np.ndarray]] = {
 }
 
 
-def _int_option(options: dict[str, Any], key: str, default: int, minimum: int) -> int:
-    """An integer option (CLI values may be strings); missing/None -> default."""
-    value = options.get(key)
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise AgentError(f"topic option {key!r} must be an integer, got {value!r}") from None
-    if number < minimum:
-        raise AgentError(f"topic option {key!r} must be at least {minimum}, got {number}")
-    return number
-
-
 def renumber(clusters: np.ndarray) -> np.ndarray:
     """Relabel clusters 0..k-1 by descending size, ties by first sample index, so ids do not depend on
     k-means' arbitrary numbering."""
@@ -139,23 +125,29 @@ def _distil(texts: list[str], classes: list[str], path: Path, seed: int) -> floa
     return float(np.mean([p[0] == f"{PREFIX}{classes[i]}" for p, i in zip(predicted, test)]))
 
 
+@dataclass
+class TopicOptions(AgentOptions):
+    topics: int = bounded(16, ge=2)  # number of topics (k-means clusters)
+    sample: int = bounded(20_000, ge=1)  # corpus documents to fit on
+    method: Literal["tfidf", "minilm"] = "tfidf"  # the document representation k-means clusters (METHODS)
+    seed: int = bounded(0, ge=0)  # of the sample, k-means and the distillation split
+
+
 class TopicAgent(FastTextAgent):
     """Labels each document with its topic; topics are found once on a sample, then predicted by fastText."""
 
     kind = "topic"
     requires = {"fasttext": "fasttext-numpy2-wheel", "sklearn": "scikit-learn"}
+    options_type = TopicOptions
 
     @classmethod
-    def create(cls, name: str, options: dict[str, Any] | None, context: AgentContext) -> TopicAgent:
+    def create(
+        cls, name: str, options: TopicOptions | Mapping[str, Any], context: AgentContext
+    ) -> TopicAgent:
         from sklearn.cluster import KMeans
 
-        options = options or {}
-        topics = _int_option(options, "topics", DEFAULT_TOPICS, 2)
-        sample = _int_option(options, "sample", DEFAULT_SAMPLE, 1)
-        seed = _int_option(options, "seed", 0, 0)
-        method = options.get("method") or "tfidf"
-        if method not in METHODS:
-            raise AgentError(f"unknown topic method {method!r}; choose one of: {', '.join(METHODS)}")
+        options = TopicOptions.of(options)
+        topics, sample, seed, method = options.topics, options.sample, options.seed, options.method
         if context.sample_texts is None:
             raise AgentError(f"agent {name!r}: topics are fitted on a corpus sample, but none is available")
         texts = [t for t in context.sample_texts(sample, seed=seed) if t and t.strip()]
@@ -191,4 +183,4 @@ class TopicAgent(FastTextAgent):
         return cls(name, config)
 
 
-__all__ = ["TopicAgent", "renumber", "top_terms"]
+__all__ = ["TopicAgent", "TopicOptions", "renumber", "top_terms"]
