@@ -198,7 +198,7 @@ class LogWriter:
         """Append `record`; returns the object written."""
         data = {"run": self.run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **record_json(record)}
         line = (json.dumps(data, default=float) + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             if not self._checked:
                 self._checked = True
