@@ -102,41 +102,29 @@ def plot_losses(data: ReportData, out: Path) -> list[tuple[str, str]]:
     """Training loss and held-out loss per task (and their mean) vs tokens, one line per configuration."""
     configs = data.config_order
     colors = _colors(len(configs))
+
+    def by_config(ax: Any, item: tuple[str, pl.DataFrame, str]) -> str:
+        title, frame, value = item
+        _band_lines(ax, over_seeds(frame, data, ["tokens"], value), "tokens", "config", configs, colors)
+        return title
+
     plots: list[tuple[str, str]] = []
     if data.train_loss.height:
-
-        def train_loss(ax: Any, frame: pl.DataFrame) -> str:
-            agg = over_seeds(frame, data, ["tokens"], "loss")
-            _band_lines(ax, agg, "tokens", "config", configs, colors)
-            return "training loss (mean over runs, band: min-max)"
-
+        item = ("training loss (mean over runs, band: min-max)", data.train_loss, "loss")
         name = panels(
-            out,
-            "train_loss.png",
-            [data.train_loss],
-            train_loss,
-            x="tokens",
-            ylabel="loss",
-            width=7.5,
-            height=4.2,
+            out, "train_loss.png", [item], by_config, x="tokens", ylabel="loss", width=7.5, height=4.2
         )
         plots.append((name, "Training loss vs tokens"))
     if data.heldout.height:
         tasks = sorted(data.heldout["task"].unique().to_list())
-        items = [(t, data.heldout.filter(pl.col("task") == t)) for t in tasks]
+        frames = [(t, data.heldout.filter(pl.col("task") == t)) for t in tasks]
         if len(tasks) > 1:
             mean = data.heldout.group_by(["run_id", "round", "step", "tokens"]).agg(
                 pl.col("heldout_loss").mean()
             )
-            items.append(("mean over tasks", mean))
-
-        def heldout(ax: Any, item: tuple[str, pl.DataFrame]) -> str:
-            title, frame = item
-            agg = over_seeds(frame, data, ["tokens"], "heldout_loss")
-            _band_lines(ax, agg, "tokens", "config", configs, colors)
-            return f"held-out loss: {title}"
-
-        name = panels(out, "heldout_loss.png", items, heldout, x="tokens", ylabel="loss")
+            frames.append(("mean over tasks", mean))
+        items = [(f"held-out loss: {title}", frame, "heldout_loss") for title, frame in frames]
+        name = panels(out, "heldout_loss.png", items, by_config, x="tokens", ylabel="loss")
         plots.append((name, "Held-out reference loss vs tokens, per task"))
     return plots
 
