@@ -1,6 +1,6 @@
--- Statements of `corpus-agents report` (corpus_agents/report.py), one per `-- name:` block. `$runs` is the
--- list of run ids the report covers; every statement only reads (the tables are the console's and the
--- trainer's, see console.sql and runs.sql).
+-- Statements of `corpus-agents report` (corpus_agents/report/collect.py), one per `-- name:` block. `$runs`
+-- is the list of run ids the report covers; every statement only reads (the tables are the console's and
+-- the trainer's, see console.sql and runs.sql; the label shares of a selection are runs.sql's).
 
 -- name: known_runs
 -- Every run the catalog knows: the console's runs, plus runs with held-out metrics but no console row.
@@ -36,15 +36,3 @@ ORDER BY m.run_id, m.round, m.agent, m.label_id;
 SELECT run_id, round, path, num_docs, tokens, mode FROM selections
 WHERE list_contains($runs, run_id)
 ORDER BY run_id, round;
-
--- name: label_shares
--- Share of a round's selected documents (`report_selected` (doc_id), registered by report.py) per label of
--- every agent; a document an agent has not labelled counts as '(none)'.
-SELECT a.name AS agent, coalesce(l.name, '(none)') AS label, count(*) AS docs,
-       count(*) / sum(count(*)) OVER (PARTITION BY a.name) AS share
-FROM report_selected s
-CROSS JOIN agents a
-LEFT JOIN scores sc ON sc.doc_id = s.doc_id AND sc.agent = a.name
-LEFT JOIN agent_labels l ON l.agent = a.name AND l.label_id = sc.label
-GROUP BY a.name, coalesce(l.name, '(none)')
-ORDER BY agent, share DESC, label;

@@ -1,4 +1,4 @@
--- Statements about training runs (corpus_agents/runs.py and trainer.py), one per `-- name:` block.
+-- Statements about training runs (corpus_agents/training/runs.py and trainer.py), one per `-- name:` block.
 
 -- name: schema
 -- Held-out reference loss of each task at each round of a run (written by the trainer).
@@ -34,13 +34,20 @@ ORDER BY r.created_at;
 -- name: selection_of
 -- The given round's selection, or the run's last one when the round is NULL.
 SELECT round, path FROM selections
-WHERE run_id = $1 AND ($2 IS NULL OR round = $2)
+WHERE run_id = $run_id AND ($round IS NULL OR round = $round)
 ORDER BY round DESC LIMIT 1;
 
 -- name: label_shares
-SELECT coalesce(l.{agent}, '(none)') AS label, count(*) / sum(count(*)) OVER () AS share
-FROM selected s JOIN doc_labels l USING (doc_id)
-GROUP BY ALL ORDER BY share DESC;
+-- Share of the documents of `selected` (doc_id, registered by runs.label_shares) per label of every agent;
+-- a document an agent has not labelled counts as '(none)'.
+SELECT a.name AS agent, coalesce(l.name, '(none)') AS label, count(*) AS docs,
+       count(*) / sum(count(*)) OVER (PARTITION BY a.name) AS share
+FROM selected s
+CROSS JOIN agents a
+LEFT JOIN scores sc ON sc.doc_id = s.doc_id AND sc.agent = a.name
+LEFT JOIN agent_labels l ON l.agent = a.name AND l.label_id = sc.label
+GROUP BY a.name, coalesce(l.name, '(none)')
+ORDER BY agent, share DESC, label;
 
 -- name: export_labels
 SELECT l.* FROM exported e JOIN doc_labels l USING (doc_id) ORDER BY l.doc_id;

@@ -8,11 +8,6 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "corpus_agents"
 
-# Files still using `catalog.con` while they move to the catalog's methods on another branch.
-CONNECTION_USERS_BEING_MOVED = {
-    "training/runs.py",  # being moved to the catalog API on another branch
-    "report/__init__.py",  # being moved to the catalog API on another branch
-}
 # SQL statements that may stay in Python: trivial pragmas only.
 ALLOWED_SQL = re.compile(r"(SET|PRAGMA|RESET)\s", re.IGNORECASE)
 SQL_START = re.compile(
@@ -65,7 +60,7 @@ def sql_literals(tree: ast.Module) -> list[tuple[int, str]]:
 def test_only_the_catalog_touches_its_connection() -> None:
     offenders = []
     for name, tree in modules().items():
-        if name == "scoring/catalog.py" or name in CONNECTION_USERS_BEING_MOVED:
+        if name == "scoring/catalog.py":
             continue
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr in ("con", "_con"):

@@ -13,14 +13,9 @@ from click.testing import CliRunner
 
 from corpus_agents.cli import main
 from corpus_agents.config import load_config
-from corpus_agents.report import (
-    collect,
-    configuration_of,
-    final_heldout,
-    mean_shares,
-    over_seeds,
-    write_report,
-)
+from corpus_agents.report import write_report
+from corpus_agents.report.aggregate import final_heldout, mean_shares, over_seeds
+from corpus_agents.report.collect import collect, configuration_of
 from corpus_agents.scoring.catalog import Catalog
 from corpus_agents.training.runs import static_selection
 from corpus_agents.training.trainer import Trainer

@@ -14,6 +14,7 @@ import pytest
 from safetensors.torch import load_file
 
 from corpus_agents.scoring.catalog import Catalog
+from corpus_agents.training.runs import RunPaths, read_run_log
 
 TINY = [
     "model.preset=tiny", "model.seq_len=64", "model.overrides={hidden_size: 32, intermediate_size: 64, "
@@ -92,16 +93,19 @@ def test_training_rounds_move_the_console_and_resume_after_kill_9_matches(
     assert all(count >= 1 for _, count in tables["seen"]) and tables["seen"]
     assert len(tables["selections"]) == 3 and all(n > 0 for _, n, _ in tables["selections"])
 
-    # The same run killed with SIGKILL once its round-1 checkpoint exists, then resumed.
+    # The same run killed with SIGKILL in round 2's work (rewards, console update, selection), then resumed.
+    # Its log shows step 6, the last step of round 1 (log_every = rounds.every = 3), once round 2 begins:
+    # the round-1 checkpoint exists, the round-2 one most likely not yet, the end of the run is far.
     killed = train(ws, config, "killed")
-    checkpoints = ws / "runs" / "killed" / "checkpoints"
-    deadline = time.time() + 300
-    while not (checkpoints / "step-00000003" / "trainer_state.pt").exists():
-        assert killed.poll() is None and time.time() < deadline, killed.communicate()[0]
-        time.sleep(0.05)
-    time.sleep(0.5)  # let it run into round 2 before the kill
+    paths = RunPaths.of(ws, "killed")
+    deadline = time.monotonic() + 300
+    while not any(s.step >= 6 for s in read_run_log(paths.log).steps):
+        assert killed.poll() is None and time.monotonic() < deadline, killed.communicate()[0]
+        time.sleep(0.02)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
+    assert paths.latest_checkpoint() in (paths.checkpoint(3), paths.checkpoint(6))
+    assert not read_run_log(paths.log).finished
     resumed = train(ws, config, "killed", "--resume")
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
@@ -118,6 +122,9 @@ def test_training_rounds_move_the_console_and_resume_after_kill_9_matches(
     with Catalog(ws) as cat:
         runs = cat.execute("SELECT run_id, count(DISTINCT round) FROM round_metrics GROUP BY 1 ORDER BY 1")
     assert runs == [("clean", 3), ("killed", 3)]
+    log = read_run_log(paths.log)  # the resumed run's records replace those the kill left behind
+    assert [s.step for s in log.steps] == [3, 6, 9] and [r.round for r in log.rounds] == [0, 1, 2, 2]
+    assert log.finished and len(log.resumes) == 1
 
 
 def test_random_selection_measures_no_rewards(workspace: tuple[Path, Path]) -> None:

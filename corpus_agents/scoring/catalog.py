@@ -265,14 +265,6 @@ class Catalog(_Sql):
     def set_meta(self, key: str, value: str) -> None:
         self.run("catalog.sql", "set_meta", key=key, value=value)
 
-    # ----- until training/runs.py and report/ use the methods above (another branch): delete at merge ------
-    @property
-    def con(self) -> duckdb.DuckDBPyConnection:
-        return self._con
-
-    def run_block(self, file: str, name: str, params: dict[str, Any]) -> None:
-        self.run(file, name, **params)
-
     # ----- shards and documents --------------------------------------------------------------------
     def shards(self) -> list[Shard]:
         return [Shard(*r) for r in self.run("catalog.sql", "shards")]

@@ -1,8 +1,19 @@
-"""What users ask of training runs: list them, make a static selection, summarise one, export it as Parquet."""
+"""A training run's directory and log, and what users ask of runs: list them, make a static selection,
+summarise one, export it as Parquet.
+
+`RunPaths` is where a run keeps its files (WS/runs/<run_id>/); `LogWriter` appends the records of
+`log.jsonl` (`StepRecord`, `RoundRecord`, `ResumeRecord`, the one definition of their fields) and
+`read_run_log` reads them back for the report, tolerating the torn last line a kill -9 can leave.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -10,27 +21,252 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from corpus_agents.errors import CorpusAgentsError
-from corpus_agents.scoring.catalog import Catalog, quote_ident
+from corpus_agents.scoring.catalog import Catalog
 from corpus_agents.scoring.corpus import iter_doc_batches
-from corpus_agents.sqlfiles import statement
 from corpus_agents.training.selection import read_snapshot
 
+STATE_FILE = "trainer_state.pt"  # in a checkpoint directory: written last, so its presence marks it complete
+LOSS_DIGITS = 5  # losses are logged to 5 decimals, theta and w to 4: enough to compare runs, short lines
+WEIGHT_DIGITS = 4
 
+
+# ----- the run directory -------------------------------------------------------------------------------
+def runs_dir(workspace: str | os.PathLike) -> Path:
+    return Path(workspace) / "runs"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run keeps its files inside the workspace: WS/runs/<run_id>/."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, workspace: str | os.PathLike, run_id: str) -> RunPaths:
+        return cls(runs_dir(workspace) / run_id)
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def selections(self) -> Path:
+        return self.root / "selections"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.jsonl"
+
+    def selection(self, round_: int) -> Path:
+        return self.selections / f"round-{round_:05d}.parquet"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"step-{step:08d}"
+
+    def latest_checkpoint(self) -> Path | None:
+        """The checkpoint of the highest step whose state file was written (an interrupted save is not one)."""
+        done = sorted(p for p in self.checkpoints.glob("step-*") if (p / STATE_FILE).is_file())
+        return done[-1] if done else None
+
+
+def logged_runs(workspace: str | os.PathLike) -> list[str]:
+    """The ids of the workspace's runs that have a log, sorted."""
+    root = runs_dir(workspace)
+    return sorted(p.parent.name for p in root.glob("*/log.jsonl")) if root.is_dir() else []
+
+
+# ----- the log's records -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StepRecord:
+    """A logged training step: its loss (summed over micro-batches), learning rate and throughput."""
+
+    event: ClassVar[str] = "step"
+    step: int
+    round: int
+    loss: float
+    lr: float
+    tokens: int
+    tokens_per_s: int
+
+    def summary(self) -> str:
+        return f"loss {self.loss:.4f}  lr {self.lr:.2e}  {self.tokens_per_s:,} tokens/s"
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """The state after a round (`round`) or at the end of training (`final`): held-out loss per reference
+    task and the console's theta per agent and w per agent and label."""
+
+    event: Literal["round", "final"]
+    step: int
+    round: int
+    tokens: int
+    heldout_loss: dict[str, float]
+    heldout_loss_mean: float
+    theta: dict[str, float]
+    w: dict[str, dict[str, float]]
+
+    @classmethod
+    def measured(
+        cls,
+        event: Literal["round", "final"],
+        step: int,
+        round_: int,
+        tokens: int,
+        losses: dict[str, float],
+        theta: dict[str, float],
+        w: dict[str, dict[str, float]],
+    ) -> RoundRecord:
+        """A record of measured values, rounded as the log keeps them."""
+        return cls(
+            event=event, step=step, round=round_, tokens=tokens,
+            heldout_loss={k: round(float(v), LOSS_DIGITS) for k, v in losses.items()},
+            heldout_loss_mean=round(float(np.mean(list(losses.values()))), LOSS_DIGITS),
+            theta={k: round(float(v), WEIGHT_DIGITS) for k, v in theta.items()},
+            w={a: {k: round(float(v), WEIGHT_DIGITS) for k, v in ws.items()} for a, ws in w.items()},
+        )  # fmt: skip
+
+    def summary(self) -> str:
+        losses = " ".join(f"{k} {v:.4f}" for k, v in self.heldout_loss.items())
+        theta = " ".join(f"{k} {v:.3f}" for k, v in self.theta.items())
+        return f"round {self.round}  held-out loss: {losses}  theta: {theta}"
+
+
+@dataclass(frozen=True)
+class ResumeRecord:
+    """A run continued from a checkpoint (the records after it replace those of the same step or round)."""
+
+    event: ClassVar[str] = "resume"
+    step: int
+    round: int
+    checkpoint: str
+
+    def summary(self) -> str:
+        return f"round={self.round} checkpoint={self.checkpoint}"
+
+
+Record = StepRecord | RoundRecord | ResumeRecord
+_RECORDS: dict[str, type[Record]] = {
+    "step": StepRecord, "round": RoundRecord, "final": RoundRecord, "resume": ResumeRecord
+}  # fmt: skip
+
+
+def record_json(record: Record) -> dict[str, Any]:
+    """A record's fields in log order: event first, then the dataclass's fields."""
+    return {"event": record.event, **{k: v for k, v in asdict(record).items() if k != "event"}}
+
+
+def parse_record(line: str) -> Record | None:
+    """The record on one log line, or None for a line that is not a whole known record (a torn write, an
+    event this version does not know)."""
+    try:
+        data = json.loads(line)
+        cls = _RECORDS[data["event"]]
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def summary_line(run_id: str, record: Record) -> str:
+    """A record as one readable console line."""
+    return f"[{run_id}] {record.event:<6} step {record.step:>6}  {record.summary()}"
+
+
+class LogWriter:
+    """Appends records to a run's log.jsonl, one JSON object per line with the run id and the time.
+
+    Each line goes out in one write() of an O_APPEND file. A process killed mid-line leaves a torn last
+    line: the first write of the next writer ends it with a newline, so it stays one unreadable line (which
+    `read_run_log` skips) instead of swallowing the next record.
+    """
+
+    def __init__(self, path: Path, run_id: str):
+        self.path = path
+        self.run_id = run_id
+        self._checked = False
+
+    def clear(self) -> None:
+        """Start the log afresh (a new run, not a resume)."""
+        self.path.unlink(missing_ok=True)
+        self._checked = True
+
+    def write(self, record: Record) -> dict[str, Any]:
+        """Append `record`; returns the object written."""
+        data = {"run": self.run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **record_json(record)}
+        line = (json.dumps(data, default=float) + "\n").encode("utf-8")
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if not self._checked:
+                self._checked = True
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+        return data
+
+
+@dataclass
+class RunLog:
+    """A run's log as read back: the steps and the round records, each once and in order."""
+
+    exists: bool = False
+    steps: list[StepRecord] = field(default_factory=list)
+    rounds: list[RoundRecord] = field(default_factory=list)
+    resumes: list[ResumeRecord] = field(default_factory=list)
+    finished: bool = False
+    skipped: int = 0  # lines that are not a whole record (torn by a kill, or written while we read)
+
+
+def read_run_log(path: Path) -> RunLog:
+    """Read a run's log (an empty RunLog if there is none). A step or round logged again after a resume
+    replaces the earlier record; steps come in step order, rounds in (step, round) order."""
+    log = RunLog()
+    if not path.is_file():
+        return log
+    log.exists = True
+    steps: dict[int, StepRecord] = {}
+    rounds: dict[tuple[int, int], RoundRecord] = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        record = parse_record(line)
+        if isinstance(record, StepRecord):
+            steps[record.step] = record
+        elif isinstance(record, RoundRecord):
+            rounds[(record.step, record.round)] = record
+            log.finished = log.finished or record.event == "final"
+        elif isinstance(record, ResumeRecord):
+            log.resumes.append(record)
+        else:
+            log.skipped += 1
+    log.steps = [steps[s] for s in sorted(steps)]
+    log.rounds = [rounds[k] for k in sorted(rounds)]
+    return log
+
+
+# ----- what users ask of runs --------------------------------------------------------------------------
 def ensure_schema(catalog: Catalog) -> None:
     """The console's and the trainer's tables, created on first use."""
-    catalog.run_block("console.sql", "schema", {})
-    catalog.run_block("runs.sql", "schema", {})
+    catalog.run("console.sql", "schema")
+    catalog.run("runs.sql", "schema")
 
 
 def list_runs(catalog: Catalog) -> pa.Table:
     """One row per run: rounds, latest theta per agent, selection size and held-out loss of its last round."""
     ensure_schema(catalog)
-    return catalog.con.sql(statement("runs.sql", "list_runs")).to_arrow_table()
+    return catalog.arrow("runs.sql", "list_runs")
 
 
 def selection_path(catalog: Catalog, run_id: str, round_: int | None) -> tuple[int, Path]:
+    """(round, snapshot path) of a run's selection at `round_`, or at its last round when None."""
     ensure_schema(catalog)
-    rows = catalog.con.execute(statement("runs.sql", "selection_of"), [run_id, round_]).fetchall()
+    rows = catalog.run("runs.sql", "selection_of", run_id=run_id, round=round_)
     if not rows:
         at = f"round {round_}" if round_ is not None else "any round"
         raise CorpusAgentsError(f"run {run_id!r} has no selection at {at} (see `corpus-agents runs`)")
@@ -46,7 +282,14 @@ def static_selection(
 
     with Console(catalog, run_id, ConsoleConfig.from_dict({**console, "mode": mode})) as con:
         con.start(init_from=init_from)
-        return con.select(0, tokens, catalog.dir / "runs" / run_id / "selections" / "round-00000.parquet")
+        return con.select(0, tokens, RunPaths.of(catalog.dir, run_id).selection(0))
+
+
+def label_shares(catalog: Catalog, doc_ids: pa.Array) -> list[tuple[str, str, int, float]]:
+    """(agent, label, documents, share) of the given documents for every agent, by agent then share
+    (descending); a document an agent has not labelled counts as '(none)'."""
+    with catalog.registered("selected", pa.table({"doc_id": doc_ids})):
+        return catalog.run("runs.sql", "label_shares")
 
 
 def summarize_selection(catalog: Catalog, run_id: str, round_: int | None) -> str:
@@ -54,16 +297,13 @@ def summarize_selection(catalog: Catalog, run_id: str, round_: int | None) -> st
     round_, path = selection_path(catalog, run_id, round_)
     table, _ = read_snapshot(path)
     lines = [f"run {run_id} round {round_}: {table.num_rows:,} documents in {path}"]
-    catalog.con.register("selected", table.select(["doc_id"]))
-    try:
-        for name, _, _ in catalog.agent_rows():
-            rows = catalog.con.execute(
-                statement("runs.sql", "label_shares").format(agent=quote_ident(name))
-            ).fetchall()
-            shares = ", ".join(f"{label} {share:.0%}" for label, share in rows[:8])
-            lines.append(f"  {name}: {shares}{', ...' if len(rows) > 8 else ''}")
-    finally:
-        catalog.con.unregister("selected")
+    by_agent: dict[str, list[tuple[str, float]]] = {}
+    for agent, label, _, share in label_shares(catalog, table["doc_id"]):
+        by_agent.setdefault(agent, []).append((label, share))
+    for name, _, _ in catalog.agent_rows():
+        rows = by_agent.get(name, [])
+        shares = ", ".join(f"{label} {share:.0%}" for label, share in rows[:8])
+        lines.append(f"  {name}: {shares}{', ...' if len(rows) > 8 else ''}")
     return "\n".join(lines)
 
 
@@ -93,9 +333,8 @@ def export_selection(
         ref = shards[shard_id]
         for batch_rows, batch in iter_doc_batches(ref.uri, ref.text_column, [], 8192, row_idx):
             doc_ids = pa.array((np.int64(shard_id) << 32) | batch_rows.astype(np.int64), pa.int64())
-            catalog.con.register("exported", pa.table({"doc_id": doc_ids}))
-            labels = catalog.con.sql(statement("runs.sql", "export_labels")).to_arrow_table()
-            catalog.con.unregister("exported")
+            with catalog.registered("exported", pa.table({"doc_id": doc_ids})):
+                labels = catalog.arrow("runs.sql", "export_labels")
             part = labels.append_column("text", pa.array(batch.texts, pa.string()))
             buffer.append(part)
             pending += part.num_rows

@@ -15,14 +15,13 @@ gathers the consumed doc ids for the seen counts.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,39 +34,17 @@ from corpus_agents.scoring.catalog import Catalog
 from corpus_agents.scoring.corpus import read_doc_texts, sample_texts
 from corpus_agents.training.distributed import Distributed
 from corpus_agents.training.models import build_model, load_tokenizer, train_tokenizer
-from corpus_agents.training.runs import ensure_schema
-
-STATE_FILE = "trainer_state.pt"
-
-
-@dataclass
-class RunPaths:
-    """Where a run keeps its files inside the workspace."""
-
-    root: Path
-
-    @property
-    def tokenizer(self) -> Path:
-        return self.root / "tokenizer"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def selections(self) -> Path:
-        return self.root / "selections"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "log.jsonl"
-
-    def selection(self, round_: int) -> Path:
-        return self.selections / f"round-{round_:05d}.parquet"
-
-    def latest_checkpoint(self) -> Path | None:
-        done = sorted(p for p in self.checkpoints.glob("step-*") if (p / STATE_FILE).is_file())
-        return done[-1] if done else None
+from corpus_agents.training.runs import (
+    STATE_FILE,
+    LogWriter,
+    Record,
+    ResumeRecord,
+    RoundRecord,
+    RunPaths,
+    StepRecord,
+    ensure_schema,
+    summary_line,
+)
 
 
 def lr_lambda(config: PipelineConfig) -> Any:
@@ -107,22 +84,6 @@ def _autocast(device: torch.device, dtype: str) -> Any:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
 
-def summary_line(record: dict[str, Any]) -> str:
-    """A log record as one readable console line."""
-    head = f"[{record['run']}] {record['event']:<6} step {record.get('step', 0):>6}"
-    if record["event"] == "step":
-        return (
-            f"{head}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['tokens_per_s']:,} tokens/s"
-        )
-    if "heldout_loss" in record:
-        losses = " ".join(f"{k} {v:.4f}" for k, v in record["heldout_loss"].items())
-        theta = " ".join(f"{k} {v:.3f}" for k, v in record["theta"].items())
-        return f"{head}  round {record['round']}  held-out loss: {losses}  theta: {theta}"
-    return f"{head}  " + " ".join(
-        f"{k}={v}" for k, v in record.items() if k not in ("run", "time", "event", "step")
-    )
-
-
 class Trainer:
     """One training run of the method (or an ablation) on a workspace's scored corpus.
 
@@ -148,8 +109,9 @@ class Trainer:
         self.config = config
         self.run_id = run_id
         self.workspace, shards = self.dist.broadcast((catalog.dir, catalog.shards()) if catalog else None)
-        self.paths = RunPaths(self.workspace / "runs" / run_id)
+        self.paths = RunPaths.of(self.workspace, run_id)
         self.paths.root.mkdir(parents=True, exist_ok=True)
+        self.log = LogWriter(self.paths.log, run_id)
         self.device = _device(config)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -223,7 +185,7 @@ class Trainer:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # a bar per checkpoint drowns the training log
-        final = self.paths.checkpoints / f"step-{step:08d}"
+        final = self.paths.checkpoint(step)
         tmp = self.paths.checkpoints / f".tmp-step-{step:08d}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp / "model")
@@ -346,9 +308,9 @@ class Trainer:
         checkpoint = self.dist.broadcast(self.paths.latest_checkpoint() if resume and main else None)
         if checkpoint is not None:
             step, round_ = self.load_checkpoint(checkpoint, model, optimizer, scheduler)
-            self._log({"event": "resume", "step": step, "round": round_, "checkpoint": checkpoint.name})
+            self._log(ResumeRecord(step=step, round=round_, checkpoint=checkpoint.name))
         elif main:
-            self.paths.log.unlink(missing_ok=True)
+            self.log.clear()
             self.select(0)
             self._round_log(model, step, 0)
             self.save_checkpoint(model, optimizer, scheduler, step, 0)
@@ -396,9 +358,9 @@ class Trainer:
             tokens_since += self.tokens_per_step
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 now = time.perf_counter()
-                self._log({"event": "step", "step": step, "round": round_, "loss": round(loss_sum, 5),
-                           "lr": scheduler.get_last_lr()[0], "tokens": step * self.tokens_per_step,
-                           "tokens_per_s": round(tokens_since / max(now - last_log, 1e-9))})  # fmt: skip
+                self._log(StepRecord(step=step, round=round_, loss=round(loss_sum, 5),
+                                     lr=scheduler.get_last_lr()[0], tokens=step * self.tokens_per_step,
+                                     tokens_per_s=round(tokens_since / max(now - last_log, 1e-9))))  # fmt: skip
                 tokens_since, last_log = 0, now
         self._record_consumed(consumed, round_)
         final: dict[str, Any] = {}
@@ -430,21 +392,13 @@ class Trainer:
                 task=task,
                 loss=loss,
             )
-        record = {
-            "event": event, "step": step, "round": round_, "tokens": tokens,
-            "heldout_loss": {k: round(v, 5) for k, v in losses.items()},
-            "heldout_loss_mean": round(float(np.mean(list(losses.values()))), 5),
-            "theta": {k: round(v, 4) for k, v in state.theta.items()},
-            "w": {a: {k: round(v, 4) for k, v in ws.items()} for a, ws in state.w.items()},
-        }  # fmt: skip
-        self._log(record)
-        return record
+        return self._log(RoundRecord.measured(event, step, round_, tokens, losses, state.theta, state.w))
 
-    def _log(self, record: dict[str, Any]) -> None:
-        """Append a record to the run's log.jsonl and print a one-line summary of it (rank 0 only)."""
+    def _log(self, record: Record) -> dict[str, Any]:
+        """Append a record to the run's log.jsonl and print a one-line summary of it (rank 0 only); returns
+        the object logged."""
         if not self.dist.is_main:
-            return
-        record = {"run": self.run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **record}
-        with open(self.paths.log, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, default=float) + "\n")
-        print(summary_line(record), flush=True)
+            return {}
+        written = self.log.write(record)
+        print(summary_line(self.run_id, record), flush=True)
+        return written

@@ -1,0 +1,111 @@
+"""The report's page: a table of the runs, the final held-out loss per configuration, then the plots."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from corpus_agents.report.aggregate import final_heldout, run_summary
+from corpus_agents.report.collect import ReportData
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f2f2f2; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.3em 0 1.5em; }
+.note { color: #8a5300; }
+"""
+
+
+class Bold(str):
+    """A table cell shown in bold (the best configuration of a task)."""
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, Bold):
+            return f"<td><strong>{html.escape(value)}</strong></td>"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"<td>{html.escape(str(value))}</td>"
+        return (
+            f'<td class="num">{value:,}</td>'
+            if isinstance(value, int)
+            else f'<td class="num">{value:.4f}</td>'
+        )
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _mean_std(mean: float | None, std: float | None, runs: int) -> str:
+    if mean is None:
+        return "-"
+    if runs < 2 or std is None:
+        return f"{mean:.4f} (1 run)"
+    return f"{mean:.4f} ± {std:.4f} ({runs} runs)"
+
+
+def render_html(data: ReportData, workspace: Path, plots: list[tuple[str, str]]) -> str:
+    """The page: runs, final held-out loss per configuration (mean ± std over seeds), then the plots."""
+    summary = run_summary(data)
+    run_rows = [
+        [
+            r["run_id"], r["config"], r["status"],
+            "-" if r["last_round"] is None else r["last_round"],
+            "-" if r["steps"] is None else r["steps"],
+            "-" if r["tokens"] is None else r["tokens"],
+            "-" if r["final_heldout_mean"] is None else r["final_heldout_mean"],
+            "-" if r["eval_tokens"] is None else r["eval_tokens"],
+        ]
+        for r in summary.iter_rows(named=True)
+    ]  # fmt: skip
+    final = final_heldout(data)
+    best = dict(
+        final.sort("mean").group_by("task", maintain_order=True).agg(pl.col("config").first()).iter_rows()
+    )
+    final_rows = [
+        [
+            r["task"], r["config"],
+            (Bold if final["config"].n_unique() > 1 and best[r["task"]] == r["config"] else str)(
+                _mean_std(r["mean"], r["std"], r["runs"])
+            ),
+            f"{r['tokens_min']:,}" if r["tokens_min"] == r["tokens_max"] else f"{r['tokens_min']:,}-{r['tokens_max']:,}",
+        ]
+        for r in final.iter_rows(named=True)
+    ]  # fmt: skip
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>corpus-agents report: {html.escape(workspace.name)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>Training runs</h1>",
+        f"<p>Workspace <code>{html.escape(str(workspace))}</code>. Runs are grouped into configurations; "
+        "curves are the mean over a configuration's runs (seeds) with a min-max band.</p>",
+    ]
+    parts += [f'<p class="note">{html.escape(note)}</p>' for note in data.notes]
+    parts += [
+        "<h2>Runs</h2>",
+        _table(
+            ["run", "configuration", "status", "last round", "steps", "tokens trained",
+             "last held-out loss (mean of tasks)", "at tokens"],
+            run_rows,
+        ),
+        "<h2>Final held-out loss</h2>",
+        "<p>At each run's last evaluation; mean ± sample standard deviation over the configuration's runs; "
+        "the lowest mean of each task in bold.</p>",
+        _table(["task", "configuration", "held-out loss", "tokens"], final_rows) if final_rows else "<p>No held-out evaluations yet.</p>",
+    ]  # fmt: skip
+    parts.append("<h2>Plots</h2>")
+    for name, title in plots:
+        parts += [
+            f"<h3>{html.escape(title)}</h3>",
+            f'<img src="{html.escape(name)}" alt="{html.escape(title)}">',
+        ]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
