@@ -10,12 +10,63 @@ agent leaves only a `.tmp-` object, which the next run deletes.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+
+def temp_path(final: str | os.PathLike) -> Path:
+    """A hidden name beside `final` for this process to write to before publishing (`.NAME.tmp-PID`): it
+    matches no glob of final names, and a crash leaves only a file a later run can recognise and delete."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
+
+
+def publish(tmp: str | os.PathLike, final: str | os.PathLike, *, fsync: bool = False) -> None:
+    """Rename a finished file or directory over `final` (an existing directory there is replaced). With
+    `fsync`, the file's bytes reach the disk first, so a machine crash cannot leave a complete-looking name
+    over an empty file."""
+    tmp, final = Path(tmp), Path(final)
+    if fsync and tmp.is_file():
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    if tmp.is_dir() and final.is_dir():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def remove_path(path: str | os.PathLike) -> None:
+    """Delete a file or a directory tree if it exists."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike, *, fsync: bool = False) -> Iterator[Path]:
+    """Write a file or directory at the yielded temporary path; when the body returns it is published under
+    `final` in one rename, and when the body raises it is removed, so `final` is either the old or the new
+    whole thing, never half of one."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(final)
+    remove_path(tmp)
+    try:
+        yield tmp
+        publish(tmp, final, fsync=fsync)
+    finally:
+        remove_path(tmp)
 
 
 def is_url(path: str) -> bool:
@@ -57,7 +108,7 @@ def read_parquet_metadata(path: str) -> pq.FileMetaData:
 def move(src: str, dst: str) -> None:
     """Publish a finished file under its final name: a rename locally, copy + delete on object stores."""
     if not is_url(dst):
-        os.replace(src, dst)
+        publish(src, dst)
         return
     fs, src_path = filesystem(src)
     fs.mv(src_path, filesystem(dst)[1])

@@ -6,7 +6,6 @@ import email
 import gzip
 import hashlib
 import logging
-import os
 import re
 import sysconfig
 import zlib
@@ -24,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from corpus_agents.errors import CorpusAgentsError
+from corpus_agents.storage import atomic_path
 
 __all__ = ["SCHEMA", "DemoCorpusError", "build_demo_corpus", "describe_demo_corpus"]
 
@@ -277,12 +277,8 @@ def _sample(items: list[_T], k: int, rng: np.random.Generator) -> list[_T]:
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
     """Write to a temporary name in the same directory, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, row_group_size=_ROW_GROUP_SIZE)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def build_demo_corpus(

@@ -20,6 +20,7 @@ from corpus_agents.errors import CorpusAgentsError
 from corpus_agents.report.collect import collect
 from corpus_agents.report.html import render_html
 from corpus_agents.report.plots import draw_all
+from corpus_agents.storage import atomic_path
 
 __all__ = ["write_report"]
 
@@ -42,7 +43,6 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = draw_all(data, out_dir)
     index = out_dir / "index.html"
-    tmp = out_dir / f".index.html.tmp-{os.getpid()}"
-    tmp.write_text(render_html(data, ws, plots), encoding="utf-8")
-    os.replace(tmp, index)
+    with atomic_path(index) as tmp:
+        tmp.write_text(render_html(data, ws, plots), encoding="utf-8")
     return index

@@ -27,6 +27,7 @@ import pyarrow as pa
 from corpus_agents.errors import AgentError, CorpusAgentsError, WorkspaceBusyError, WorkspaceError
 from corpus_agents.scoring.agents import Agent, build_agent
 from corpus_agents.sqlfiles import fragment, read_sql_file, split_statements, statement
+from corpus_agents.storage import atomic_path, temp_path
 
 SCHEMA_VERSION = "1"
 CATALOG_FILE = "catalog.duckdb"
@@ -196,11 +197,10 @@ class Catalog(_Sql):
     def _create_database(self, db_path: Path) -> None:
         """Create an empty database under a temporary name, then rename it: a kill -9 while DuckDB writes
         a new file's headers must not leave a file that every later command fails to open (we hold the lock)."""
-        for stale in self.dir.glob(f"{CATALOG_FILE}.new-*"):
+        for stale in self.dir.glob(f"{temp_path(db_path).name.rsplit('-', 1)[0]}-*"):
             stale.unlink()
-        tmp = db_path.with_name(f"{CATALOG_FILE}.new-{os.getpid()}")
-        duckdb.connect(str(tmp)).close()
-        os.replace(tmp, db_path)
+        with atomic_path(db_path) as tmp:
+            duckdb.connect(str(tmp)).close()
 
     @property
     def parts_dir(self) -> Path:

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from corpus_agents.errors import CorpusError
+from corpus_agents.storage import publish
 
 #: Rows of a Parquet row group (fewer when a shard is smaller): the unit scoring reads, a few tens of MB of
 #: web text. Row groups are cut at exact row counts so that a resumed run writes the same shards.
@@ -236,12 +237,7 @@ class ShardWriter:
 def commit_shard(tmp: Path, final: Path) -> None:
     """Make a finished shard visible under its final name (atomic rename; fsync first so a crash of the
     machine cannot leave a complete-looking name over an empty file)."""
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, final)
+    publish(tmp, final, fsync=True)
 
 
 def materialize(

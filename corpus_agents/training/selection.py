@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from corpus_agents.storage import atomic_path
+
 SNAPSHOT_SCHEMA = pa.schema(
     [
         ("doc_id", pa.int64()),
@@ -42,9 +44,8 @@ def write_snapshot(path: str | os.PathLike, rows: pa.Table, shards: dict[int, Sh
     used = set(pc.unique(table["shard_id"]).to_pylist()) if table.num_rows else set()
     shard_map = {str(s): {"uri": shards[s].uri, "text_column": shards[s].text_column} for s in sorted(used)}
     table = table.replace_schema_metadata({_SHARDS_KEY: json.dumps(shard_map).encode()})
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
     return path
 
 

@@ -16,7 +16,6 @@ gathers the consumed doc ids for the seen counts.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from corpus_agents.config import PipelineConfig, ReferenceSpec
 from corpus_agents.errors import CorpusAgentsError
 from corpus_agents.scoring.catalog import Catalog
 from corpus_agents.scoring.corpus import read_doc_texts, sample_texts
+from corpus_agents.storage import atomic_path
 from corpus_agents.training.distributed import Distributed
 from corpus_agents.training.models import build_model, load_tokenizer, train_tokenizer
 from corpus_agents.training.runs import (
@@ -186,20 +186,17 @@ class Trainer:
 
         hf_logging.disable_progress_bar()  # a bar per checkpoint drowns the training log
         final = self.paths.checkpoint(step)
-        tmp = self.paths.checkpoints / f".tmp-step-{step:08d}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp / "model")
-        self.tokenizer.save_pretrained(tmp / "model")
-        state = {
-            "step": step,
-            "round": round_,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng_torch": torch.get_rng_state(),  # data order, probes and selections are seeded explicitly
-        }
-        torch.save(state, tmp / STATE_FILE)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        with atomic_path(final) as tmp:
+            model.save_pretrained(tmp / "model")
+            self.tokenizer.save_pretrained(tmp / "model")
+            state = {
+                "step": step,
+                "round": round_,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng_torch": torch.get_rng_state(),  # data order, probes and selections are seeded explicitly
+            }
+            torch.save(state, tmp / STATE_FILE)
         for old in sorted(self.paths.checkpoints.glob("step-*"))[:-2]:  # keep the last two
             shutil.rmtree(old, ignore_errors=True)
         return final

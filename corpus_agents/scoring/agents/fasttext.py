@@ -33,6 +33,7 @@ from corpus_agents.scoring.agents.base import (
     check_bins,
     digitize,
 )
+from corpus_agents.storage import atomic_path
 
 PREFIX = "__label__"
 DEFAULT_PROBABILITY_BINS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
@@ -102,9 +103,8 @@ def train_fasttext(texts: Sequence[str], labels: Sequence[str], path: Path, **pa
             model = fasttext.train_supervised(
                 train_file, verbose=0, seed=0, thread=1, **{**fit_params(len(texts)), **params}
             )
-        tmp = f"{path}.tmp-{os.getpid()}"
-        model.save_model(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            model.save_model(str(tmp))
     finally:
         os.unlink(train_file)
 
