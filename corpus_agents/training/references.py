@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import torch
 
 from corpus_agents.errors import CorpusAgentsError
+from corpus_agents.training import reference_sets
 
 IGNORE_INDEX = -100
 
@@ -31,8 +32,10 @@ class ReferenceSpec:
     """One reference task: where its rows are and how a row becomes a (prompt, answer) pair.
 
     `prompt` and `answer` are `str.format` templates over a row's columns, e.g. prompt `"{until_last}"` and
-    answer `" {last_word}"`; nested values index as in `"{answers[text][0]}"`. Give exactly one of `path` (a
-    Parquet file) or `dataset` (a Hugging Face `datasets` name, with optional `config` and `split`).
+    answer `" {last_word}"`; nested values index as in `"{answers[text][0]}"`. The rows come from exactly one
+    of `task` (a named task: lambada, squad, jeopardy; `from_dict` resolves it to a file and fills in its
+    name and templates), `path` (a Parquet file; `{workspace}` in it is the workspace directory) or `dataset`
+    (a Hugging Face `datasets` name, with optional `config` and `split`).
     """
 
     name: str
@@ -45,26 +48,48 @@ class ReferenceSpec:
     max_examples: int = 1000
     probe_fraction: float = 0.5
     seed: int = 0
+    task: str | None = None
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.dataset is None):
-            raise ReferenceSetError(f"reference {self.name!r}: give exactly one of 'path' or 'dataset'")
+            raise ReferenceSetError(
+                f"reference {self.name!r}: give exactly one of 'task', 'path' or 'dataset'"
+            )
         if self.max_examples < 1:
             raise ReferenceSetError(f"reference {self.name!r}: max_examples must be >= 1")
         if not 0.0 < self.probe_fraction <= 1.0:
             raise ReferenceSetError(f"reference {self.name!r}: probe_fraction must be in (0, 1]")
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> ReferenceSpec:
-        """Build from a YAML config mapping; unknown or missing keys are a one-line error."""
+    def from_dict(cls, config: Mapping[str, Any], workspace: str | Path | None = None) -> ReferenceSpec:
+        """Build from a YAML config mapping; unknown or missing keys are a one-line error.
+
+        `{task: NAME}` reads `WS/references/NAME.parquet` when it was built there (`corpus-agents references
+        build WS/references`), else the sample shipped in the package (docs/algorithm.md#reference-tasks).
+        """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(config) - known)
-        name = config.get("name", "?")
+        name = config.get("name", config.get("task", "?"))
         if unknown:
             raise ReferenceSetError(f"reference {name!r}: unknown keys {unknown} (known: {sorted(known)})")
+        config = dict(config)
+        if config.get("task") is not None:
+            if config.get("path") is not None or config.get("dataset") is not None:
+                raise ReferenceSetError(f"reference {name!r}: give one of 'task', 'path' or 'dataset'")
+            try:
+                task = reference_sets.task(str(config["task"]))
+                config["path"] = str(reference_sets.resolve_task(task.name, workspace))
+            except CorpusAgentsError as exc:
+                raise ReferenceSetError(str(exc)) from None
+            config = {"name": task.name, "prompt": task.prompt, "answer": task.answer, **config}
         missing = [k for k in ("name", "prompt", "answer") if k not in config]
         if missing:
             raise ReferenceSetError(f"reference {name!r}: missing keys {missing}")
+        path = config.get("path")
+        if path is not None and "{workspace}" in str(path):
+            if workspace is None:
+                raise ReferenceSetError(f"reference {name!r}: '{{workspace}}' in a path needs a workspace")
+            config["path"] = str(path).replace("{workspace}", str(workspace))
         return cls(**config)
 
 

@@ -171,7 +171,7 @@ class Trainer:
         self.eos_id = self.tokenizer.eos_token_id
         seq_len = config.model.seq_len
         self.references = [
-            load_reference(ReferenceSpec.from_dict(self._in_workspace(r))) for r in config.references
+            load_reference(ReferenceSpec.from_dict(r, workspace=self.workspace)) for r in config.references
         ]
         self.probe_batches = {
             r.name: encode_examples(self.tokenizer, r.probe, max_length=seq_len) for r in self.references
@@ -188,11 +188,6 @@ class Trainer:
         self.tokens_per_step = tokens_per_rank * self.dist.world_size
 
     # ----- setup -----------------------------------------------------------------------------------
-    def _in_workspace(self, reference: dict[str, Any]) -> dict[str, Any]:
-        """`{workspace}` in a reference path stands for the workspace directory."""
-        path = reference.get("path")
-        return {**reference, "path": path.replace("{workspace}", str(self.workspace))} if path else reference
-
     def _tokenizer(self) -> Any:
         cfg = self.config.tokenizer
         if cfg.path:
