@@ -41,8 +41,8 @@ class ConsoleError(CorpusAgentsError):
 
 @dataclass
 class ConsoleConfig:
-    """Console settings, defaults from ALGORITHM.md. Every ablation is config: `agents` (one agent, a pair),
-    `fixed_weights` (eta_agent = eta_theta = 0), `mode`."""
+    """Console settings (docs/algorithm.md#constants-and-config-keys). Every ablation is config: `agents`
+    (one agent, a pair), `fixed_weights` (eta_agent = eta_theta = 0), `mode`."""
 
     agents: list[str] | None = None  # None: every registered agent, in registration order
     eta_agent: float = 0.3

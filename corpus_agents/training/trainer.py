@@ -1,4 +1,4 @@
-"""The selection-driven training loop (ALGORITHM.md "Rounds"): train, probe, reward, re-weight, re-select.
+"""The selection-driven training loop (docs/algorithm.md#rounds): train, probe, reward, re-weight, re-select.
 
 The process that trains owns the workspace catalog (the console's state lives there). Every `rounds.every`
 steps a round draws probe documents, measures their rewards on the live model, updates the agents' memory
@@ -263,7 +263,8 @@ class Trainer:
         return losses
 
     def probe_rewards(self, model: Any, optimizer: Any, round_: int) -> dict[int, float]:
-        """Rewards of the round's probe documents, standardised per task and averaged (ALGORITHM.md 2.2).
+        """Rewards of the round's probe documents, standardised per task and averaged
+        (docs/algorithm.md#standardisation).
 
         Rank 0 draws the probes; each rank rewards a contiguous share of them and rank 0, which alone
         returns the rewards (the other ranks get {}), standardises them over all the probes.
