@@ -190,10 +190,8 @@ def resolve_task(name: str, workspace: str | Path | None) -> Path:
 # ----- building ---------------------------------------------------------------------------------------
 def _offline_error(exc: BaseException) -> bool:
     """Whether a load failed because the hub is unreachable (offline mode or network) and nothing is cached."""
-    try:
-        from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
-    except ImportError:  # pragma: no cover - huggingface_hub always comes with datasets
-        LocalEntryNotFoundError = OfflineModeIsEnabled = ConnectionError  # noqa: N806
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
     return isinstance(exc, ConnectionError | OfflineModeIsEnabled | LocalEntryNotFoundError)
 
 
