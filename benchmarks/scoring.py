@@ -43,7 +43,16 @@ from corpus_text import DEFAULT_CACHE, build_corpus  # noqa: E402
 from environment import cpu_idle, loadavg, machine, versions  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = Path("/work/shared/data/reference/squad.parquet")
+#: Positives of the quality agent: SQuAD contexts, the full set beside the checkout when present, else the
+#: sample shipped in the package.
+REFERENCE = next(
+    p
+    for p in (
+        REPO.parent / "shared" / "data" / "reference" / "squad.parquet",
+        REPO / "corpus_agents" / "training" / "reference_data" / "squad.parquet",
+    )
+    if p.exists()
+)
 
 
 # ----- measurement helpers ---------------------------------------------------------------------------

@@ -14,12 +14,12 @@ report (`corpus-agents report`) to `benchmarks/results/selection_quality/`:
 - variants of the method, compared on the probe halves only: method-gumbel (Gumbel-top-k instead of top-k),
   fixed-gumbel (fixed theta, Gumbel-top-k), method-gumbel-cosine (and cosine rewards).
 
-Reference tasks (LAMBADA, SQuAD, Jeopardy from `../shared/data/reference/`) are split once, seeded, into a
-probe half (rewards) and a held-out half (evaluation): the runs never see a held-out item. Metrics per run:
+Reference tasks (LAMBADA, SQuAD, Jeopardy; `reference_dir` says where they are read) are split once, seeded,
+into a probe half (rewards) and a held-out half (evaluation): the runs never see a held-out item. Metrics per run:
 held-out reference loss per task at every round; at the end, LAMBADA last-word accuracy (every answer token
 the greedy choice) and multiple-choice accuracy by log-likelihood on SQuAD and Jeopardy held-out items, with
 three distractor answers taken from other held-out items of the same article (SQuAD) or category
-(Jeopardy) -- the shared files have no choices of their own, so the choices are built here, seeded. Tokens
+(Jeopardy) -- the reference sets have no choices of their own, so the choices are built here, seeded. Tokens
 to reach random's final held-out loss are read off each configuration's mean curve (linear between rounds).
 
 Runs go in `--lanes` parallel lanes (one CPU thread each, one workspace copy each: a workspace has one
@@ -50,6 +50,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from environment import REPO, machine, versions  # noqa: E402
 
+#: The paper's full reference sets when a `shared/data/reference` directory sits beside the checkout (the
+#: figures in the README were measured on them); without it the sets are built (`reference_dir`).
 SHARED_REFERENCE = REPO.parent / "shared" / "data" / "reference"
 DEFAULT_WORK = Path(os.environ.get("CORPUS_AGENTS_BENCH_CACHE", "~/.cache/corpus-agents-bench")).expanduser()
 CONFIG_ORDER = ["random", "quality", "domain", "topic", "fixed", "method", "random-2x"]
@@ -83,17 +85,33 @@ def config_overrides(name: str, steps: int) -> list[str]:
     }[name]
 
 
-def references(max_examples: int) -> list[dict[str, Any]]:
-    """The paper's three reference tasks, probe/held-out split seeded once (seed 0) for every run."""
-    ref = SHARED_REFERENCE
+def reference_dir(work: Path) -> Path:
+    """Where the reference tasks are read: $CORPUS_AGENTS_REFERENCE_DIR, else the full sets beside the
+    checkout when present, else `corpus-agents references build WORK/references` (the public sets online or
+    from the datasets cache, the shipped LAMBADA/SQuAD samples offline; Jeopardy only from the hub)."""
+    if os.environ.get("CORPUS_AGENTS_REFERENCE_DIR"):
+        return Path(os.environ["CORPUS_AGENTS_REFERENCE_DIR"]).expanduser()
+    if SHARED_REFERENCE.is_dir():
+        return SHARED_REFERENCE
+    built = work / "references"
+    if not (built / "lambada.parquet").is_file() or not (built / "squad.parquet").is_file():
+        sh(cli("references", "build", str(built), "--tasks", "lambada,squad"))
+    if not (built / "jeopardy.parquet").is_file():
+        got = subprocess.run(cli("references", "build", str(built), "--tasks", "jeopardy", "--source", "hub"))
+        if got.returncode:
+            print("jeopardy: not available here; the benchmark runs on lambada and squad", flush=True)
+    return built
+
+
+def references(ref: Path, max_examples: int) -> list[dict[str, Any]]:
+    """The paper's reference tasks found in `ref`, probe/held-out split seeded once (seed 0) for every run."""
+    from corpus_agents.training.reference_sets import TASKS
+
     return [
-        {"name": "lambada", "path": str(ref / "lambada.parquet"), "prompt": "{until_last}",
-         "answer": " {last_word}", "max_examples": max_examples},
-        {"name": "squad", "path": str(ref / "squad.parquet"),
-         "prompt": "{context}\nQuestion: {question}\nAnswer:", "answer": " {answers[text][0]}",
-         "max_examples": max_examples},
-        {"name": "jeopardy", "path": str(ref / "jeopardy.parquet"), "prompt": "{context}\nAnswer:",
-         "answer": " {continuation}", "max_examples": max_examples},
+        {"name": name, "path": str(ref / f"{name}.parquet"), "prompt": TASKS[name].prompt,
+         "answer": TASKS[name].answer, "max_examples": max_examples}
+        for name in ("lambada", "squad", "jeopardy")
+        if (ref / f"{name}.parquet").is_file()
     ]  # fmt: skip
 
 
@@ -108,7 +126,7 @@ def base_config(args: argparse.Namespace, tokenizer: Path) -> dict[str, Any]:
         "rounds": {"every": args.every},
         "rewards": {"method": "gradient", "max_tokens": args.probe_tokens},
         "console": {"agents": ["quality", "domain", "topic"], "probes_per_label": args.probes_per_label},
-        "references": references(args.max_examples),
+        "references": references(reference_dir(args.work), args.max_examples),
     }  # fmt: skip
 
 

@@ -630,5 +630,42 @@ def demo(workspace: str, workers: int | None, no_train: bool) -> None:
     run_demo(Path(workspace), workers or os.cpu_count() or 1, train=not no_train)
 
 
+@main.group()
+def references() -> None:
+    """The paper's reference tasks (LAMBADA, SQuAD, Jeopardy): build them for `{task: NAME}` in pipelines."""
+
+
+@references.command("build")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option(
+    "--tasks",
+    default="lambada,squad",
+    show_default=True,
+    help="Comma-separated tasks: lambada, squad, jeopardy (jeopardy only when asked for; see its licence).",
+)
+@click.option(
+    "--source",
+    type=click.Choice(["auto", "hub", "sample"]),
+    default="auto",
+    show_default=True,
+    help="hub: the public dataset (online or the local datasets cache), else fail; sample: the small sample "
+    "shipped in the package; auto: the hub, or the sample when the hub is unreachable and nothing is cached.",
+)
+@user_errors
+def references_build(directory: str, tasks: str, source: str) -> None:
+    """Write DIRECTORY/<task>.parquet for each task and DIRECTORY/references.json (source, revision, licence).
+
+    Built into WS/references, a pipeline's `{task: lambada}` reads it; otherwise the shipped sample.
+
+    \b
+    Example:
+      corpus-agents references build ws/references
+      corpus-agents references build ws/references --tasks jeopardy --source hub
+    """
+    from corpus_agents.training.reference_sets import build
+
+    build(directory, [t.strip() for t in tasks.split(",") if t.strip()], source, echo=click.echo)
+
+
 if __name__ == "__main__":
     main()

@@ -318,15 +318,17 @@ class ReferenceSpec(Section):
     """One reference task: where its rows are and how a row becomes a (prompt, answer) pair.
 
     `prompt` and `answer` are `str.format` templates over a row's columns, e.g. prompt `"{until_last}"` and
-    answer `" {last_word}"`; nested values index as in `"{answers[text][0]}"`. Give exactly one of `path` (a
-    Parquet file; `{workspace}` stands for the workspace directory) or `dataset` (a Hugging Face `datasets`
-    name, with optional `config` and `split`).
+    answer `" {last_word}"`; nested values index as in `"{answers[text][0]}"`. The rows come from exactly one
+    of `task` (a named task, lambada, squad or jeopardy, which brings its name and templates: see
+    `resolved`), `path` (a Parquet file; `{workspace}` stands for the workspace directory) or `dataset` (a
+    Hugging Face `datasets` name, with optional `config` and `split`).
     """
 
     where = "reference"
-    name: str
-    prompt: str
-    answer: str
+    name: str | None = None
+    prompt: str | None = None
+    answer: str | None = None
+    task: str | None = None
     path: str | None = None
     dataset: str | None = None
     config: str | None = None
@@ -336,8 +338,53 @@ class ReferenceSpec(Section):
     seed: int = bounded(0, ge=0)
 
     def validate(self, where: str) -> None:
+        label = self.name or self.task or "?"
+        if self.task is not None:
+            from corpus_agents.training.reference_sets import TASKS
+
+            if self.task not in TASKS:
+                raise ConfigError(
+                    f"{key_path(where, 'task')} must be one of {', '.join(TASKS)}, got {self.task!r}"
+                )
+            if self.path is not None or self.dataset is not None:
+                raise ConfigError(f"{where} ({label}): give one of 'task', 'path' or 'dataset', not two")
+            return
+        missing = [k for k in ("name", "prompt", "answer") if getattr(self, k) is None]
+        if missing:
+            raise ConfigError(f"{key_path(where, missing[0])} is required without a 'task'")
         if (self.path is None) == (self.dataset is None):
-            raise ConfigError(f"{where} ({self.name}): give exactly one of 'path' or 'dataset'")
+            raise ConfigError(f"{where} ({label}): give exactly one of 'task', 'path' or 'dataset'")
+
+    def resolved(self, workspace: str | Path | None = None) -> ReferenceSpec:
+        """The spec with its rows' file found: a `task` reads `WS/references/TASK.parquet` when it was built
+        there (`corpus-agents references build WS/references`), else the sample shipped in the package
+        (docs/algorithm.md#reference-tasks), with the task's name and templates where none are given;
+        `{workspace}` in a path becomes the workspace directory."""
+        from corpus_agents.training.reference_sets import resolve_task, task
+        from corpus_agents.training.references import ReferenceSetError
+
+        spec = self
+        if self.task is not None:
+            named = task(self.task)
+            try:
+                path = str(resolve_task(named.name, workspace))
+            except CorpusAgentsError as exc:
+                raise ReferenceSetError(str(exc)) from None
+            spec = dataclasses.replace(
+                self,
+                name=self.name or named.name,
+                prompt=self.prompt if self.prompt is not None else named.prompt,
+                answer=self.answer if self.answer is not None else named.answer,
+                task=None,  # now a plain path spec: resolving it again changes nothing
+                path=path,
+            )
+        if spec.path is not None and "{workspace}" in spec.path:
+            if workspace is None:
+                raise ReferenceSetError(
+                    f"reference {spec.name!r}: '{{workspace}}' in a path needs a workspace"
+                )
+            spec = dataclasses.replace(spec, path=spec.path.replace("{workspace}", str(workspace)))
+        return spec
 
 
 class AgentSpec:
@@ -383,7 +430,7 @@ class PipelineConfig(Section):
     agents: dict[str, AgentSpec] = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
-        names = [r.name for r in self.references]
+        names = [r.name or r.task for r in self.references]  # a task's name is the task's unless given
         for name in names:
             if names.count(name) > 1:
                 raise ConfigError(f"references: two tasks are named {name!r}")

@@ -164,7 +164,7 @@ BAD_VALUES = [
     ("console.agents=[a, a]", "console.agents lists an agent twice"),
     ("references.0.probe_fraction=0", "references[0].probe_fraction must be > 0, got 0.0"),
     ("references.0.max_examples=0", "references[0].max_examples must be >= 1, got 0"),
-    ("references.0.dataset=lambada", "references[0] (docs): give exactly one of 'path' or 'dataset'"),
+    ("references.0.dataset=lambada", "references[0] (docs): give exactly one of 'task', 'path' or 'dataset'"),
     ("references.0={name: docs, prompt: x}", "references[0].answer is required"),
     (
         "model.overrides.num_attention_heads=3",

@@ -1,4 +1,5 @@
-"""The console's invariants (ALGORITHM.md) on a small catalog of synthetic labels: learning, fusion, selection."""
+"""The console's invariants (docs/algorithm.md) on a small catalog of synthetic labels: learning, fusion,
+selection."""
 
 from __future__ import annotations
 

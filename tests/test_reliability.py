@@ -1,5 +1,5 @@
-"""Reliability and bad input (DESIGN.md): kill -9 and re-run, bad shards, odd documents, a busy workspace,
-changed agents, idempotent registration. Everything goes through the real CLI."""
+"""Reliability and bad input (docs/architecture.md#guarantees): kill -9 and re-run, bad shards, odd
+documents, a busy workspace, changed agents, idempotent registration. Everything goes through the real CLI."""
 
 from __future__ import annotations
 

@@ -87,13 +87,16 @@ def _format(spec: ReferenceSpec, template: str, row: dict[str, Any], index: int)
         ) from exc
 
 
-def load_reference(spec: ReferenceSpec) -> ReferenceSet:
+def load_reference(spec: ReferenceSpec, workspace: str | Path | None = None) -> ReferenceSet:
     """Load a task: a seeded sample of up to `max_examples` distinct pairs, split into probe and heldout.
+
+    A named `task` or a `{workspace}` path is first resolved against `workspace` (`ReferenceSpec.resolved`).
 
     Rows are read in a seeded random order until `max_examples` distinct (prompt, answer) pairs are found
     (rows with an empty answer are skipped); the first `probe_fraction` of them (at least one) are the
     probe set, the rest the held-out set, so no pair is in both.
     """
+    spec = spec.resolved(workspace)
     num_rows, columns, take = _open_rows(spec)
     for template in (spec.prompt, spec.answer):
         absent = sorted(_template_columns(template) - set(columns))

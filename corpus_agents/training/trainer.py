@@ -1,4 +1,4 @@
-"""The selection-driven training loop (ALGORITHM.md "Rounds"): train, probe, reward, re-weight, re-select.
+"""The selection-driven training loop (docs/algorithm.md#rounds): train, probe, reward, re-weight, re-select.
 
 The process that trains owns the workspace catalog (the console's state lives there). Every `rounds.every`
 steps a round draws probe documents, measures their rewards on the live model, updates the agents' memory
@@ -20,14 +20,13 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from corpus_agents.config import PipelineConfig, ReferenceSpec
+from corpus_agents.config import PipelineConfig
 from corpus_agents.errors import CorpusAgentsError
 from corpus_agents.scoring.catalog import Catalog
 from corpus_agents.scoring.corpus import read_doc_texts, sample_texts
@@ -129,7 +128,7 @@ class Trainer:
             self.tokenizer = self._tokenizer()
         self.eos_id = self.tokenizer.eos_token_id
         seq_len = config.model.seq_len
-        self.references = [load_reference(self._in_workspace(r)) for r in config.references]
+        self.references = [load_reference(r, self.workspace) for r in config.references]
         self.probe_batches = {
             r.name: encode_examples(self.tokenizer, r.probe, max_length=seq_len) for r in self.references
         }
@@ -145,13 +144,6 @@ class Trainer:
         self.tokens_per_step = tokens_per_rank * self.dist.world_size
 
     # ----- setup -----------------------------------------------------------------------------------
-    def _in_workspace(self, reference: ReferenceSpec) -> ReferenceSpec:
-        """`{workspace}` in a reference path stands for the workspace directory."""
-        path = reference.path
-        return (
-            replace(reference, path=path.replace("{workspace}", str(self.workspace))) if path else reference
-        )
-
     def _tokenizer(self) -> Any:
         cfg = self.config.tokenizer
         if cfg.path:
@@ -224,7 +216,8 @@ class Trainer:
         return losses
 
     def probe_rewards(self, model: Any, optimizer: Any, round_: int) -> dict[int, float]:
-        """Rewards of the round's probe documents, standardised per task and averaged (ALGORITHM.md 2.2).
+        """Rewards of the round's probe documents, standardised per task and averaged
+        (docs/algorithm.md#standardisation).
 
         Rank 0 draws the probes; each rank rewards a contiguous share of them and rank 0, which alone
         returns the rewards (the other ranks get {}), standardises them over all the probes.
