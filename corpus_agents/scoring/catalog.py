@@ -23,23 +23,13 @@ import pyarrow as pa
 
 from corpus_agents.errors import AgentError, WorkspaceBusyError, WorkspaceError
 from corpus_agents.scoring.agents import Agent, build_agent
+from corpus_agents.scoring.parts import Shard
 from corpus_agents.sqlfiles import read_sql_file, split_statements, statement
 
 SCHEMA_VERSION = "1"
 CATALOG_FILE = "catalog.duckdb"
 LOCK_FILE = "catalog.lock"
 _PARAM = re.compile(r"\$(\w+)")
-
-
-@dataclass(frozen=True)
-class Shard:
-    shard_id: int
-    uri: str
-    num_rows: int
-    num_bytes: int
-    fingerprint: str
-    num_row_groups: int
-    text_column: str
 
 
 @dataclass(frozen=True)
@@ -50,6 +40,11 @@ class Part:
     path: str
     num_rows: int
     complete: bool
+    # wall seconds per stage (see `parts.PartResult`); None for parts committed before they were recorded
+    read_s: float | None = None
+    decode_s: float | None = None
+    score_s: float | None = None
+    write_s: float | None = None
 
 
 def quote_ident(name: str) -> str:
@@ -317,7 +312,8 @@ class Catalog:
     # ----- score parts -------------------------------------------------------------------------------
     def parts(self) -> dict[tuple[str, int], Part]:
         rows = self.con.execute(
-            "SELECT agent, shard_id, fingerprint, path, num_rows, complete FROM score_parts"
+            "SELECT agent, shard_id, fingerprint, path, num_rows, complete, read_s, decode_s, score_s, write_s "
+            "FROM score_parts"
         ).fetchall()
         return {(r[0], r[1]): Part(*r) for r in rows}
 
@@ -332,9 +328,14 @@ class Catalog:
         path: str,
         num_rows: int,
         complete: bool,
-        seconds: float,
+        *,
+        read_s: float,
+        decode_s: float,
+        score_s: float,
+        write_s: float,
     ) -> None:
-        """Load a finished part's scores and its manifest row in one transaction: committed exactly once."""
+        """Load a finished part's scores and its manifest row (with its per-stage seconds) in one transaction:
+        committed exactly once."""
         params = {
             "agent": agent,
             "shard_id": shard_id,
@@ -342,7 +343,10 @@ class Catalog:
             "path": path,
             "num_rows": num_rows,
             "complete": complete,
-            "seconds": seconds,
+            "read_s": read_s,
+            "decode_s": decode_s,
+            "score_s": score_s,
+            "write_s": write_s,
         }
         self.con.execute("BEGIN")
         try:

@@ -13,8 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from corpus_agents.scoring.agents import AgentContext, AgentError, DocBatch
+from corpus_agents.scoring.agents import AgentContext, AgentError
 from corpus_agents.scoring.agents.fasttext import FastTextAgent, load_fasttext, train_fasttext
+from corpus_agents.scoring.corpus import DocBatch
 
 PROSE = [t for t in pydoc_data.topics.topics.values() if len(t) > 300]
 CODE = [

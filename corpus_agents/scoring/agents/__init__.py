@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from corpus_agents.scoring.agents.base import Agent, AgentContext, AgentError, DocBatch, ScoreResult
+from corpus_agents.scoring.agents.base import Agent, AgentContext, AgentError, ScoreResult
 
 # kind -> "module:Class", imported lazily so a missing optional dependency only affects its own kind.
 REGISTRY: dict[str, str] = {
@@ -32,7 +32,6 @@ __all__ = [
     "Agent",
     "AgentContext",
     "AgentError",
-    "DocBatch",
     "REGISTRY",
     "ScoreResult",
     "agent_class",

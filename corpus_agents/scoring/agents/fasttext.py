@@ -24,12 +24,12 @@ from corpus_agents.scoring.agents.base import (
     Agent,
     AgentContext,
     AgentError,
-    DocBatch,
     ScoreResult,
     bin_labels,
     digitize,
     parse_bins,
 )
+from corpus_agents.scoring.corpus import DocBatch
 
 PREFIX = "__label__"
 DEFAULT_PROBABILITY_BINS = "0,0.2,0.4,0.6,0.8,1"

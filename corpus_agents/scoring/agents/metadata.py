@@ -12,7 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from corpus_agents.scoring.agents.base import Agent, AgentContext, AgentError, DocBatch, ScoreResult
+from corpus_agents.scoring.agents.base import Agent, AgentContext, AgentError, ScoreResult
+from corpus_agents.scoring.corpus import DocBatch
 
 OTHER = "(other)"
 MAX_LABELS = 10_000
