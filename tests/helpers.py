@@ -1,5 +1,5 @@
-"""Helpers shared by test modules (fixtures live in conftest.py): small scoring tasks and work functions
-that executors can pickle to their workers."""
+"""Helpers shared by test modules (fixtures live in conftest.py): small shards, workspaces and scoring tasks,
+and work functions that executors can pickle to their workers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from corpus_agents.scoring.agents.metadata import OTHER, MetadataAgent
-from corpus_agents.scoring.corpus import shard_fingerprint
+from corpus_agents.scoring.corpus import register_corpus, shard_fingerprint
 from corpus_agents.scoring.parts import PartSpec, Shard, ShardTask, part_path, score_shard
 
 SOURCES = ["web", "code", "books"]
@@ -29,6 +29,21 @@ def write_shard(path: Path, rows: int, row_group_rows: int = 16) -> Path:
 def metadata_agent(name: str = "domain") -> MetadataAgent:
     """A metadata agent over the `source` column of `write_shard`'s shards (cheap: no model)."""
     return MetadataAgent(name, {"column": "source", "labels": [*sorted(SOURCES[:2]), OTHER]})
+
+
+def make_workspace(root: Path, shards: int, rows: int, agents: list[str]) -> Path:
+    """root/ws over `shards` shards of `rows` documents (root/corpus) with a metadata agent per name."""
+    # Imported here: pool workers import this module for its work functions, and must not import DuckDB.
+    from corpus_agents.scoring.catalog import Catalog
+
+    for s in range(shards):
+        write_shard(root / "corpus" / f"shard-{s}.parquet", rows)
+    with Catalog(root / "ws", create=True) as cat:
+        report = register_corpus(cat, [str(root / "corpus" / "*.parquet")], "text")
+        assert len(report.added) == shards and not report.errors, report.errors
+        for name in agents:
+            cat.add_agent(metadata_agent(name))
+    return root / "ws"
 
 
 def shard_task(

@@ -6,10 +6,9 @@ from __future__ import annotations
 import duckdb
 import numpy as np
 import pytest
-from helpers import metadata_agent, write_shard
+from helpers import make_workspace
 
 from corpus_agents.scoring.catalog import CATALOG_FILE, Catalog
-from corpus_agents.scoring.corpus import register_corpus
 from corpus_agents.scoring.driver import RunSummary, commit_results, plan_tasks, run_scoring
 from corpus_agents.scoring.parts import part_path, score_shard
 
@@ -20,13 +19,7 @@ STAGES = ("read_s", "decode_s", "score_s", "write_s")
 @pytest.fixture
 def catalog(tmp_path):
     """A workspace over 3 shards of 40 documents with two metadata agents, `a` and `b`."""
-    for s in range(SHARDS):
-        write_shard(tmp_path / "corpus" / f"shard-{s}.parquet", ROWS)
-    with Catalog(tmp_path / "ws", create=True) as cat:
-        report = register_corpus(cat, [str(tmp_path / "corpus" / "*.parquet")], "text")
-        assert len(report.added) == SHARDS and not report.errors
-        cat.add_agent(metadata_agent("a"))
-        cat.add_agent(metadata_agent("b"))
+    with Catalog(make_workspace(tmp_path, SHARDS, ROWS, ["a", "b"])) as cat:
         yield cat
 
 
