@@ -29,8 +29,9 @@ from corpus_agents.scoring.parts import (
 
 @dataclass
 class RunSummary:
+    """What a scoring run did: parts committed and failed, parts already done (skipped), documents, time."""
+
     committed: list[PartResult] = field(default_factory=list)
-    reused: list[PartResult] = field(default_factory=list)
     failed: list[PartResult] = field(default_factory=list)
     skipped: int = 0
     docs: int = 0
