@@ -63,3 +63,10 @@ def score_and_report_duckdb(task: ShardTask, progress: Any = None) -> list[Any]:
     """Work function: score the task for real, then report whether this process has imported DuckDB."""
     results = score_shard(task, progress)
     return [{"duckdb": "duckdb" in sys.modules, "results": results}]
+
+
+def fail_odd_shards(task: ShardTask, progress: Any = None) -> list[Any]:
+    """Work function that raises for tasks of odd shards and scores the others."""
+    if task.shard.shard_id % 2:
+        raise ValueError(f"odd shard {task.shard.shard_id}")
+    return score_shard(task, progress)

@@ -51,8 +51,15 @@ class TaskRunner:
         self.work = work
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = [pickle.dumps(self.work(pickle.loads(t), None)) for t in batch["task"]]
+        results = [pickle.dumps(self._run(pickle.loads(t))) for t in batch["task"]]
         return {"key": batch["key"], "results": np.array(results, dtype=object)}
+
+    def _run(self, task: DeviceTask) -> list[Any]:
+        """The task's results; as in the local executor, a task whose work raises fails alone."""
+        try:
+            return self.work(task, None)
+        except Exception as exc:  # noqa: BLE001 - reported as this task's failure, the others run on
+            return task.failed(one_line(exc, with_type=True))
 
 
 def _init_ray(address: str | None) -> bool:

@@ -140,6 +140,34 @@ def test_ray_actors_do_not_import_duckdb(tmp_path, ray_instance):
     assert seen == [24]  # the task's documents once, not once per pool
 
 
+def test_a_raising_task_fails_alone_on_ray(tmp_path, ray_instance):
+    import ray.cloudpickle
+
+    from corpus_agents.scoring.executors.ray import run_ray
+
+    tasks = [
+        helpers.shard_task(
+            helpers.write_shard(tmp_path / f"s{s}.parquet", 16),
+            tmp_path / "parts",
+            [helpers.metadata_agent()],
+            s,
+        )
+        for s in range(2)
+    ]
+    ray.cloudpickle.register_pickle_by_value(helpers)
+    try:
+        results = sorted(
+            (r for rs in run_ray(tasks, helpers.fail_odd_shards, lambda n: None) for r in rs),
+            key=lambda r: r.shard_id,
+        )
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(helpers)
+    assert [(r.shard_id, r.error) for r in results] == [
+        (0, None),
+        (1, f"shard {tmp_path / 's1.parquet'}: ValueError: odd shard 1"),
+    ]
+
+
 def ray_worker_pid(pid: int) -> bool:
     """Whether `pid` is a Ray worker process (its title starts with ray::)."""
     try:
