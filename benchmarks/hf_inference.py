@@ -3,7 +3,7 @@
 Both score the same real documents (Debian documentation, see `corpus_text.py`, or `--texts FILE.parquet`)
 with the same BERT sequence-classification model (a FineWeb-Edu style regression head, num_labels=1):
 
-- agent: `HFClassifierAgent.score` on DocBatches of 2,048 documents, as `scoring.score_shard` calls it
+- agent: `HFClassifierAgent.score` on DocBatches of 2,048 documents, as `scoring.parts.score_shard` calls it
   (length-sorted sub-batches under `--batch-tokens`, tokenisation overlapped with the model);
 - plain: `tokenizer(texts[i:i+bs], padding=True, truncation=True, max_length=512, return_tensors="pt")`
   then `model(**inputs)` in fixed batches of `--batch-size` in corpus order: what a user writes first.
@@ -103,9 +103,10 @@ def count_inputs(model: torch.nn.Module) -> tuple[dict[str, int], Any]:
 
 def run_agent(model_dir: Path, texts: list[str], args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Time `HFClassifierAgent.score` over the documents in DocBatches of the scoring pipeline's size."""
-    from corpus_agents.scoring.agents.base import AgentContext, DocBatch
+    from corpus_agents.scoring.agents.base import AgentContext
     from corpus_agents.scoring.agents.hf_classifier import HFClassifierAgent
-    from corpus_agents.scoring.driver import DEFAULT_BATCH_ROWS
+    from corpus_agents.scoring.corpus import DocBatch
+    from corpus_agents.scoring.parts import DEFAULT_BATCH_ROWS
 
     options = {"model": str(model_dir), "device": args.device, "dtype": args.dtype}
     options |= {"batch_tokens": args.batch_tokens, "max_length": args.max_length}

@@ -42,6 +42,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch.utils.data import DataLoader
 
 import corpus_agents.training.reader as reader_module
+from corpus_agents.scoring.corpus import pack_doc_ids
 from corpus_agents.training.reader import SelectionReader, collate
 from corpus_agents.training.selection import ShardRef, write_snapshot
 
@@ -126,7 +127,7 @@ def select(corpus: Path, fraction: float, out: Path) -> tuple[Path, list[str]]:
         parts.append(
             pa.table(
                 {
-                    "doc_id": (np.int64(s) << 32) | rows,
+                    "doc_id": pack_doc_ids(s, rows),
                     "shard_id": np.full(len(rows), s, np.int32),
                     "row_idx": rows.astype(np.int32),
                     "row_group": (rows // rows_per_group).astype(np.int32),

@@ -6,7 +6,8 @@ Measures, in one run, on a corpus of real text (Debian documentation, see `corpu
 2. the pipeline (read Parquet -> score -> write part -> commit into DuckDB, i.e. `run_scoring`) for the
    quality agent alone with 1 and 2 workers: docs/s and ratio per core = rate / (workers * raw rate);
 3. three agents in one pass (quality fastText + language-ID fastText + metadata) against the sum of the
-   single-agent passes, and a per-stage breakdown (read, decode, each agent's score, write) in CPU seconds.
+   single-agent passes, and that pass's per-stage breakdown (read, decode, each agent's score, write): the
+   wall seconds the worker recorded for each part in the catalog (`score_parts`), summed over the parts.
 
 Workspace creation (`init`) and agent fitting are timed separately, never inside a pipeline figure. Every
 pipeline run starts from a fresh copy of the same workspace in a fresh process. Wall-clock and CPU times
@@ -108,6 +109,7 @@ def child_run(workspace: str, agents: list[str], workers: int, profile: str | No
             profiler.disable()
         wall, cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
         rows = dict(cat.execute("SELECT agent, count(*) FROM scores GROUP BY agent"))
+        stages = stage_times(cat.parts().values())
     if profiler and profile:
         profiler.dump_stats(profile)
     if summary.failed:
@@ -119,6 +121,7 @@ def child_run(workspace: str, agents: list[str], workers: int, profile: str | No
         "parts": len(summary.committed),
         "rows_committed": rows,
         "run_scoring_inner_s": summary.seconds,
+        "stages_s": stages,
         "loadavg_before": load0,
         "loadavg_after": loadavg(),
     }
@@ -247,68 +250,27 @@ def _predict_slice(model: Any, k: int, texts: list[str], barrier: Any, results: 
     results.put((time.process_time() - cpu0, time.perf_counter()))
 
 
-def stage_breakdown(workspace: Path, agents: list[str]) -> dict[str, Any]:
-    """CPU seconds per stage of a one-worker, three-agent pass, by driving the pipeline's own pieces.
+def stage_times(parts: Any) -> dict[str, float]:
+    """Seconds per stage of a run, summed over its committed parts as the workers recorded them: the shard
+    reads and decodes (each part holds its share), each agent's scoring (its model's first load included)
+    and the part writes."""
+    out = {"read": 0.0, "decode": 0.0, "write": 0.0}
+    for part in parts:
+        out["read"] += part.read_s
+        out["decode"] += part.decode_s
+        out["write"] += part.write_s
+        out[f"score:{part.agent}"] = out.get(f"score:{part.agent}", 0.0) + part.score_s
+    return out
 
-    Uses the same reader (`iter_doc_batches`), decoding (`DocBatch`) and agents as `score_shard`; the Parquet
-    part writes are timed on the agents' real output. Commit and planning are left to the pipeline runs.
-    """
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from corpus_agents.scoring.catalog import Catalog
-    from corpus_agents.scoring.corpus import iter_doc_batches
-    from corpus_agents.scoring.driver import DEFAULT_BATCH_ROWS, PART_SCHEMA
-
-    with Catalog(workspace) as cat:
-        shards = cat.shards()
-        agent_objs = cat.agents(agents)
-    times = {"read": 0.0, "decode": 0.0, "write": 0.0} | {f"score:{a.name}": 0.0 for a in agent_objs}
-    t = time.process_time()
-    for a in agent_objs:
-        _ = a.model  # load models outside the stages
-    times["model_load"] = time.process_time() - t
-    columns = list(dict.fromkeys(c for a in agent_objs for c in a.columns))
-    out_dir = Path(tempfile.mkdtemp(prefix="stages-", dir=workspace))
-    docs = 0
-    for shard in shards:
-        writers = {
-            a.name: pq.ParquetWriter(out_dir / f"{a.name}-{shard.shard_id}.parquet", PART_SCHEMA)
-            for a in agent_objs
-        }
-        batches = iter_doc_batches(shard.uri, shard.text_column, columns, DEFAULT_BATCH_ROWS)
-        while True:
-            t = time.process_time()
-            item = next(batches, None)
-            times["read"] += time.process_time() - t
-            if item is None:
-                break
-            rows, batch = item
-            t = time.process_time()
-            _ = batch.single_line_texts  # decode once (texts + single-line form), shared by the agents
-            times["decode"] += time.process_time() - t
-            doc_ids = pa.array((np.int64(shard.shard_id) << 32) | rows.astype(np.int64), pa.int64())
-            for a in agent_objs:
-                t = time.process_time()
-                out = a.score(batch)
-                times[f"score:{a.name}"] += time.process_time() - t
-                t = time.process_time()
-                labels = pa.array(out.labels.astype(np.int16), pa.int16(), mask=out.labels < 0)
-                scores = pa.array(out.scores.astype(np.float32), pa.float32(), mask=np.isnan(out.scores))
-                writers[a.name].write_batch(pa.record_batch([doc_ids, labels, scores], schema=PART_SCHEMA))
-                times["write"] += time.process_time() - t
-            docs += len(batch)
-        t = time.process_time()
-        for w in writers.values():
-            w.close()
-        times["write"] += time.process_time() - t
-    shutil.rmtree(out_dir)
-    total = sum(v for k, v in times.items() if k != "model_load")
+def stage_breakdown(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median over repeats of each stage's seconds (`stage_times` of each run) and its share of their sum."""
+    seconds = {k: statistics.median(r["stages_s"][k] for r in runs) for k in runs[0]["stages_s"]}
+    total = sum(seconds.values())
     return {
-        "docs": docs,
-        "cpu_s": {k: round(v, 3) for k, v in times.items()},
-        "share": {k: round(v / total, 4) for k, v in times.items() if k != "model_load"},
+        "docs": runs[0]["docs"],
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "share": {k: round(v / total, 4) if total else 0.0 for k, v in seconds.items()},
     }
 
 
@@ -323,7 +285,7 @@ def subprocess_cpu(code: str) -> float:
 def worker_overheads(raw: dict[str, Any], repeat: int) -> dict[str, Any]:
     """Fixed costs a pool worker pays before it scores: a fresh interpreter with the scoring imports, the
     model load, and (for reference) what importing torch would add if a worker did it for a fastText run."""
-    base = "import corpus_agents.scoring.driver, corpus_agents.scoring.executors.local, corpus_agents.scoring.agents.fasttext"
+    base = "import corpus_agents.scoring.parts, corpus_agents.scoring.executors.local, corpus_agents.scoring.agents.fasttext"
     imports = min(subprocess_cpu(base) for _ in range(repeat))
     with_torch = min(subprocess_cpu(base + "; import torch") for _ in range(repeat))
     return {
@@ -340,7 +302,7 @@ PROFILE_SITES = [
     ("stale-file scan", "remove_stale_files", "corpus_agents/scoring/driver.py"),
     ("model load", "load_fasttext", "corpus_agents/scoring/agents/fasttext.py"),
     ("parquet read (iter_doc_batches)", "iter_doc_batches", "corpus_agents/scoring/corpus.py"),
-    ("decode (texts + single-line texts)", "single_line_texts", "corpus_agents/scoring/agents/base.py"),
+    ("decode (texts + single-line texts)", "single_line_texts", "corpus_agents/scoring/corpus.py"),
     ("fastText predict (library call)", "predict", "fasttext/FastText.py"),
     ("part write (ParquetWriter)", "write_batch", "pyarrow/parquet/core.py"),
     ("part write (ParquetWriter)", "close", "pyarrow/parquet/core.py"),
@@ -489,20 +451,20 @@ def markdown(res: dict[str, Any]) -> str:
         f"{mp['together_cpu_s']:.2f} CPU-s; the single-agent passes together: {mp['separate_wall_s']:.2f} s wall, "
         f"{mp['separate_cpu_s']:.2f} CPU-s; one pass ÷ separate passes: wall {_range(mp['together_over_separate_wall'])}"
         f", CPU {_range(mp['together_over_separate_cpu'])}",
-        f"- read + decode of the text: {mp['read_decode_cpu_s']:.2f} CPU-s per pass "
+        f"- read + decode of the text: {mp['read_decode_s']:.2f} s per pass "
         f"({mp['read_decode_share_of_pass']:.1%} of the three-agent pass below), paid once in the joint pass "
         f"and once per agent in separate passes",
         "",
-        "Stage breakdown of a three-agent pass in one process, driving the pipeline's own reader, `DocBatch` "
-        "and agents (CPU seconds):",
+        "Stage breakdown of the three-agent pass (one worker): the wall seconds its worker recorded per part "
+        "in the catalog (`score_parts`), summed over the parts, median over rounds. An agent's score includes "
+        "its model's first load.",
         "",
-        "| stage | CPU s | share |",
+        "| stage | s | share |",
         "| --- | ---: | ---: |",
     ]
     sb = res["stages"]
-    for k, val in sb["cpu_s"].items():
-        share = sb["share"].get(k)
-        lines.append(f"| {k} | {val:.2f} | {'' if share is None else f'{share:.1%}'} |")
+    for k, val in sb["seconds"].items():
+        lines.append(f"| {k} | {val:.2f} | {sb['share'][k]:.1%} |")
     wo = res.get("worker_overheads")
     if wo:
         extra = ", ".join(f"{w} workers: +{v:.2f} CPU-s" for w, v in wo.get("pool_extra_cpu_s", {}).items())
@@ -801,11 +763,10 @@ def main() -> None:
         ]
         res["idle_before_median"] = statistics.median(idles) if idles else float("nan")
 
-        print("stage breakdown ...", flush=True)
-        res["stages"] = stage_breakdown(base, trio)
+        res["stages"] = stage_breakdown(together)
         share = res["stages"]["share"]
-        res["multi_agent"]["read_decode_cpu_s"] = (
-            res["stages"]["cpu_s"]["read"] + res["stages"]["cpu_s"]["decode"]
+        res["multi_agent"]["read_decode_s"] = (
+            res["stages"]["seconds"]["read"] + res["stages"]["seconds"]["decode"]
         )
         res["multi_agent"]["read_decode_share_of_pass"] = share["read"] + share["decode"]
         res["worker_overheads"] = worker_overheads({n: m.info for n, m in raw_models.items()}, args.repeat)

@@ -23,3 +23,13 @@ class AgentError(CorpusAgentsError):
 
 class ExecutorError(CorpusAgentsError):
     """An executor cannot run: a missing optional package (Ray) or an unreachable cluster."""
+
+
+def one_line(exc: BaseException, *, with_type: bool = False) -> str:
+    """The first line of an exception's message (library errors often span paragraphs), or its type name
+    when the message is empty. `with_type` prefixes the type, for unexpected exceptions whose message alone
+    says little (a KeyError's is just the key)."""
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0]}" if with_type else lines[0]

@@ -40,8 +40,10 @@ DELETE FROM scores
 WHERE agent = $agent AND doc_id >= (CAST($shard_id AS BIGINT) << 32) AND doc_id < (CAST($shard_id + 1 AS BIGINT) << 32);
 INSERT INTO scores SELECT $agent, doc_id, label, score FROM read_parquet($path);
 -- (timestamps are set explicitly: on a conflict INSERT OR REPLACE updates only the columns it lists)
-INSERT OR REPLACE INTO score_parts (agent, shard_id, fingerprint, path, num_rows, complete, seconds, committed_at)
-VALUES ($agent, $shard_id, $fingerprint, $path, $num_rows, $complete, $seconds, current_timestamp);
+INSERT OR REPLACE INTO score_parts (agent, shard_id, fingerprint, path, num_rows, complete, seconds,
+                                    read_s, decode_s, score_s, write_s, committed_at)
+VALUES ($agent, $shard_id, $fingerprint, $path, $num_rows, $complete, $read_s + $decode_s + $score_s + $write_s,
+        $read_s, $decode_s, $score_s, $write_s, current_timestamp);
 DELETE FROM part_failures WHERE agent = $agent AND shard_id = $shard_id;
 
 -- name: drop_parts
@@ -57,7 +59,7 @@ SELECT shard_id, row_idx FROM docs WHERE NOT text_null AND text_bytes > 0
 USING SAMPLE reservoir({rows} ROWS) REPEATABLE ({seed});
 
 -- name: parts
-SELECT agent, shard_id, fingerprint, path, num_rows, complete FROM score_parts;
+SELECT agent, shard_id, fingerprint, path, num_rows, complete, read_s, decode_s, score_s, write_s FROM score_parts;
 
 -- name: failures
 SELECT agent, shard_id, error FROM part_failures ORDER BY 1, 2;

@@ -43,6 +43,8 @@ CREATE TABLE IF NOT EXISTS agent_labels (
 );
 
 -- The manifest: one row per committed (agent, shard) part. A part counts only once it is here.
+-- Times are the worker's wall seconds for this part: its equal share of the shard's read and decode (shared
+-- by every agent scored in the same pass), its agent's own scoring and its write; `seconds` is their sum.
 CREATE TABLE IF NOT EXISTS score_parts (
     agent        VARCHAR NOT NULL,
     shard_id     INTEGER NOT NULL,
@@ -52,8 +54,17 @@ CREATE TABLE IF NOT EXISTS score_parts (
     complete     BOOLEAN NOT NULL,   -- false for --limit / --sample runs: rescored by the next full run
     seconds      DOUBLE NOT NULL,
     committed_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    read_s       DOUBLE,
+    decode_s     DOUBLE,
+    score_s      DOUBLE,
+    write_s      DOUBLE,
     PRIMARY KEY (agent, shard_id)
 );
+-- Workspaces made before the per-stage times gain the columns (NULL for their parts) when they are opened.
+ALTER TABLE score_parts ADD COLUMN IF NOT EXISTS read_s DOUBLE;
+ALTER TABLE score_parts ADD COLUMN IF NOT EXISTS decode_s DOUBLE;
+ALTER TABLE score_parts ADD COLUMN IF NOT EXISTS score_s DOUBLE;
+ALTER TABLE score_parts ADD COLUMN IF NOT EXISTS write_s DOUBLE;
 
 -- The last failure of a part that has not been committed since; cleared when it commits.
 CREATE TABLE IF NOT EXISTS part_failures (

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from corpus_agents.errors import AgentError, CorpusAgentsError, WorkspaceBusyError, WorkspaceError
 from corpus_agents.scoring.agents import Agent, build_agent
+from corpus_agents.scoring.parts import Shard
 from corpus_agents.sqlfiles import fragment, read_sql_file, split_statements, statement
 from corpus_agents.storage import atomic_path, temp_path
 
@@ -36,17 +37,6 @@ _PARAM = re.compile(r"\$(\w+)")
 
 
 @dataclass(frozen=True)
-class Shard:
-    shard_id: int
-    uri: str
-    num_rows: int
-    num_bytes: int
-    fingerprint: str
-    num_row_groups: int
-    text_column: str
-
-
-@dataclass(frozen=True)
 class Part:
     agent: str
     shard_id: int
@@ -54,6 +44,11 @@ class Part:
     path: str
     num_rows: int
     complete: bool
+    # wall seconds per stage (see `parts.PartResult`); None for parts committed before they were recorded
+    read_s: float | None = None
+    decode_s: float | None = None
+    score_s: float | None = None
+    write_s: float | None = None
 
 
 def quote_ident(name: str) -> str:
@@ -359,9 +354,14 @@ class Catalog(_Sql):
         path: str,
         num_rows: int,
         complete: bool,
-        seconds: float,
+        *,
+        read_s: float,
+        decode_s: float,
+        score_s: float,
+        write_s: float,
     ) -> None:
-        """Load a finished part's scores and its manifest row in one transaction: committed exactly once."""
+        """Load a finished part's scores and its manifest row (with its per-stage seconds) in one transaction:
+        committed exactly once."""
         with self.transaction():
             self.run(
                 "catalog.sql",
@@ -372,7 +372,10 @@ class Catalog(_Sql):
                 path=path,
                 num_rows=num_rows,
                 complete=complete,
-                seconds=seconds,
+                read_s=read_s,
+                decode_s=decode_s,
+                score_s=score_s,
+                write_s=write_s,
             )
 
     def drop_parts(self, keys: list[tuple[str, int]]) -> None:

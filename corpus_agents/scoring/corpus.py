@@ -1,13 +1,15 @@
 """Corpus registration and reading: Parquet shards on local paths, globs or fsspec/pyarrow URLs.
 
 A shard is never rewritten. Registration records its size, a fingerprint (size + Parquet footer hash),
-its row-group layout and one row per document (doc_id = shard_id << 32 | row_idx, text length in bytes).
+its row-group layout and one row per document (its doc_id, see `pack_doc_ids`, and text length in bytes).
+Reading yields `DocBatch`es: a batch's text, decoded once and shared by every agent that scores it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,10 +21,84 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from corpus_agents.errors import CorpusError
-from corpus_agents.scoring.agents.base import DocBatch
+from corpus_agents.errors import CorpusError, one_line
 
 _STRING_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
+
+
+def pack_doc_ids(shard_id: int | np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Document ids (int64) from shard ids and row indices: `shard_id << 32 | row` (`sql/` writes the same)."""
+    return (np.asarray(shard_id, dtype=np.int64) << 32) | np.asarray(rows, dtype=np.int64)
+
+
+def unpack_doc_ids(doc_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(shard ids, row indices) of document ids: the inverse of `pack_doc_ids`."""
+    doc_ids = np.asarray(doc_ids, dtype=np.int64)
+    return doc_ids >> 32, doc_ids & 0xFFFFFFFF
+
+
+class DocBatch:
+    """A batch of documents read once and shared by every agent scoring the same shard.
+
+    `texts` are Python strings (null -> "", invalid UTF-8 decoded with replacement characters); derived
+    forms (`single_line_texts` for fastText) are computed once on first use and cached. Decoding is lazy (an
+    agent that reads only metadata columns never pays for it); `decode_s` counts the seconds it took, so
+    the scoring loop can tell the shared decode from an agent's own work.
+    """
+
+    def __init__(self, text: pa.Array, columns: dict[str, pa.Array] | None = None):
+        self.text_array = text
+        self.columns = columns or {}
+        self.decode_s = 0.0
+        self._texts: list[str] | None = None
+        self._single_line: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.text_array)
+
+    @property
+    def texts(self) -> list[str]:
+        if self._texts is None:
+            started = time.perf_counter()
+            self._texts = decode_texts(self.text_array)
+            self.decode_s += time.perf_counter() - started
+        return self._texts
+
+    @property
+    def single_line_texts(self) -> list[str]:
+        """Texts with line breaks replaced by spaces (fastText predicts one line per document)."""
+        if self._single_line is None:
+            texts = self.texts
+            started = time.perf_counter()
+            self._single_line = [t.replace("\n", " ").replace("\r", " ") for t in texts]
+            self.decode_s += time.perf_counter() - started
+        return self._single_line
+
+    @property
+    def null_mask(self) -> np.ndarray:
+        return np.asarray(self.text_array.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+
+    def column(self, name: str) -> pa.Array:
+        return self.columns[name]
+
+
+def decode_texts(arr: pa.Array) -> list[str]:
+    """Arrow string array -> list of str; nulls become "" and invalid UTF-8 is decoded with U+FFFD."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_large_string(arr.type) or pa.types.is_string_view(arr.type):
+        arr = arr.cast(pa.string())
+    try:
+        arr.validate(full=True)
+        valid = True
+    except pa.ArrowInvalid:
+        valid = False
+    if valid:
+        if arr.null_count:
+            arr = pc.fill_null(arr, "")
+        return arr.to_pylist()
+    raw = arr.view(pa.binary()).to_pylist()
+    return ["" if b is None else b.decode("utf-8", errors="replace") for b in raw]
 
 
 def _filesystem(uri: str) -> tuple[Any, str]:
@@ -255,8 +331,7 @@ def sample_rows(catalog: Any, n: int, seed: int) -> dict[int, np.ndarray]:
 
 
 def _read_error(uri: str, what: str, exc: BaseException) -> CorpusError:
-    lines = str(exc).strip().splitlines()
-    return CorpusError(f"shard {uri}: cannot read {what}: {lines[0] if lines else type(exc).__name__}")
+    return CorpusError(f"shard {uri}: cannot read {what}: {one_line(exc)}")
 
 
 def sample_texts(catalog: Any, n: int, seed: int = 0) -> list[str]:
@@ -299,27 +374,29 @@ def _python_values(arr: pa.Array) -> list[Any]:
 
 
 __all__ = [
+    "DocBatch",
     "RegisterReport",
+    "decode_texts",
     "distinct_values",
     "expand_patterns",
     "inspect_shard",
     "iter_doc_batches",
     "open_parquet",
+    "pack_doc_ids",
     "register_corpus",
     "sample_texts",
     "shard_fingerprint",
+    "unpack_doc_ids",
 ]
 
 
 def read_doc_texts(shards: dict[int, Any], doc_ids: np.ndarray) -> list[str]:
     """Texts of the given documents (in the given order), reading each shard once for its rows."""
-    doc_ids = np.asarray(doc_ids, dtype=np.int64)
-    shard_of, row_of = doc_ids >> 32, doc_ids & 0xFFFFFFFF
+    shard_of, row_of = unpack_doc_ids(doc_ids)
     texts: dict[int, str] = {}
     for shard_id in np.unique(shard_of):
         shard = shards[int(shard_id)]
         rows = np.unique(row_of[shard_of == shard_id])
         for batch_rows, batch in iter_doc_batches(shard.uri, shard.text_column, [], 8192, rows):
-            for row, text in zip(batch_rows, batch.texts):
-                texts[(int(shard_id) << 32) | int(row)] = text
+            texts.update(zip(pack_doc_ids(shard_id, batch_rows).tolist(), batch.texts))
     return [texts[int(d)] for d in doc_ids]

@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from corpus_agents.errors import CorpusError
+from corpus_agents.errors import CorpusError, one_line
 from corpus_agents.storage import publish
 
 #: Rows of a Parquet row group (fewer when a shard is smaller): the unit scoring reads, a few tens of MB of
@@ -138,7 +138,7 @@ def open_stream(source: HubSource) -> Any:
     try:
         return datasets.load_dataset(name, source.config, split=source.split, streaming=True, **kwargs)
     except ValueError as exc:  # "Bad split: x. Available splits: [...]", an unknown config, ...
-        raise CorpusError(f"dataset {source.name}: {_one_line(exc)}") from None
+        raise CorpusError(f"dataset {source.name}: {one_line(exc)}") from None
     except (FileNotFoundError, ConnectionError, OSError) as exc:
         offline = os.environ.get("HF_DATASETS_OFFLINE", "") not in ("", "0") or os.environ.get(
             "HF_HUB_OFFLINE", ""
@@ -149,7 +149,7 @@ def open_stream(source: HubSource) -> Any:
             else ""
         )
         raise CorpusError(
-            f"dataset {source.name} is neither a local dataset nor available on the hub{hint}: {_one_line(exc)}"
+            f"dataset {source.name} is neither a local dataset nor available on the hub{hint}: {one_line(exc)}"
         ) from None
 
 
@@ -321,7 +321,7 @@ def _arrow_batches(stream: Any, source: HubSource) -> Iterator[pa.Table]:
         except StopIteration:
             return
         except (ValueError, OSError, pa.ArrowException) as exc:
-            raise CorpusError(f"dataset {source.name}: cannot read: {_one_line(exc)}") from None
+            raise CorpusError(f"dataset {source.name}: cannot read: {one_line(exc)}") from None
         if table.num_rows:
             yield table
 
@@ -350,8 +350,3 @@ def _with_progress(
             bar.update(task, completed=done, rate=f"{rate:,.0f}")
     if already and show:
         bar.console.print(f"resumed after {already:,} rows already in complete shards")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -15,9 +15,8 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import IterableDataset, get_worker_info
 
-from corpus_agents.errors import CorpusError
-from corpus_agents.scoring.agents.base import decode_texts
-from corpus_agents.scoring.corpus import check_column, open_parquet, resolve_column
+from corpus_agents.errors import CorpusError, one_line
+from corpus_agents.scoring.corpus import check_column, decode_texts, open_parquet, resolve_column
 from corpus_agents.training.selection import ShardRef, read_snapshot
 
 if TYPE_CHECKING:
@@ -258,9 +257,7 @@ class SelectionReader(IterableDataset):
                 .cast(pa.large_string())
             )
         except (OSError, pa.ArrowException) as exc:
-            lines = str(exc).strip().splitlines()
-            reason = lines[0] if lines else type(exc).__name__
-            raise CorpusError(f"shard {ref.uri}: cannot read row group {group}: {reason}") from None
+            raise CorpusError(f"shard {ref.uri}: cannot read row group {group}: {one_line(exc)}") from None
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text, no special tokens added; special-token strings in a text are plain text."""

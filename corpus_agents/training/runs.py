@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from corpus_agents.errors import CorpusAgentsError
 from corpus_agents.scoring.catalog import Catalog
-from corpus_agents.scoring.corpus import iter_doc_batches
+from corpus_agents.scoring.corpus import iter_doc_batches, pack_doc_ids
 from corpus_agents.training.selection import read_snapshot
 
 STATE_FILE = "trainer_state.pt"  # in a checkpoint directory: written last, so its presence marks it complete
@@ -332,7 +332,7 @@ def export_selection(
         row_idx = np.sort(rows["row_idx"].to_numpy().astype(np.int64))
         ref = shards[shard_id]
         for batch_rows, batch in iter_doc_batches(ref.uri, ref.text_column, [], 8192, row_idx):
-            doc_ids = pa.array((np.int64(shard_id) << 32) | batch_rows.astype(np.int64), pa.int64())
+            doc_ids = pa.array(pack_doc_ids(shard_id, batch_rows), pa.int64())
             with catalog.registered("exported", pa.table({"doc_id": doc_ids})):
                 labels = catalog.arrow("runs.sql", "export_labels")
             part = labels.append_column("text", pa.array(batch.texts, pa.string()))

@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from corpus_agents.config import ConfigError
-from corpus_agents.scoring.agents import AgentContext, AgentError, DocBatch
+from corpus_agents.scoring.agents import AgentContext, AgentError
 from corpus_agents.scoring.agents.fasttext import FastTextAgent, load_fasttext, train_fasttext
+from corpus_agents.scoring.corpus import DocBatch
 
 PROSE = [t for t in pydoc_data.topics.topics.values() if len(t) > 300]
 CODE = [

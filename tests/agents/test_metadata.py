@@ -9,8 +9,9 @@ import pyarrow as pa
 import pytest
 
 from corpus_agents.config import ConfigError
-from corpus_agents.scoring.agents import AgentContext, AgentError, DocBatch
+from corpus_agents.scoring.agents import AgentContext, AgentError
 from corpus_agents.scoring.agents.metadata import OTHER, MetadataAgent
+from corpus_agents.scoring.corpus import DocBatch
 
 
 def context(tmp_path: Path, values: list) -> AgentContext:

@@ -13,9 +13,10 @@ import pyarrow as pa
 import pytest
 
 from corpus_agents.config import ConfigError
-from corpus_agents.scoring.agents.base import AgentContext, AgentError, DocBatch
+from corpus_agents.scoring.agents.base import AgentContext, AgentError
 from corpus_agents.scoring.agents.fasttext import zeroed_allocations
 from corpus_agents.scoring.agents.topic import TopicAgent, renumber
+from corpus_agents.scoring.corpus import DocBatch
 
 PER_KIND = 150
 CHUNK = 2_000

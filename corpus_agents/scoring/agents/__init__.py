@@ -13,7 +13,6 @@ from corpus_agents.scoring.agents.base import (
     AgentContext,
     AgentError,
     AgentOptions,
-    DocBatch,
     ScoreResult,
 )
 
@@ -57,7 +56,6 @@ __all__ = [
     "AgentContext",
     "AgentError",
     "AgentOptions",
-    "DocBatch",
     "REGISTRY",
     "ScoreResult",
     "agent_class",

@@ -1,8 +1,9 @@
 """The agent base class: one job, turn a batch of documents into a label and a raw score per document.
 
 Concrete agents implement `create` (build the config when a user adds the agent: fit a model, discover
-labels), `labels`, `model_files` and `score`. The base class owns fingerprinting, lazy model loading and
-the batch wrapper, so an agent is cheap to construct and to pickle to worker processes.
+labels), `labels`, `model_files` and `score`. The base class owns fingerprinting and lazy model loading, so
+an agent is cheap to construct and to pickle to worker processes. Batches (`DocBatch`) come from the reading
+layer, `corpus`.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from corpus_agents.config import ConfigError, Section
 from corpus_agents.errors import AgentError
+
+if TYPE_CHECKING:
+    from corpus_agents.scoring.corpus import DocBatch
 
 
 @dataclass
@@ -32,62 +34,6 @@ class ScoreResult:
 
     labels: np.ndarray  # int32, -1 where the document could not be labelled
     scores: np.ndarray  # float32, NaN where there is no raw score
-
-
-class DocBatch:
-    """A batch of documents read once and shared by every agent scoring the same shard.
-
-    `texts` are Python strings (null -> "", invalid UTF-8 decoded with replacement characters); derived
-    forms (`single_line_texts` for fastText) are computed once on first use and cached.
-    """
-
-    def __init__(self, text: pa.Array, columns: dict[str, pa.Array] | None = None):
-        self.text_array = text
-        self.columns = columns or {}
-        self._texts: list[str] | None = None
-        self._single_line: list[str] | None = None
-
-    def __len__(self) -> int:
-        return len(self.text_array)
-
-    @property
-    def texts(self) -> list[str]:
-        if self._texts is None:
-            self._texts = decode_texts(self.text_array)
-        return self._texts
-
-    @property
-    def single_line_texts(self) -> list[str]:
-        """Texts with line breaks replaced by spaces (fastText predicts one line per document)."""
-        if self._single_line is None:
-            self._single_line = [t.replace("\n", " ").replace("\r", " ") for t in self.texts]
-        return self._single_line
-
-    @property
-    def null_mask(self) -> np.ndarray:
-        return np.asarray(self.text_array.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-
-    def column(self, name: str) -> pa.Array:
-        return self.columns[name]
-
-
-def decode_texts(arr: pa.Array) -> list[str]:
-    """Arrow string array -> list of str; nulls become "" and invalid UTF-8 is decoded with U+FFFD."""
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    if pa.types.is_large_string(arr.type) or pa.types.is_string_view(arr.type):
-        arr = arr.cast(pa.string())
-    try:
-        arr.validate(full=True)
-        valid = True
-    except pa.ArrowInvalid:
-        valid = False
-    if valid:
-        if arr.null_count:
-            arr = pc.fill_null(arr, "")
-        return arr.to_pylist()
-    raw = arr.view(pa.binary()).to_pylist()
-    return ["" if b is None else b.decode("utf-8", errors="replace") for b in raw]
 
 
 def hash_path(path: str | os.PathLike, h: hashlib._Hash | None = None) -> str:

@@ -27,12 +27,12 @@ from corpus_agents.scoring.agents.base import (
     AgentContext,
     AgentError,
     AgentOptions,
-    DocBatch,
     ScoreResult,
     bin_labels,
     check_bins,
     digitize,
 )
+from corpus_agents.scoring.corpus import DocBatch
 from corpus_agents.storage import atomic_path
 
 PREFIX = "__label__"

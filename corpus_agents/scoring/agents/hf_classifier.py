@@ -13,17 +13,18 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from corpus_agents.config import ConfigError, bounded, key_path
+from corpus_agents.errors import one_line
 from corpus_agents.scoring.agents.base import (
     Agent,
     AgentContext,
     AgentError,
     AgentOptions,
-    DocBatch,
     ScoreResult,
     bin_labels,
     check_bins,
     digitize,
 )
+from corpus_agents.scoring.corpus import DocBatch
 
 if TYPE_CHECKING:
     import torch
@@ -160,7 +161,7 @@ class HFClassifierAgent(Agent):
         except (OSError, ValueError) as exc:
             raise AgentError(
                 f"agent {self.name!r}: hub model {self.config['model']} (revision {self.config['revision']}) "
-                f"is not available locally and cannot be downloaded: {_one_line(exc)}"
+                f"is not available locally and cannot be downloaded: {one_line(exc)}"
             ) from exc
 
     def load_model(self) -> LoadedClassifier:
@@ -184,7 +185,7 @@ class HFClassifierAgent(Agent):
                 path, dtype=dtype, trust_remote_code=trust
             )
         except (OSError, ValueError) as exc:
-            raise AgentError(f"agent {self.name!r}: cannot load model {path}: {_one_line(exc)}") from exc
+            raise AgentError(f"agent {self.name!r}: cannot load model {path}: {one_line(exc)}") from exc
         if model.config.num_labels != self.config["num_labels"]:
             raise AgentError(
                 f"agent {self.name!r}: model {path} now has {model.config.num_labels} outputs, "
@@ -362,7 +363,7 @@ def _locate_model(model: str) -> tuple[str, str | None]:
         config_file = hf_hub_download(model, "config.json")
     except (OSError, ValueError) as exc:
         raise AgentError(
-            f"model {model} is neither a local directory nor a hub model available here: {_one_line(exc)}"
+            f"model {model} is neither a local directory nor a hub model available here: {one_line(exc)}"
         ) from exc
     return model, Path(config_file).parent.name  # the cache layout is <repo>/snapshots/<commit>/config.json
 
@@ -374,10 +375,4 @@ def _load_hf_config(model: str, revision: str | None, trust_remote_code: bool) -
     try:
         return AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise AgentError(f"cannot read the config of model {model}: {_one_line(exc)}") from exc
-
-
-def _one_line(exc: BaseException) -> str:
-    """First line of an exception message (transformers errors span paragraphs)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise AgentError(f"cannot read the config of model {model}: {one_line(exc)}") from exc

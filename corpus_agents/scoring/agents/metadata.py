@@ -20,9 +20,9 @@ from corpus_agents.scoring.agents.base import (
     AgentContext,
     AgentError,
     AgentOptions,
-    DocBatch,
     ScoreResult,
 )
+from corpus_agents.scoring.corpus import DocBatch
 
 OTHER = "(other)"
 MAX_LABELS = 10_000

@@ -1,4 +1,4 @@
-"""Local executor: runs shard tasks in a process pool (or in-process with one worker) with a progress bar."""
+"""Local executor: runs tasks in a process pool of spawned workers, or in this process with one worker."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import os
 import queue
 import sys
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from corpus_agents.scoring.driver import PartResult, ShardTask, one_line, score_shard
+from corpus_agents.errors import one_line
+from corpus_agents.scoring.executors import Progress, Task, Work
 
 _progress_queue: mp.Queue[int] | None = None
 _started_queue: Any = None
@@ -37,12 +38,12 @@ def _exit_with_parent() -> None:
         os._exit(1)
 
 
-def _run_task(task: ShardTask, key: int) -> list[PartResult]:
+def _run_task(work: Work, task: Task, key: int) -> list[Any]:
     """Worker entry point; announces the task first, so that if this worker dies, the owner knows which
     task it was running (and does not blame the tasks queued behind it)."""
     if _started_queue is not None:
         _started_queue.put(key)  # a SimpleQueue writes at once: the message outlives a crash right after
-    return score_shard(task, _progress_queue.put if _progress_queue is not None else None)
+    return work(task, _progress_queue.put if _progress_queue is not None else None)
 
 
 #: A task interrupted this many times by broken pools is failed, whatever it was doing (termination bound).
@@ -50,9 +51,10 @@ MAX_POOL_RESTARTS = 3
 
 
 def run_local(
-    tasks: list[ShardTask], workers: int, on_progress: Callable[[int], None]
-) -> Iterator[list[PartResult]]:
-    """Yield each task's results as it finishes. A dead worker fails the task it was running, not the run.
+    tasks: Sequence[Task], work: Work, on_progress: Progress, workers: int = 1
+) -> Iterator[list[Any]]:
+    """Yield each task's results, `work(task, progress)`, as it finishes, in any order. A task whose work
+    raises, or whose worker dies, yields `task.failed(reason)`: it fails alone, never the run.
 
     A worker that dies (killed, out of memory, crashed in native code) breaks its process pool, which fails
     every pending future. Tasks that had not started run again in a new pool; those that were running run
@@ -60,20 +62,24 @@ def run_local(
     """
     if workers <= 1:
         for task in tasks:
-            yield score_shard(task, on_progress)
+            try:
+                results = work(task, on_progress)
+            except Exception as exc:  # noqa: BLE001 - as in a pool: this task fails, the others run
+                results = task.failed(one_line(exc, with_type=True))
+            yield results
         return
     todo = list(enumerate(tasks))
-    suspects: list[tuple[int, ShardTask]] = []
+    suspects: list[tuple[int, Task]] = []
     restarts = dict.fromkeys(range(len(tasks)), 0)
     while todo or suspects:
         alone = not todo
         batch, todo = (todo, []) if todo else ([suspects.pop(0)], [])
-        interrupted = yield from _run_pool(batch, 1 if alone else workers, on_progress)
+        interrupted = yield from _run_pool(batch, work, 1 if alone else workers, on_progress)
         for key, task, started in interrupted:
             restarts[key] += 1
             if (alone and started) or restarts[key] >= MAX_POOL_RESTARTS:
-                yield _failed(
-                    task, "worker process died while scoring this shard (killed, out of memory or crashed)"
+                yield task.failed(
+                    "worker process died while scoring this shard (killed, out of memory or crashed)"
                 )
             elif started:
                 suspects.append((key, task))
@@ -82,8 +88,8 @@ def run_local(
 
 
 def _run_pool(
-    todo: list[tuple[int, ShardTask]], workers: int, on_progress: Callable[[int], None]
-) -> Generator[list[PartResult], None, list[tuple[int, ShardTask, bool]]]:
+    todo: list[tuple[int, Task]], work: Work, workers: int, on_progress: Progress
+) -> Generator[list[Any], None, list[tuple[int, Task, bool]]]:
     """Run (key, task) pairs in a new pool, yielding results; return the tasks a broken pool interrupted,
     each with whether it had started."""
     ctx = mp.get_context("spawn")
@@ -103,7 +109,7 @@ def _run_pool(
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
-    interrupted: list[tuple[int, ShardTask]] = []
+    interrupted: list[tuple[int, Task]] = []
     try:
         with ProcessPoolExecutor(
             min(workers, len(todo)),
@@ -114,7 +120,7 @@ def _run_pool(
             futures = {}
             for key, task in todo:
                 try:
-                    futures[pool.submit(_run_task, task, key)] = (key, task)
+                    futures[pool.submit(_run_task, work, task, key)] = (key, task)
                 except BrokenProcessPool:
                     interrupted.append((key, task))
             pending = set(futures)
@@ -126,27 +132,16 @@ def _run_pool(
                         yield fut.result()
                     except BrokenProcessPool:
                         interrupted.append((key, task))
-                    except Exception as exc:  # noqa: BLE001 - e.g. unpicklable result: report, continue
-                        yield _failed(task, one_line(exc))
+                    except Exception as exc:  # noqa: BLE001 - the work raised, or its result is unpicklable
+                        yield task.failed(one_line(exc, with_type=True))
     finally:
         stop.set()
         reader.join()
     while not started_queue.empty():  # every worker has exited: nothing more is being written
         started.add(started_queue.get())
+    while True:  # progress a worker sent just before its pool shut down
+        try:
+            on_progress(progress_queue.get_nowait())
+        except queue.Empty:
+            break
     return [(key, task, key in started) for key, task in interrupted]
-
-
-def _failed(task: ShardTask, error: str) -> list[PartResult]:
-    return [
-        PartResult(
-            s.agent.name,
-            task.shard.shard_id,
-            s.fingerprint,
-            None,
-            0,
-            task.complete,
-            0.0,
-            f"shard {task.shard.uri}: {error}",
-        )
-        for s in task.parts
-    ]

@@ -1,13 +1,12 @@
-"""Ray executor: runs the local executor's shard tasks on a Ray cluster with Ray Data actor pools.
+"""Ray executor: runs the local executor's tasks on a Ray cluster with Ray Data actor pools.
 
-The tasks are a Ray Data dataset of pickled task descriptors, scored by `map_batches` with a callable class
-(an actor pool): CPU agents of a shard run together in one pool of fractional-CPU actors, so a shard's text is
-read once for all of them and a small machine keeps CPUs free for Ray Data itself; each GPU agent gets a
-pool of its own with one GPU per actor when the cluster has GPUs. Actors run the same `score_shard` as the
-local executor, so parts (paths, contents) are identical and the two executors are interchangeable. Actors
-never open the catalog: they write parts (temporary name, then rename) and return `PartResult`s, which the
-driver commits. An actor that dies is restarted and Ray retries its task; the rename and `reusable_part`
-keep every part exactly once.
+The tasks are a Ray Data dataset of pickled task descriptors, run by `map_batches` with a callable class (an
+actor pool). Each task splits itself into device pools (`split_by_device`): the "cpu" sub-tasks run in one
+pool of fractional-CPU actors, so a small machine keeps CPUs free for Ray Data itself, and, when the cluster
+has GPUs, each "gpu:..." pool gets actors of its own with one GPU each. Actors run the same work function as
+the local executor (for scoring, `score_shard`: the two executors write identical parts and are
+interchangeable) and return its results to the caller. An actor that dies is restarted and Ray retries its
+task, so the work function must be safe to run twice (`score_shard` reuses a part a dead run renamed).
 """
 
 from __future__ import annotations
@@ -17,15 +16,15 @@ import os
 import pickle
 import socket
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import replace
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-from corpus_agents.errors import ExecutorError
-from corpus_agents.scoring.driver import PartResult, ShardTask, one_line, score_shard
+from corpus_agents.errors import ExecutorError, one_line
+from corpus_agents.scoring.executors import DeviceTask, Progress, Work
 
-#: CPUs one CPU-agent actor reserves: fractional, so that N actors on N cores leave room for Ray Data's
+#: CPUs one CPU-pool actor reserves: fractional, so that N actors on N cores leave room for Ray Data's
 #: own tasks and a 2-core machine does not wait forever for a free CPU.
 CPU_ACTOR_CPUS = 0.5
 #: Ray retries a task whose actor died this many times (the actor is restarted) before failing its parts;
@@ -44,12 +43,23 @@ def check_ray() -> None:
         raise ExecutorError(INSTALL_HINT) from None
 
 
-class ShardScorer:
-    """Ray Data callable class: one instance per actor, so each actor loads an agent's model once."""
+class TaskRunner:
+    """Ray Data callable class: one instance per actor, which keeps what the work loads (an agent's model)
+    for every task it runs."""
+
+    def __init__(self, work: Work):
+        self.work = work
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = [pickle.dumps(score_shard(pickle.loads(t))) for t in batch["task"]]
+        results = [pickle.dumps(self._run(pickle.loads(t))) for t in batch["task"]]
         return {"key": batch["key"], "results": np.array(results, dtype=object)}
+
+    def _run(self, task: DeviceTask) -> list[Any]:
+        """The task's results; as in the local executor, a task whose work raises fails alone."""
+        try:
+            return self.work(task, None)
+        except Exception as exc:  # noqa: BLE001 - reported as this task's failure, the others run on
+            return task.failed(one_line(exc, with_type=True))
 
 
 def _init_ray(address: str | None) -> bool:
@@ -73,7 +83,7 @@ def _init_ray(address: str | None) -> bool:
             ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=256 << 20, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        raise ExecutorError(f"cannot start {where}: {one_line(exc)}") from None
+        raise ExecutorError(f"cannot start {where}: {one_line(exc, with_type=True)}") from None
     return True
 
 
@@ -91,22 +101,15 @@ def _quiet_ray_data() -> None:
     warnings.filterwarnings("ignore", module="ray")
 
 
-def split_by_device(task: ShardTask, gpus: bool) -> list[tuple[str, ShardTask]]:
-    """(pool, sub-task) pairs of a task: its CPU agents together ("cpu"), and with GPUs each GPU agent alone."""
-    groups: dict[str, list] = {}
-    for spec in task.parts:
-        pool = f"gpu:{spec.agent.name}" if gpus and spec.agent.uses_gpu else "cpu"
-        groups.setdefault(pool, []).append(spec)
-    return [(pool, replace(task, parts=specs)) for pool, specs in groups.items()]
-
-
 def run_ray(
-    tasks: list[ShardTask],
-    address: str | None,
-    on_progress: Callable[[int], None],
+    tasks: Sequence[DeviceTask],
+    work: Work,
+    on_progress: Progress,
+    *,
+    address: str | None = None,
     workers: int | None = None,
-) -> Iterator[list[PartResult]]:
-    """Yield each (shard, pool) sub-task's results as it finishes, like `run_local`; the caller commits them.
+) -> Iterator[list[Any]]:
+    """Yield each (task, pool) sub-task's results, `work(sub_task, None)`, as it finishes, like `run_local`.
 
     `address`: an existing cluster (auto|HOST:PORT), else a local instance. `workers`: CPU actors (default:
     the cluster's CPUs). GPU pools have one actor per GPU. A sub-task whose actor died more than
@@ -123,10 +126,10 @@ def run_ray(
         _quiet_ray_data()
         resources = ray.cluster_resources()
         cpus, gpus = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
-        subtasks: dict[int, tuple[int, ShardTask]] = {}
+        subtasks: dict[int, tuple[int, DeviceTask]] = {}
         pools: dict[str, list[int]] = {}
         for index, task in enumerate(tasks):
-            for pool, sub in split_by_device(task, gpus > 0):
+            for pool, sub in task.split_by_device(gpus > 0):
                 key = len(subtasks)
                 subtasks[key] = (index, sub)
                 pools.setdefault(pool, []).append(key)
@@ -144,7 +147,8 @@ def run_ray(
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
                 ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-                    ShardScorer,
+                    TaskRunner,
+                    fn_constructor_args=(work,),
                     batch_size=1,
                     batch_format="numpy",
                     # CPU actors: one model thread each, as the local executor's workers.
@@ -170,22 +174,9 @@ def run_ray(
                     key, pickle.loads(row["results"]), subtasks, pending_per_task, on_progress
                 )
         except Exception as exc:  # noqa: BLE001 - e.g. the cluster went away: fail what did not finish
-            error = f"Ray executor: {one_line(exc)}"
+            error = f"Ray executor: {one_line(exc, with_type=True)}"
         for key in sorted(set(subtasks) - done):
-            sub = subtasks[key][1]
-            failed = [
-                PartResult(
-                    s.agent.name,
-                    sub.shard.shard_id,
-                    s.fingerprint,
-                    None,
-                    0,
-                    sub.complete,
-                    0.0,
-                    f"shard {sub.shard.uri}: {error}",
-                )
-                for s in sub.parts
-            ]
+            failed = subtasks[key][1].failed(error)
             yield from _finished(key, failed, subtasks, pending_per_task, on_progress)
     finally:
         if started_ray:
@@ -194,13 +185,13 @@ def run_ray(
 
 def _finished(
     key: int,
-    results: list[PartResult],
-    subtasks: dict[int, tuple[int, ShardTask]],
+    results: list[Any],
+    subtasks: dict[int, tuple[int, DeviceTask]],
     pending_per_task: dict[int, int],
-    on_progress: Callable[[int], None],
-) -> Iterator[list[PartResult]]:
-    """Yield a sub-task's results; advance the progress bar by the shard's documents once all its pools
-    are done (the bar counts documents, not documents x pools)."""
+    on_progress: Progress,
+) -> Iterator[list[Any]]:
+    """Yield a sub-task's results; advance the progress by the task's size once all its pools are done
+    (progress counts documents, not documents x pools)."""
     index, sub = subtasks[key]
     pending_per_task[index] -= 1
     if pending_per_task[index] == 0:

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import helpers
 import pyarrow.parquet as pq
 import pytest
 from test_reliability import (
@@ -94,7 +95,6 @@ def test_gpu_agent_runs_in_its_own_pool(tmp_path, make_corpus, fasttext_model, r
 
     from corpus_agents.scoring.catalog import Catalog
     from corpus_agents.scoring.driver import plan_tasks
-    from corpus_agents.scoring.executors.ray import split_by_device
 
     model = make_model(tmp_path / "tiny-bert", num_labels=3)
     local, on_ray = workspaces(tmp_path, make_corpus, fasttext_model, "local", "ray")
@@ -102,15 +102,70 @@ def test_gpu_agent_runs_in_its_own_pool(tmp_path, make_corpus, fasttext_model, r
         invoke("agent", "add", ws, "edu", "--kind", "hf-classifier", "--model", model, "--device", "cpu")
     with Catalog(on_ray) as cat:
         task = plan_tasks(cat, cat.agents())[0][0]
-    pools = {pool: [s.agent.name for s in sub.parts] for pool, sub in split_by_device(task, gpus=True)}
+    pools = {pool: [s.agent.name for s in sub.parts] for pool, sub in task.split_by_device(gpus=True)}
     assert pools == {"cpu": ["quality", "domain"], "gpu:edu": ["edu"]}
-    assert [p for p, _ in split_by_device(task, gpus=False)] == ["cpu"]
+    assert [p for p, _ in task.split_by_device(gpus=False)] == ["cpu"]
 
     # Local pool workers and Ray actors both run torch with one thread: float sums in the same order.
     invoke("score", local, "--workers", "2", "--quiet", "--batch-rows", "64", "--limit", "500")
     score_ray(on_ray, "--limit", "500")
     assert part_contents(on_ray) == part_contents(local)
     assert catalog_state(on_ray) == catalog_state(local)
+
+
+def test_ray_actors_do_not_import_duckdb(tmp_path, ray_instance):
+    """A real shard scored in a Ray actor, CPU and GPU pools alike, leaves DuckDB unimported there."""
+    import ray.cloudpickle
+
+    from corpus_agents.scoring.executors.ray import run_ray
+
+    gpu = helpers.metadata_agent("gpu")
+    gpu.uses_gpu = True  # the fixture's instance declares a GPU: this part gets a GPU actor of its own
+    task = helpers.shard_task(
+        helpers.write_shard(tmp_path / "shard.parquet", 24),
+        tmp_path / "parts",
+        [helpers.metadata_agent(), gpu],
+    )
+    seen: list[int] = []
+    ray.cloudpickle.register_pickle_by_value(helpers)  # actors cannot import the tests' modules by name
+    try:
+        reports = [
+            r for results in run_ray([task], helpers.score_and_report_duckdb, seen.append) for r in results
+        ]
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(helpers)
+    assert sorted(r["results"][0].agent for r in reports) == ["domain", "gpu"]
+    assert all(r["results"][0].error is None and r["results"][0].num_rows == 24 for r in reports)
+    assert [r["duckdb"] for r in reports] == [False, False]
+    assert seen == [24]  # the task's documents once, not once per pool
+
+
+def test_a_raising_task_fails_alone_on_ray(tmp_path, ray_instance):
+    import ray.cloudpickle
+
+    from corpus_agents.scoring.executors.ray import run_ray
+
+    tasks = [
+        helpers.shard_task(
+            helpers.write_shard(tmp_path / f"s{s}.parquet", 16),
+            tmp_path / "parts",
+            [helpers.metadata_agent()],
+            s,
+        )
+        for s in range(2)
+    ]
+    ray.cloudpickle.register_pickle_by_value(helpers)
+    try:
+        results = sorted(
+            (r for rs in run_ray(tasks, helpers.fail_odd_shards, lambda n: None) for r in rs),
+            key=lambda r: r.shard_id,
+        )
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(helpers)
+    assert [(r.shard_id, r.error) for r in results] == [
+        (0, None),
+        (1, f"shard {tmp_path / 's1.parquet'}: ValueError: odd shard 1"),
+    ]
 
 
 def ray_worker_pid(pid: int) -> bool:

@@ -1,0 +1,117 @@
+"""The scoring driver on a real catalog: which parts `plan_tasks` plans (done, stale, partial with --limit or
+--sample), and what committing a part records (its per-stage times, also in workspaces made before them)."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pytest
+from helpers import make_workspace
+
+from corpus_agents.scoring.catalog import CATALOG_FILE, Catalog
+from corpus_agents.scoring.driver import RunSummary, commit_results, plan_tasks, run_scoring
+from corpus_agents.scoring.parts import part_path, score_shard
+
+SHARDS, ROWS = 3, 40
+STAGES = ("read_s", "decode_s", "score_s", "write_s")
+
+
+@pytest.fixture
+def catalog(tmp_path):
+    """A workspace over 3 shards of 40 documents with two metadata agents, `a` and `b`."""
+    with Catalog(make_workspace(tmp_path, SHARDS, ROWS, ["a", "b"])) as cat:
+        yield cat
+
+
+def planned(tasks) -> dict[int, list[str]]:
+    return {t.shard.shard_id: [s.agent.name for s in t.parts] for t in tasks}
+
+
+def commit(catalog: Catalog, tasks) -> RunSummary:
+    summary = RunSummary()
+    for task in tasks:
+        commit_results(catalog, score_shard(task), summary)
+    assert not summary.failed, summary.failed
+    return summary
+
+
+def test_a_fresh_workspace_plans_every_part(catalog):
+    tasks, skipped = plan_tasks(catalog, catalog.agents(), batch_rows=16)
+    assert skipped == 0 and planned(tasks) == {s: ["a", "b"] for s in range(SHARDS)}
+    for task in tasks:
+        assert task.rows is None and task.complete and task.num_docs == ROWS and task.batch_rows == 16
+        for spec in task.parts:
+            fp = spec.agent.fingerprint()
+            assert spec.fingerprint == fp
+            assert spec.path == part_path(catalog.parts_url, spec.agent.name, fp, task.shard.shard_id)
+
+
+def test_done_parts_are_skipped_and_stale_ones_planned_again(catalog):
+    a, b = catalog.agents()
+    tasks, _ = plan_tasks(catalog, [a])
+    commit(catalog, tasks[:2])  # agent a on shards 0 and 1
+    tasks, skipped = plan_tasks(catalog, [a, b])
+    assert skipped == 2 and planned(tasks) == {0: ["b"], 1: ["b"], 2: ["a", "b"]}
+    # Agent a changed (a new fingerprint): its committed parts are stale.
+    tasks, skipped = plan_tasks(catalog, [a, b], fingerprints={"a": "0" * 32, "b": b.fingerprint()})
+    assert skipped == 0 and planned(tasks) == {s: ["a", "b"] for s in range(SHARDS)}
+    assert {s.fingerprint for t in tasks for s in t.parts if s.agent.name == "a"} == {"0" * 32}
+
+
+def test_limit_takes_the_first_rows_of_the_first_shards_and_its_parts_are_partial(catalog):
+    agents = catalog.agents(["a"])
+    tasks, skipped = plan_tasks(catalog, agents, limit=50)
+    assert skipped == 0 and [t.shard.shard_id for t in tasks] == [0, 1]
+    assert [t.rows.tolist() for t in tasks] == [list(range(40)), list(range(10))]
+    assert [t.parts[0].path.rsplit("/", 1)[1] for t in tasks] == [
+        "shard-000000-limit40.parquet",
+        "shard-000001-limit10.parquet",
+    ]
+    commit(catalog, tasks)
+    parts = catalog.parts()
+    assert {k: (p.num_rows, p.complete) for k, p in parts.items()} == {
+        ("a", 0): (40, False),
+        ("a", 1): (10, False),
+    }
+    # Partial parts are done for another partial run, not for a full run, which rescores them.
+    assert plan_tasks(catalog, agents, limit=50) == ([], 2)
+    tasks, skipped = plan_tasks(catalog, agents)
+    assert skipped == 0 and [t.shard.shard_id for t in tasks] == [0, 1, 2] and all(t.complete for t in tasks)
+
+
+def test_sample_is_seeded_per_shard(catalog):
+    agents = catalog.agents(["b"])
+    first, _ = plan_tasks(catalog, agents, sample=0.5, seed=7)
+    again, _ = plan_tasks(catalog, agents, sample=0.5, seed=7)
+    other, _ = plan_tasks(catalog, agents, sample=0.5, seed=8)
+    rows = [t.rows.tolist() for t in first]
+    assert rows == [t.rows.tolist() for t in again] and rows != [t.rows.tolist() for t in other]
+    assert len({tuple(r) for r in rows}) == SHARDS  # each shard its own draw
+    for task in first:
+        assert 0 < task.num_docs < ROWS and np.all(np.diff(task.rows) > 0) and not task.complete
+        assert task.parts[0].path.endswith(f"shard-{task.shard.shard_id:06d}-sample0.5-seed7.parquet")
+
+
+def test_each_part_records_its_own_stage_times(catalog):
+    summary = run_scoring(catalog, ["a", "b"], show_progress=False, batch_rows=8)
+    assert len(summary.committed) == 2 * SHARDS and not summary.failed
+    parts = catalog.parts()
+    assert len(parts) == 2 * SHARDS
+    for result in summary.committed:
+        part = parts[(result.agent, result.shard_id)]
+        assert [getattr(part, s) for s in STAGES] == pytest.approx([getattr(result, s) for s in STAGES])
+        assert all(getattr(part, s) >= 0 for s in STAGES) and part.score_s > 0 and part.write_s > 0
+
+
+def test_a_workspace_made_before_stage_times_opens_and_gains_them(catalog, tmp_path):
+    tasks, _ = plan_tasks(catalog, catalog.agents(["a"]))
+    commit(catalog, tasks[:1])
+    catalog.close()
+    with duckdb.connect(str(tmp_path / "ws" / CATALOG_FILE)) as con:  # the manifest as it was before
+        for stage in STAGES:
+            con.execute(f"ALTER TABLE score_parts DROP COLUMN {stage}")
+    with Catalog(tmp_path / "ws") as cat:
+        old = cat.parts()[("a", 0)]
+        assert old.num_rows == ROWS and [getattr(old, s) for s in STAGES] == [None] * 4
+        commit(cat, plan_tasks(cat, cat.agents(["a"]))[0])
+        assert cat.parts()[("a", 2)].score_s > 0
