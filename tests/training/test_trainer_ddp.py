@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import torch
-from test_trainer import TINY, console_tables, final_weights, workspace  # noqa: F401  (workspace: a fixture)
 
 from corpus_agents.config import load_config
 from corpus_agents.training.models import load_tokenizer
 from corpus_agents.training.reader import SelectionReader
+from training.test_trainer import TINY, console_tables, final_weights, workspace  # noqa: F401  (workspace: a fixture)
 
 
 def free_port() -> int:
