@@ -51,6 +51,17 @@ def make_workspace(root: Path, shards: int, rows: int, agents: list[str]) -> Pat
     return root / "ws"
 
 
+def commit_tasks(catalog: Any, tasks: list[ShardTask]) -> Any:
+    """Score the tasks in this process and commit their parts, as `run_scoring` does; none may fail."""
+    from corpus_agents.scoring.driver import RunSummary, commit_results  # imports DuckDB: not at the top
+
+    summary = RunSummary()
+    for task in tasks:
+        commit_results(catalog, score_shard(task), summary)
+    assert not summary.failed, summary.failed
+    return summary
+
+
 def shard_task(
     shard_path: Path, parts_dir: Path, agents: list[Any], shard_id: int = 0, batch_rows: int = 8
 ) -> ShardTask:
