@@ -154,12 +154,13 @@ def test_a_workspace_made_before_stage_times_opens_and_gains_them(tmp_path):
 
 # ----- a second process on a busy workspace, through the CLI ---------------------------------------------
 
+# Holds the workspace until it is killed (it blocks reading a pipe the test never writes to).
 HOLDER = """
-import sys, time
+import sys
 from corpus_agents.scoring.catalog import Catalog
 cat = Catalog(sys.argv[1], command="holder-test --sleeping")
 print("holding", flush=True)
-time.sleep(120)
+sys.stdin.read()
 """
 
 
@@ -178,7 +179,11 @@ def test_busy_workspace_names_the_holder(tmp_path, make_corpus):
     ws = tmp_path / "ws"
     invoke("init", ws, "--corpus", corpus / "*.parquet")
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(ws)], stdout=subprocess.PIPE, text=True, env=cli_env()
+        [sys.executable, "-c", HOLDER, str(ws)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
     )
     try:
         assert holder.stdout.readline().strip() == "holding"

@@ -28,12 +28,15 @@ from helpers import (
 )
 
 
-def timed_score(ws: Path, log: Path) -> tuple[float, float]:
+def timed_score(ws: Path, log: Path, timeout: float = 300) -> tuple[float, float]:
     """Run `score` to the end: (seconds until its first part file appeared, seconds in all)."""
     started = time.monotonic()
     proc = start_score(ws, log)
     first = None
     while proc.poll() is None:
+        if time.monotonic() > started + timeout:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(f"score did not finish in {timeout}s:\n{log.read_text()}")
         if first is None and part_files(ws):
             first = time.monotonic() - started
         time.sleep(0.005)
