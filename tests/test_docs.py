@@ -1,5 +1,6 @@
 """The repository explains itself: every `docs/...` citation and Markdown link resolves to a file and a
-heading, and no file holds an absolute path of one machine (or a path outside the repository)."""
+heading, every `tests/...py::test` citation to a test, and no file holds an absolute path of one machine (or a
+path outside the repository)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ CITING = {".py", ".md", ".yaml", ".yml", ".toml"}
 
 #: A `docs/<file>.md` citation, with or without `#anchor`, also as `../docs/...`; not `mydocs/...`.
 DOC_REF = re.compile(r"(?<![\w-])docs/([\w.-]+\.md)(?:#([\w-]+))?")
+#: A `tests/<path>.py` citation, optionally with `::test_name`.
+TEST_REF = re.compile(r"(?<![\w/.-])tests/([\w/]+\.py)(?:::(\w+))?")
 MD_LINK = re.compile(r"\[[^\]\n]*\]\(([^)\s]+)\)")
 #: Absolute paths that exist on one machine only, and paths that leave the repository for a sibling.
 MACHINE_PATHS = {
@@ -121,6 +124,26 @@ def test_every_docs_citation_names_an_existing_file_and_heading() -> None:
                     f"{where(path, content, match.start())}: docs/{name} has no heading #{anchor}"
                 )
     assert cited >= 10, "the code and READMEs cite docs/algorithm.md and docs/architecture.md"
+    assert not problems, "\n".join(problems)
+
+
+def test_every_tests_citation_names_an_existing_test() -> None:
+    """Tests that pin a guarantee are cited by path and name (as pytest prints them): moving or renaming
+    one must update its citations."""
+    problems, cited = [], 0
+    for path in tree_files():
+        if path.suffix.lower() not in CITING:
+            continue
+        content = text(path)
+        for match in TEST_REF.finditer(content):
+            cited += 1
+            name, test = match.groups()
+            target = REPO / "tests" / name
+            if not target.is_file():
+                problems.append(f"{where(path, content, match.start())}: tests/{name} does not exist")
+            elif test and not re.search(rf"^def {test}\(", text(target), re.MULTILINE):
+                problems.append(f"{where(path, content, match.start())}: tests/{name} has no {test}")
+    assert cited >= 10, "docs/architecture.md cites the tests that pin its guarantees"
     assert not problems, "\n".join(problems)
 
 

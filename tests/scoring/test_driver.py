@@ -1,16 +1,15 @@
 """The scoring driver on a real catalog: which parts `plan_tasks` plans (done, stale, partial with --limit or
---sample), and what committing a part records (its per-stage times, also in workspaces made before them)."""
+--sample), and what committing a part records (its per-stage times)."""
 
 from __future__ import annotations
 
-import duckdb
 import numpy as np
 import pytest
-from helpers import make_workspace
+from helpers import commit_tasks, make_workspace
 
-from corpus_agents.scoring.catalog import CATALOG_FILE, Catalog
-from corpus_agents.scoring.driver import RunSummary, commit_results, plan_tasks, run_scoring
-from corpus_agents.scoring.parts import part_path, score_shard
+from corpus_agents.scoring.catalog import Catalog
+from corpus_agents.scoring.driver import plan_tasks, run_scoring
+from corpus_agents.scoring.parts import part_path
 
 SHARDS, ROWS = 3, 40
 STAGES = ("read_s", "decode_s", "score_s", "write_s")
@@ -27,14 +26,6 @@ def planned(tasks) -> dict[int, list[str]]:
     return {t.shard.shard_id: [s.agent.name for s in t.parts] for t in tasks}
 
 
-def commit(catalog: Catalog, tasks) -> RunSummary:
-    summary = RunSummary()
-    for task in tasks:
-        commit_results(catalog, score_shard(task), summary)
-    assert not summary.failed, summary.failed
-    return summary
-
-
 def test_a_fresh_workspace_plans_every_part(catalog):
     tasks, skipped = plan_tasks(catalog, catalog.agents(), batch_rows=16)
     assert skipped == 0 and planned(tasks) == {s: ["a", "b"] for s in range(SHARDS)}
@@ -49,7 +40,7 @@ def test_a_fresh_workspace_plans_every_part(catalog):
 def test_done_parts_are_skipped_and_stale_ones_planned_again(catalog):
     a, b = catalog.agents()
     tasks, _ = plan_tasks(catalog, [a])
-    commit(catalog, tasks[:2])  # agent a on shards 0 and 1
+    commit_tasks(catalog, tasks[:2])  # agent a on shards 0 and 1
     tasks, skipped = plan_tasks(catalog, [a, b])
     assert skipped == 2 and planned(tasks) == {0: ["b"], 1: ["b"], 2: ["a", "b"]}
     # Agent a changed (a new fingerprint): its committed parts are stale.
@@ -67,7 +58,7 @@ def test_limit_takes_the_first_rows_of_the_first_shards_and_its_parts_are_partia
         "shard-000000-limit40.parquet",
         "shard-000001-limit10.parquet",
     ]
-    commit(catalog, tasks)
+    commit_tasks(catalog, tasks)
     parts = catalog.parts()
     assert {k: (p.num_rows, p.complete) for k, p in parts.items()} == {
         ("a", 0): (40, False),
@@ -101,17 +92,3 @@ def test_each_part_records_its_own_stage_times(catalog):
         part = parts[(result.agent, result.shard_id)]
         assert [getattr(part, s) for s in STAGES] == pytest.approx([getattr(result, s) for s in STAGES])
         assert all(getattr(part, s) >= 0 for s in STAGES) and part.score_s > 0 and part.write_s > 0
-
-
-def test_a_workspace_made_before_stage_times_opens_and_gains_them(catalog, tmp_path):
-    tasks, _ = plan_tasks(catalog, catalog.agents(["a"]))
-    commit(catalog, tasks[:1])
-    catalog.close()
-    with duckdb.connect(str(tmp_path / "ws" / CATALOG_FILE)) as con:  # the manifest as it was before
-        for stage in STAGES:
-            con.execute(f"ALTER TABLE score_parts DROP COLUMN {stage}")
-    with Catalog(tmp_path / "ws") as cat:
-        old = cat.parts()[("a", 0)]
-        assert old.num_rows == ROWS and [getattr(old, s) for s in STAGES] == [None] * 4
-        commit(cat, plan_tasks(cat, cat.agents(["a"]))[0])
-        assert cat.parts()[("a", 2)].score_s > 0

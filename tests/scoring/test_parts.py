@@ -6,12 +6,11 @@ import os
 import pickle
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from helpers import SOURCES, metadata_agent, shard_task, write_shard
 
-from corpus_agents.scoring.corpus import pack_doc_ids, unpack_doc_ids
+from corpus_agents.scoring.corpus import pack_doc_ids
 from corpus_agents.scoring.parts import PART_SCHEMA, score_shard
 
 ROWS = 40
@@ -112,16 +111,3 @@ def test_tasks_pickle_and_split_by_device(tmp_path):
     pools = {pool: [s.agent.name for s in sub.parts] for pool, sub in task.split_by_device(gpus=True)}
     assert pools == {"cpu": ["a", "b"], "gpu:gpu": ["gpu"]}
     assert [pool for pool, _ in task.split_by_device(gpus=False)] == ["cpu"]
-
-
-def test_doc_ids_pack_and_unpack():
-    shards, rows = np.array([0, 1, 7, 2**31 - 1]), np.array([0, 5, 2**32 - 1, 123])
-    ids = pack_doc_ids(shards, rows)
-    assert ids.dtype == np.int64 and ids.tolist() == [
-        0,
-        (1 << 32) | 5,
-        (7 << 32) | (2**32 - 1),
-        ((2**31 - 1) << 32) | 123,
-    ]
-    back_shards, back_rows = unpack_doc_ids(pa.array(ids).to_numpy())
-    assert back_shards.tolist() == shards.tolist() and back_rows.tolist() == rows.tolist()

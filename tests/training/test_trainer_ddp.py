@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import torch
-from test_trainer import TINY, console_tables, final_weights, workspace  # noqa: F401  (workspace: a fixture)
+from helpers import TINY, console_tables, final_weights
 
 from corpus_agents.config import load_config
 from corpus_agents.training.models import load_tokenizer
@@ -24,7 +24,7 @@ def free_port() -> int:
 
 
 def test_two_ranks_share_probes_and_selection_and_rank_0_records_the_rounds(
-    workspace: tuple[Path, Path],  # noqa: F811
+    workspace: tuple[Path, Path],
 ) -> None:
     ws, config = workspace
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-CORPUS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "corpus"
+CORPUS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "corpus"
 _spec = importlib.util.spec_from_file_location("benchmark_corpus_build", CORPUS_DIR / "build.py")
 build = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = build  # its worker function is pickled by module name

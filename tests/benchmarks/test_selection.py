@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 _spec = importlib.util.spec_from_file_location("selection_quality", BENCH / "selection_quality.py")
 sq = importlib.util.module_from_spec(_spec)

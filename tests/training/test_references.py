@@ -32,7 +32,7 @@ from corpus_agents.training.references import (
     reference_loss,
 )
 
-SHARED = Path(os.environ.get("CORPUS_AGENTS_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+SHARED = Path(os.environ.get("CORPUS_AGENTS_SHARED", Path(__file__).resolve().parents[3] / "shared"))
 REFERENCE_DIR = SHARED / "data" / "reference"
 SHARED_TEMPLATES = {  # (prompt, answer) of each shared set
     "lambada": ("{until_last}", " {last_word}"),
@@ -177,7 +177,7 @@ def test_reference_loss_equals_hand_computed_loss(tokenizer: PreTrainedTokenizer
 
 
 # ----- named tasks: shipped samples, `references build`, resolution ---------------------------------------
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_samples_have_the_task_layout_and_attribution() -> None:

@@ -10,7 +10,7 @@ from helpers import make_workspace
 
 from corpus_agents.scoring.catalog import Catalog
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 _spec = importlib.util.spec_from_file_location("bench_scoring", BENCH / "scoring.py")
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)  # puts benchmarks/ on sys.path for its own imports

