@@ -389,3 +389,15 @@ def test_v2_update_is_idempotent_and_resumable(catalog: Catalog) -> None:
     recorded = catalog.execute("SELECT count(*) FROM probe_strata WHERE round = 1")[0][0]
     assert recorded == console.draw_strata(1).num_rows == 9 * 16
     assert Console(catalog, "run").config.preset == "v2"  # the stored config, preset included
+
+
+def test_topk_and_gumbel_remain_as_modes_over_v2_priorities(catalog: Catalog, tmp_path: Path) -> None:
+    console = make_console(catalog, agents=["real", "noise"])
+    run_rounds(console, 2)
+    budget = 20_000
+    top = read_snapshot(console.select(2, budget, tmp_path / "t.parquet", mode="topk"))[0]
+    assert all(REAL[index_of(d)] == 3 for d in top["doc_id"].to_pylist())  # the best label's cells first
+    gumbel = read_snapshot(console.select(2, budget, tmp_path / "g.parquet", mode="gumbel"))[0]
+    labels = np.array([REAL[index_of(d)] for d in gumbel["doc_id"].to_pylist()])
+    assert (labels == 3).mean() > 0.5 and len(set(labels)) > 1  # favours it, still samples
+    assert catalog.execute("SELECT mode FROM selections WHERE run_id = 'run' AND round = 2")[0][0] == "gumbel"
