@@ -479,7 +479,9 @@ def train(
 @click.argument("workspace", type=click.Path(exists=True, file_okay=False))
 @user_errors
 def runs(workspace: str) -> None:
-    """Training runs with their rounds, held-out loss and current collaboration weights (theta).
+    """Training runs with their rounds, held-out loss, current collaboration weights (theta) and whether each
+    agent carries any signal (`signal`: split-half reliability `rel` of its label effects and its largest
+    |effect| / se `z`; rel near 0 and z below 2 mean none).
 
     \b
     Examples:

@@ -277,32 +277,60 @@ class RewardsConfig(Section):
     chunk_size: int = bounded(16, gt=0)  # probes per vmap chunk
 
 
+#: What `console.preset` sets when `mode` or `probes_per_label` is left out (docs/algorithm.md#version-2).
+CONSOLE_PRESETS: dict[str, dict[str, Any]] = {
+    "v2": {"mode": "sample", "probes_per_label": 16},
+    "paper": {"mode": "topk", "probes_per_label": 64},
+}
+
+
 @dataclass
 class ConsoleConfig(Section):
-    """Console settings, defaults from ALGORITHM.md. Every ablation is config: `agents` (one agent, a pair),
-    `fixed_weights` (eta_agent = eta_theta = 0), `mode`."""
+    """Console settings, defaults from ALGORITHM.md. `preset: v2` (the default) is the noise-aware console,
+    `preset: paper` the paper's (docs/algorithm.md#version-1-the-papers-console). Every ablation is config:
+    `agents` (one agent, a pair), `fixed_weights`, `mode`, `preset`."""
 
     where = "console"
+    preset: Literal["v2", "paper"] = "v2"
     agents: list[str] | None = None  # None: every registered agent, in registration order
-    eta_agent: float = bounded(0.3, ge=0, le=1)
     eta_theta: float = bounded(0.5, ge=0, le=1)
-    tau_p: float = bounded(1.0, gt=0)
     theta_floor: float = bounded(0.02, ge=0, lt=1)
     decay_lambda: float = bounded(0.1, ge=0)
-    mode: Literal["topk", "gumbel", "random"] = "topk"
+    mode: Literal["sample", "topk", "gumbel", "random"] | None = None  # None: the preset's (sample / topk)
     gumbel_tau: float = bounded(0.1, gt=0)
-    probes_per_label: int = bounded(64, ge=1)
+    probes_per_label: int | None = bounded(None, ge=1)  # None: the preset's (16 / 64)
     tie_break: str = "hash"  # or an agent's name: its raw score, descending, orders equal priorities
     seed: int = 0
     fixed_weights: bool = False
     bytes_per_token: float = bounded(4.0, gt=0)  # n(x) = ceil(text_bytes / bytes_per_token), at least 1
     prior: dict[str, dict[str, float]] = field(default_factory=dict)  # agent -> label name -> initial w
+    # preset paper only
+    eta_agent: float = bounded(0.3, ge=0, le=1)
+    tau_p: float = bounded(1.0, gt=0)
+    # preset v2 only
+    effects: Literal["joint", "marginal"] = "joint"
+    ridge_lambda: float = bounded(1.0, gt=0)  # in units of probes
+    forgetting: float = bounded(0.5, ge=0, le=1)  # rho
+    prior_strength: float = bounded(0.0, ge=0)  # initial precision of w
+    tau: float = bounded(0.25, gt=0)  # reward units
+    eps: float = bounded(0.1, ge=0, le=1)
+    max_cell_share: float = bounded(0.5, gt=0, le=1)
+    s0: float = bounded(0.05, ge=0)
+
+    def __post_init__(self) -> None:
+        defaults = CONSOLE_PRESETS.get(self.preset, CONSOLE_PRESETS["v2"])
+        if self.mode is None:
+            self.mode = defaults["mode"]
+        if self.probes_per_label is None:
+            self.probes_per_label = defaults["probes_per_label"]
 
     def validate(self, where: str) -> None:
         if self.agents is not None and not self.agents:
             raise ConfigError(f"{key_path(where, 'agents')} is empty (leave it out to use every agent)")
         if self.agents is not None and len(set(self.agents)) != len(self.agents):
             raise ConfigError(f"{key_path(where, 'agents')} lists an agent twice: {self.agents}")
+        if self.mode == "sample" and self.preset != "v2":
+            raise ConfigError(f"{key_path(where, 'mode')}: sample needs {key_path(where, 'preset')}: v2")
 
     @property
     def effective_eta_agent(self) -> float:

@@ -70,6 +70,28 @@ CREATE TABLE IF NOT EXISTS consumed_rounds (
     round  INTEGER NOT NULL,
     PRIMARY KEY (run_id, round)
 );
+-- Version 2: which (agent, label) strata drew each probe of a round (a probe drawn twice has two rows).
+CREATE TABLE IF NOT EXISTS probe_strata (
+    run_id   VARCHAR NOT NULL,
+    round    INTEGER NOT NULL,
+    agent    VARCHAR NOT NULL,
+    label_id SMALLINT NOT NULL,
+    doc_id   BIGINT NOT NULL,
+    PRIMARY KEY (run_id, round, agent, label_id, doc_id)
+);
+-- Version 2 columns (added to catalogs made before it; NULL in the paper preset's rows):
+--   agent_memory.reward is the round's label effect beta, `se` its standard error, `precision` that of w;
+--   collab_weights.reward is the agent's advantage over random, `reward_se` its standard error and
+--   `reliability` the split-half reliability of its label effects (Spearman-Brown corrected);
+--   selections: the entropy (nats) of the selected tokens over label cells, the largest cell's share and
+--   the number of cells (every mode, both presets).
+ALTER TABLE agent_memory ADD COLUMN IF NOT EXISTS se DOUBLE;
+ALTER TABLE agent_memory ADD COLUMN IF NOT EXISTS precision DOUBLE;
+ALTER TABLE collab_weights ADD COLUMN IF NOT EXISTS reward_se DOUBLE;
+ALTER TABLE collab_weights ADD COLUMN IF NOT EXISTS reliability DOUBLE;
+ALTER TABLE selections ADD COLUMN IF NOT EXISTS cell_entropy DOUBLE;
+ALTER TABLE selections ADD COLUMN IF NOT EXISTS top_cell_share DOUBLE;
+ALTER TABLE selections ADD COLUMN IF NOT EXISTS num_cells BIGINT;
 
 -- name: run_row
 SELECT config, init_from FROM runs WHERE run_id = $run_id;
@@ -155,13 +177,14 @@ WHERE console_docs.doc_id = s.doc_id;
 
 -- name: init_memory
 -- Round 0: w from the `init_from` run's last round where it has the (agent, label), else the config prior
--- (registered as `console_prior` (agent, name, w)), else 0.
-INSERT INTO agent_memory (run_id, round, agent, label_id, w)
-SELECT $run_id, 0, l.agent, l.label_id, coalesce(src.w, p.w, 0.0)
+-- (registered as `console_prior` (agent, name, w)), else 0; the precision of w likewise, else
+-- $prior_strength (NULL for the paper preset, which has none).
+INSERT INTO agent_memory (run_id, round, agent, label_id, w, precision)
+SELECT $run_id, 0, l.agent, l.label_id, coalesce(src.w, p.w, 0.0), coalesce(src.precision, $prior_strength)
 FROM agent_labels l
 JOIN console_agents a ON a.agent = l.agent
 LEFT JOIN (
-    SELECT agent, label_id, w FROM agent_memory
+    SELECT agent, label_id, w, precision FROM agent_memory
     WHERE run_id = $init_from AND round = (SELECT max(round) FROM agent_memory WHERE run_id = $init_from)
 ) src ON src.agent = l.agent AND src.label_id = l.label_id
 LEFT JOIN console_prior p ON p.agent = l.agent AND p.name = l.name;
@@ -192,6 +215,7 @@ ORDER BY m.agent, m.label_id;
 DELETE FROM probes WHERE run_id = $run_id AND round = $round;
 DELETE FROM agent_memory WHERE run_id = $run_id AND round = $round;
 DELETE FROM collab_weights WHERE run_id = $run_id AND round = $round;
+DELETE FROM probe_strata WHERE run_id = $run_id AND round = $round;
 
 -- name: insert_probes
 -- `console_rewards` (doc_id, reward) is registered by console.py.
@@ -207,12 +231,12 @@ WHERE p.run_id = $run_id AND p.round = $round AND s.label BETWEEN 0 AND a.num_la
 GROUP BY s.agent, s.label;
 
 -- name: insert_memory
--- `console_memory` (agent, label_id, w, reward, num_probes) is registered by console.py.
-INSERT INTO agent_memory SELECT $run_id, $round, agent, label_id, w, reward, num_probes FROM console_memory;
+-- `console_memory` (agent, label_id, w, reward, num_probes[, se, precision]) is registered by console.py.
+INSERT INTO agent_memory BY NAME SELECT $run_id AS run_id, $round AS round, * FROM console_memory;
 
 -- name: insert_theta
--- `console_theta` (agent, theta, reward) is registered by console.py.
-INSERT INTO collab_weights SELECT $run_id, $round, agent, theta, reward FROM console_theta;
+-- `console_theta` (agent, theta, reward[, reward_se, reliability]) is registered by console.py.
+INSERT INTO collab_weights BY NAME SELECT $run_id AS run_id, $round AS round, * FROM console_theta;
 
 -- name: draw_probes
 -- Up to $m documents per (agent, label), uniformly: the $m smallest of a hash seeded by (seed, round). One
@@ -270,7 +294,7 @@ FROM prioritised;
 -- the Gumbel key in steps of 1/256) so that only one bucket is ever sorted: selection stays linear.
 CREATE OR REPLACE TEMP MACRO console_ranked(seed, salt, sel_mode, by_score, gumbel_tau) AS TABLE
 SELECT k.doc_id, CAST(k.doc_id >> 32 AS INTEGER) AS shard_id, CAST(k.doc_id & 4294967295 AS INTEGER) AS row_idx,
-       k.row_group, k.tokens, c.priority, c.level,
+       k.row_group, k.tokens, k.cell, c.priority, c.level,
        hash(k.doc_id, CAST(seed AS BIGINT), CAST(salt AS BIGINT)) AS h,
        CASE WHEN sel_mode = 'gumbel' THEN c.priority / gumbel_tau
                                           - ln(-ln((CAST(h >> 11 AS DOUBLE) + 0.5) / CAST(2 ** 53 AS DOUBLE)))
@@ -302,11 +326,11 @@ FROM upto;
 -- name: select_docs
 -- The selection: the longest prefix of the order whose tokens fit the budget. Whole levels and buckets
 -- before the boundary, then the boundary bucket, the only part sorted document by document.
-SELECT doc_id, shard_id, row_idx, row_group, priority, tokens
+SELECT doc_id, shard_id, row_idx, row_group, priority, tokens, cell
 FROM console_ranked($seed, $round, $mode, $by_score, $gumbel_tau)
 WHERE level < $level OR (level = $level AND bucket < $bucket)
 UNION ALL
-SELECT doc_id, shard_id, row_idx, row_group, priority, tokens
+SELECT doc_id, shard_id, row_idx, row_group, priority, tokens, cell
 FROM (
     SELECT *, sum(tokens) OVER (ORDER BY fine DESC NULLS LAST, h, doc_id ROWS UNBOUNDED PRECEDING) AS upto
     FROM console_ranked($seed, $round, $mode, $by_score, $gumbel_tau)
@@ -316,8 +340,10 @@ WHERE upto <= $remaining
 ORDER BY doc_id;
 
 -- name: insert_selection
-INSERT OR REPLACE INTO selections (run_id, round, path, num_docs, tokens, mode, budget_tokens, created_at)
-VALUES ($run_id, $round, $path, $num_docs, $tokens, $mode, $budget, current_timestamp);
+INSERT OR REPLACE INTO selections (run_id, round, path, num_docs, tokens, mode, budget_tokens, created_at,
+                                   cell_entropy, top_cell_share, num_cells)
+VALUES ($run_id, $round, $path, $num_docs, $tokens, $mode, $budget, current_timestamp, $entropy, $top_share,
+        $num_cells);
 
 -- name: record_consumed
 -- `console_consumed` (doc_id) is registered by console.py; each occurrence counts once.
@@ -338,3 +364,133 @@ INSERT INTO consumed_rounds VALUES ($run_id, $round);
 UPDATE console_docs SET seen = console_docs.seen + c.n
 FROM (SELECT doc_id, count(*) AS n FROM console_consumed GROUP BY doc_id) c
 WHERE console_docs.doc_id = c.doc_id;
+
+-- ----- Version 2 (console.preset: v2) ---------------------------------------------------------------------
+
+-- name: strata_table
+-- Stratified probes: for every (agent, label) with documents, up to $m documents drawn uniformly from that
+-- label, the $m smallest of a hash seeded by (seed, round, agent, label): each stratum draws independently
+-- of the others, so a document's inclusion probability is 1 - prod_A (1 - min(1, m / N_A[l_A(x)])).
+CREATE OR REPLACE TEMP TABLE console_strata AS
+WITH labelled AS (
+    SELECT a.agent, (k.cell // a.stride) % (a.num_labels + 1) - 1 AS label_id, k.doc_id
+    FROM console_docs k CROSS JOIN console_agents a
+)
+SELECT agent, label_id, unnest(min_by(doc_id, h, $m)) AS doc_id
+FROM (SELECT *, hash(doc_id, CAST($seed AS BIGINT), CAST($round AS BIGINT), agent, CAST(label_id AS BIGINT), 'stratum') AS h
+      FROM labelled WHERE label_id >= 0)
+GROUP BY agent, label_id;
+
+-- name: strata_rows
+SELECT agent, label_id, doc_id FROM console_strata ORDER BY agent, label_id, doc_id;
+
+-- name: draw_strata_probes
+-- The union of the strata's draws, one row per document.
+SELECT k.doc_id, CAST(k.doc_id >> 32 AS INTEGER) AS shard_id, CAST(k.doc_id & 4294967295 AS INTEGER) AS row_idx,
+       k.row_group, k.tokens
+FROM console_docs k SEMI JOIN console_strata USING (doc_id)
+ORDER BY k.doc_id;
+
+-- name: insert_strata
+-- The strata records of the probes that have a reward this round.
+INSERT INTO probe_strata
+SELECT $run_id, $round, s.agent, s.label_id, s.doc_id FROM console_strata s SEMI JOIN console_rewards USING (doc_id);
+
+-- name: probe_labels
+-- Every rewarded probe of the round with its label under each agent (-1: unlabelled) and whether the
+-- agent's stratum of that label drew it.
+SELECT p.doc_id, p.reward, a.agent, (k.cell // a.stride) % (a.num_labels + 1) - 1 AS label_id,
+       s.doc_id IS NOT NULL AS drawn
+FROM probes p
+JOIN console_docs k ON k.doc_id = p.doc_id
+CROSS JOIN console_agents a
+LEFT JOIN probe_strata s ON s.run_id = p.run_id AND s.round = p.round AND s.agent = a.agent AND s.doc_id = p.doc_id
+WHERE p.run_id = $run_id AND p.round = $round
+ORDER BY p.doc_id, a.pos;
+
+-- name: half_of_probes
+-- The split-half of each probe: a hash of doc_id seeded by (seed, round).
+SELECT doc_id, CAST(hash(doc_id, CAST($seed AS BIGINT), CAST($round AS BIGINT), 'half') % 2 AS INTEGER) AS half
+FROM probes WHERE run_id = $run_id AND round = $round ORDER BY doc_id;
+
+-- name: label_sizes
+-- Documents and tokens of every label that has documents, per agent.
+SELECT a.agent, (k.cell // a.stride) % (a.num_labels + 1) - 1 AS label_id, count(*) AS docs, sum(k.tokens) AS tokens
+FROM console_docs k CROSS JOIN console_agents a
+GROUP BY ALL HAVING label_id >= 0;
+
+-- name: memory_precision_at
+SELECT agent, label_id, w, coalesce(precision, 0.0) FROM agent_memory
+WHERE run_id = $run_id AND round = $round ORDER BY agent, label_id;
+
+-- name: cells_v2
+-- Cells (label tuple, seen count) with S = sum_A theta_A * w_A[l_A] (an unlabelled document counts 0: the
+-- fit's baseline) and the log-weight priority = S + $temp * ln d(seen), so exp(priority / temp) =
+-- exp(S / temp) * d(seen): `sample` shares, Gumbel keys and top-k levels all follow it.
+CREATE OR REPLACE TEMP TABLE console_cells AS
+WITH counted AS (SELECT cell, seen, count(*) AS num_docs, sum(tokens) AS tokens FROM console_docs GROUP BY ALL),
+fused AS (
+    SELECT c.cell, c.seen, sum(t.theta * coalesce(m.w, 0.0)) AS score
+    FROM counted c
+    CROSS JOIN console_agents a
+    JOIN collab_weights t ON t.run_id = $run_id AND t.round = $state_round AND t.agent = a.agent
+    LEFT JOIN agent_memory m ON m.run_id = $run_id AND m.round = $state_round AND m.agent = a.agent
+        AND m.label_id = (c.cell // a.stride) % (a.num_labels + 1) - 1
+    GROUP BY c.cell, c.seen
+),
+prioritised AS (
+    SELECT c.cell, c.seen, c.num_docs, c.tokens, f.score,
+           f.score - $temp * ln(1 + $decay_lambda * c.seen) AS priority
+    FROM counted c JOIN fused f USING (cell, seen)
+)
+SELECT *, CASE WHEN $mode = 'topk' THEN dense_rank() OVER (ORDER BY round(priority, 12) DESC) ELSE 1 END AS level
+FROM prioritised;
+
+-- name: cell_scores
+SELECT cell, seen, tokens, score FROM console_cells ORDER BY cell, seen;
+
+-- name: select_sample
+-- `sample`: cell (cell, seen) gets `quota` tokens (`console_quotas`, computed by console.py). Its documents
+-- go in the order of a hash seeded by (seed, round); those that fit the quota whole are taken, and the
+-- one that crosses it is taken with probability (quota - tokens before it) / its tokens, so a cell's
+-- expected tokens are its quota. Buckets of the hash (its top 12 bits) keep this linear: whole buckets
+-- are taken or left on their sums, and only the bucket where a cell's quota falls is sorted.
+WITH docs AS (
+    SELECT k.doc_id, k.row_group, k.tokens, k.cell, k.seen, c.priority, q.quota,
+           hash(k.doc_id, CAST($seed AS BIGINT), CAST($round AS BIGINT)) AS h, CAST(h >> 52 AS BIGINT) AS bucket
+    FROM console_docs k
+    JOIN console_quotas q ON q.cell = k.cell AND q.seen = k.seen
+    JOIN console_cells c ON c.cell = k.cell AND c.seen = k.seen
+    WHERE q.quota > 0
+),
+buckets AS (
+    SELECT cell, seen, bucket, sum(tokens) AS tokens, any_value(quota) AS quota FROM docs GROUP BY ALL
+),
+placed AS (
+    SELECT cell, seen, bucket, quota,
+           sum(tokens) OVER (PARTITION BY cell, seen ORDER BY bucket ROWS UNBOUNDED PRECEDING) - tokens AS before,
+           before + tokens AS upto
+    FROM buckets
+),
+whole AS (
+    SELECT d.* FROM docs d JOIN placed p USING (cell, seen, bucket) WHERE p.upto <= p.quota
+),
+boundary AS (
+    SELECT d.*, p.before + sum(d.tokens) OVER (PARTITION BY d.cell, d.seen ORDER BY d.h, d.doc_id
+                                                ROWS UNBOUNDED PRECEDING) - d.tokens AS cum_before
+    FROM docs d JOIN placed p USING (cell, seen, bucket)
+    WHERE p.before < p.quota AND p.upto > p.quota
+),
+taken AS (
+    SELECT doc_id, row_group, tokens, cell, priority FROM whole
+    UNION ALL
+    SELECT doc_id, row_group, tokens, cell, priority FROM boundary
+    WHERE cum_before + tokens <= quota
+       OR (cum_before < quota
+           AND (CAST(hash(doc_id, CAST($seed AS BIGINT), CAST($round AS BIGINT), 'rounding') >> 11 AS DOUBLE) + 0.5)
+               / CAST(2 ** 53 AS DOUBLE) * tokens < quota - cum_before)
+)
+SELECT doc_id, CAST(doc_id >> 32 AS INTEGER) AS shard_id, CAST(doc_id & 4294967295 AS INTEGER) AS row_idx,
+       row_group, priority, tokens, cell
+FROM taken
+ORDER BY doc_id;

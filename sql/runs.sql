@@ -25,10 +25,21 @@ loss AS (
     SELECT run_id, arg_max(mean_loss, step) AS heldout_loss, max(step) AS steps, max(tokens) AS tokens
     FROM (SELECT run_id, step, tokens, avg(heldout_loss) AS mean_loss FROM round_metrics GROUP BY ALL)
     GROUP BY run_id
+),
+-- Whether each agent carries any signal (console v2 runs): at the last round, the split-half reliability of
+-- its label effects (rel) and its largest |effect| / se (z); an agent with rel ~ 0 and z < 2 has none.
+signal AS (
+    SELECT c.run_id, string_agg(c.agent || ' rel ' || coalesce(CAST(round(c.reliability, 2) AS VARCHAR), '-')
+                                || ' z ' || CAST(round(m.z, 1) AS VARCHAR), ', ' ORDER BY c.agent) AS signal
+    FROM collab_weights c JOIN last USING (run_id, round)
+    JOIN (SELECT run_id, round, agent, max(abs(reward) / se) AS z FROM agent_memory WHERE se > 0 GROUP BY ALL) m
+        USING (run_id, round, agent)
+    GROUP BY c.run_id
 )
 SELECT r.run_id, r.init_from, last.round AS rounds, loss.steps, loss.tokens,
-       round(loss.heldout_loss, 4) AS heldout_loss, theta.theta
+       round(loss.heldout_loss, 4) AS heldout_loss, theta.theta, signal.signal
 FROM runs r LEFT JOIN last USING (run_id) LEFT JOIN theta USING (run_id) LEFT JOIN loss USING (run_id)
+LEFT JOIN signal USING (run_id)
 ORDER BY r.created_at;
 
 -- name: selection_of

@@ -63,6 +63,9 @@ def test_ablations_change_only_what_they_say() -> None:
     assert fixed.train == demo.train and fixed.references == demo.references
     assert load_config(PIPELINES / "ablations" / "quality-only.yaml").console.agents == ["quality"]
     assert load_config(PIPELINES / "ablations" / "one-step.yaml").rewards.method == "one_step"
+    assert (demo.console.preset, demo.console.mode) == ("v2", "sample")  # the demo runs the default console
+    paper = load_config(PIPELINES / "ablations" / "paper.yaml").console
+    assert paper.to_dict() == {**demo.console.to_dict(), "preset": "paper", "mode": "topk"}
 
 
 def test_overrides_are_parsed_as_yaml() -> None:
@@ -160,6 +163,11 @@ BAD_VALUES = [
     ("console.eta_theta=1.5", "console.eta_theta must be <= 1, got 1.5"),
     ("console.theta_floor=1", "console.theta_floor must be < 1"),
     ("console.probes_per_label=0", "console.probes_per_label must be >= 1, got 0"),
+    ("console.eps=1.5", "console.eps must be <= 1, got 1.5"),
+    ("console.tau=0", "console.tau must be > 0, got 0.0"),
+    ("console.max_cell_share=0", "console.max_cell_share must be > 0, got 0.0"),
+    ("console.forgetting=2", "console.forgetting must be <= 1, got 2.0"),
+    ("console.ridge_lambda=0", "console.ridge_lambda must be > 0, got 0.0"),
     ("console.agents=[]", "console.agents is empty"),
     ("console.agents=[a, a]", "console.agents lists an agent twice"),
     ("references.0.probe_fraction=0", "references[0].probe_fraction must be > 0, got 0.0"),
@@ -188,7 +196,9 @@ ENUMS = [
     ("train.device=tpu", "train.device must be one of auto, cpu, cuda, got 'tpu'"),
     ("train.schedule=linear", "train.schedule must be one of cosine, wsd, got 'linear'"),
     ("rewards.method=grad", "rewards.method must be one of gradient, one_step, got 'grad'"),
-    ("console.mode=best", "console.mode must be one of topk, gumbel, random, got 'best'"),
+    ("console.mode=best", "console.mode must be one of sample, topk, gumbel, random, got 'best'"),
+    ("console.preset=v1", "console.preset must be one of v2, paper, got 'v1'"),
+    ("console.effects=both", "console.effects must be one of joint, marginal, got 'both'"),
     ("model.preset=huge", "model.preset must be one of tiny, small, 125m, 373m, 1.3b, got 'huge'"),
     (
         "agents.x={kind: lda}",
@@ -212,8 +222,18 @@ def test_enums_match_what_the_code_accepts() -> None:
     from corpus_agents.training.console import MODES
     from corpus_agents.training.models import PRESETS
 
-    assert get_args(get_type_hints(ConsoleConfig)["mode"]) == MODES
+    (modes, _) = get_args(get_type_hints(ConsoleConfig)["mode"])  # Literal[...] | None (the preset's)
+    assert get_args(modes) == MODES
     assert get_args(Preset) == tuple(PRESETS) == tuple(MODEL_PRESETS)
+
+
+def test_console_preset_sets_mode_and_probes_unless_given() -> None:
+    assert (ConsoleConfig().mode, ConsoleConfig().probes_per_label) == ("sample", 16)
+    paper = load_config(None, ["console.preset=paper"]).console
+    assert (paper.mode, paper.probes_per_label) == ("topk", 64)
+    assert load_config(None, ["console.preset=paper", "console.mode=gumbel"]).console.mode == "gumbel"
+    with pytest.raises(ConfigError, match="console.mode: sample needs console.preset: v2"):
+        load_config(None, ["console.preset=paper", "console.mode=sample"])
 
 
 def test_directly_built_sections_are_checked_too() -> None:

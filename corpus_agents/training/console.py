@@ -21,8 +21,8 @@ from corpus_agents.sqlfiles import fragment
 from corpus_agents.training.selection import ShardRef, write_snapshot
 
 SQL_FILE = "console.sql"
-MODES = ("topk", "gumbel", "random")
-Mode = Literal["topk", "gumbel", "random"]
+MODES = ("sample", "topk", "gumbel", "random")
+Mode = Literal["sample", "topk", "gumbel", "random"]
 # Packed label tuples (see sql/console.sql) are computed through DOUBLE products: exact below 2**53.
 _MAX_CELLS = 2**53
 # A level past every real one ("the whole corpus fits the budget"), and a round past every recorded one.
@@ -30,6 +30,8 @@ _ALL_LEVELS = 2**62
 _LATEST = 2**31 - 1
 # Documents per range when the label index is built (hash tables of this size stay in cache).
 _CHUNK_ROWS = 1_000_000
+# A standard error is never taken below this (a round whose rewards fit exactly would give infinite precision).
+_MIN_SE = 1e-6
 
 
 class ConsoleError(CorpusAgentsError):
@@ -104,6 +106,236 @@ def learn_round(
     return new_w, agent_reward, new_theta
 
 
+# ----- Version 2: label effects, memory, theta, selection shares (docs/algorithm.md#version-2) ----------
+@dataclass(frozen=True)
+class Effects:
+    """One round's label effects per agent, aligned with its labels 0..n_A-1: `beta` and `se` (NaN where the
+    round measured no effect), the probes behind each, and the covariance of `beta` (NaN likewise)."""
+
+    beta: dict[str, np.ndarray]
+    se: dict[str, np.ndarray]
+    count: dict[str, np.ndarray]
+    cov: dict[str, np.ndarray]
+
+
+def joint_effects(
+    labels: Mapping[str, np.ndarray],
+    num_labels: Mapping[str, int],
+    rewards: np.ndarray,
+    weights: np.ndarray,
+    ridge_lambda: float,
+    shares: Mapping[str, np.ndarray] | None = None,
+) -> Effects:
+    """Fit r ~ b + sum_A beta_A[l_A] by weighted ridge regression on the agents' one-hot labels.
+
+    `labels[A]` is each probe's label under A (-1: unlabelled, no column); only labels with probes get a
+    column. `weights` (the inverse inclusion probabilities) are scaled to mean 1, so the penalty
+    `ridge_lambda` on every beta (not on b) is in units of probes. The covariance is the ridge posterior's,
+    sigma^2 (X'WX + lambda I)^-1, with sigma^2 the weighted residual variance over n - tr(H) degrees of
+    freedom. An agent's effects are only defined up to a constant (moved into b), so each agent's are
+    centred on their mean under `shares[A]` (its labels' token shares; default uniform) over the measured
+    labels: beta_A[j] is label j against the agent's corpus average, and its se leaves out the constant.
+    """
+    n = len(rewards)
+    w = np.asarray(weights, dtype=np.float64)
+    w = w * (n / w.sum()) if n else w
+    columns = [(a, j) for a in labels for j in range(num_labels[a]) if n and (labels[a] == j).any()]
+    x = np.ones((n, 1 + len(columns)))
+    for c, (a, j) in enumerate(columns, start=1):
+        x[:, c] = labels[a] == j
+    penalty = np.full(1 + len(columns), float(ridge_lambda))
+    penalty[0] = 0.0
+    xtw = x.T * w
+    gram = xtw @ x
+    inverse = np.linalg.pinv(gram + np.diag(penalty)) if n else np.zeros((1, 1))
+    coef = inverse @ (xtw @ rewards) if n else np.zeros(1)
+    resid = rewards - x @ coef
+    dof = max(n - float(np.trace(inverse @ gram)), 1.0)
+    sigma2 = float(w @ resid**2) / dof if n else 0.0
+    cov = sigma2 * inverse
+    out = Effects({}, {}, {}, {})
+    for a in labels:
+        k = num_labels[a]
+        out.beta[a], out.se[a] = np.full(k, np.nan), np.full(k, np.nan)
+        out.count[a] = np.bincount(labels[a][labels[a] >= 0], minlength=k)[:k]
+        out.cov[a] = np.full((k, k), np.nan)
+        index = [(c, j) for c, (b, j) in enumerate(columns, start=1) if b == a]
+        if not index:
+            continue
+        cols, js = [c for c, _ in index], [j for _, j in index]
+        pi = np.ones(len(js)) if shares is None else np.asarray(shares[a], dtype=np.float64)[js]
+        pi = pi / pi.sum() if pi.sum() > 0 else np.full(len(js), 1.0 / len(js))
+        centre = np.eye(len(js)) - np.outer(np.ones(len(js)), pi)
+        out.beta[a][js] = centre @ coef[cols]
+        block = centre @ cov[np.ix_(cols, cols)] @ centre.T
+        out.cov[a][np.ix_(js, js)] = block
+        out.se[a][js] = np.maximum(np.sqrt(np.maximum(np.diag(block), 0.0)), _MIN_SE)
+    return out
+
+
+def marginal_effects(
+    labels: Mapping[str, np.ndarray],
+    num_labels: Mapping[str, int],
+    rewards: np.ndarray,
+    drawn: Mapping[str, np.ndarray],
+) -> Effects:
+    """`effects: marginal`: beta_A[j] = the mean reward of the probes that stratum (A, j) drew (`drawn[A]`:
+    whether A's stratum of the probe's label drew it), se from the agent's pooled within-stratum variance."""
+    out = Effects({}, {}, {}, {})
+    for a in labels:
+        k = num_labels[a]
+        mine = drawn[a] & (labels[a] >= 0)
+        lab, r = labels[a][mine], rewards[mine]
+        count = np.bincount(lab, minlength=k)[:k]
+        total = np.bincount(lab, weights=r, minlength=k)[:k]
+        beta = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        resid = r - beta[lab] if len(lab) else r
+        measured = int((count > 0).sum())
+        s2 = float(resid @ resid) / max(len(lab) - measured, 1)
+        se = np.where(count > 0, np.maximum(np.sqrt(s2 / np.maximum(count, 1)), _MIN_SE), np.nan)
+        out.beta[a], out.se[a], out.count[a], out.cov[a] = beta, se, count, np.diag(se**2)
+    return out
+
+
+def update_memory(
+    w: np.ndarray, precision: np.ndarray, beta: np.ndarray, se: np.ndarray, forgetting: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Precision-weighted memory with forgetting rho: pi' = rho pi + 1/se^2, w' = (rho pi w + beta/se^2) / pi'.
+    A label without an effect this round (beta NaN) keeps w; its precision fades to rho pi."""
+    faded = forgetting * precision
+    measured = ~np.isnan(beta)
+    gain = np.where(measured, 1.0 / np.where(measured, se, 1.0) ** 2, 0.0)
+    new_precision = faded + gain
+    mixed = (faded * w + gain * np.nan_to_num(beta)) / np.where(new_precision > 0, new_precision, 1.0)
+    return np.where(measured, mixed, w), new_precision
+
+
+def floor_and_renormalise(theta: np.ndarray, floor: float) -> np.ndarray:
+    """Normalise to sum 1, lift the weights below `floor` (capped at 1/K) to it and scale the others down
+    to keep the sum, until none is below: the others keep their ratios."""
+    x = np.asarray(theta, dtype=np.float64) / np.sum(theta)
+    floor = min(floor, 1.0 / len(x))
+    fixed = np.zeros(len(x), dtype=bool)
+    while True:
+        low = ~fixed & (x < floor)
+        if not low.any():
+            return x
+        fixed |= low
+        x[fixed] = floor
+        free = ~fixed
+        if free.any():
+            x[free] *= (1.0 - floor * fixed.sum()) / x[free].sum()
+
+
+def hedge_theta(
+    theta: np.ndarray, advantage: np.ndarray, advantage_se: np.ndarray, *, eta: float, s0: float, floor: float
+) -> np.ndarray:
+    """theta_A <- theta_A * exp(eta * Adv_A / (se(Adv_A) + s0)), then the floor and renormalise."""
+    scale = advantage_se + s0
+    z = np.where(scale > 0, advantage / np.where(scale > 0, scale, 1.0), 0.0)
+    logits = np.log(np.asarray(theta, dtype=np.float64)) + eta * z
+    return floor_and_renormalise(np.exp(logits - logits.max()), floor)
+
+
+def advantage_over_random(
+    halves: tuple[Effects, Effects],
+    memories: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]],
+    token_share: Mapping[str, np.ndarray],
+    tau: float,
+) -> tuple[dict[str, float], dict[str, float], dict[str, float | None]]:
+    """Each agent's advantage over random selection, measured across split halves, with its standard error,
+    and the split-half reliability of its label effects.
+
+    From half h: p_A^h[j] ∝ pi_A[j] exp(w_A^h[j] / tau) (`memories[h]`, `token_share` = pi_A); on the other
+    half: sum_j (p_A^h[j] - pi_A[j]) beta_A^{other}[j], over the labels the other half measured (p and pi
+    renormalised over them); Adv_A is the mean over h, its variance from the effects' covariance. The
+    reliability is the correlation r of beta^h1 and beta^h2 over the labels both measured, Spearman-Brown
+    corrected (2r / (1 + r), a negative r counting as 0); None with fewer than 3 such labels or no spread.
+    """
+    adv, adv_se, reliability = {}, {}, {}
+    for a, share in token_share.items():
+        total, var = 0.0, 0.0
+        for h in (0, 1):
+            other = halves[1 - h]
+            have = ~np.isnan(other.beta[a]) & (share > 0)
+            if not have.any():
+                continue
+            logits = np.log(np.where(have, share, 1.0)) + memories[h][a] / tau
+            p = np.where(have, np.exp(logits - logits[have].max()), 0.0)
+            diff = (p / p.sum() - np.where(have, share, 0.0) / share[have].sum())[have]
+            total += float(diff @ other.beta[a][have])
+            var += float(diff @ other.cov[a][np.ix_(have, have)] @ diff)
+        adv[a], adv_se[a] = total / 2, math.sqrt(max(var, 0.0)) / 2
+        both = ~np.isnan(halves[0].beta[a]) & ~np.isnan(halves[1].beta[a])
+        b0, b1 = halves[0].beta[a][both], halves[1].beta[a][both]
+        r = None
+        if both.sum() >= 3 and b0.std() > 0 and b1.std() > 0:
+            r = float(np.corrcoef(b0, b1)[0, 1])
+        reliability[a] = None if r is None else 2 * max(r, 0.0) / (1 + max(r, 0.0))
+    return adv, adv_se, reliability
+
+
+def _water_fill(weight: np.ndarray, room: np.ndarray, budget: float) -> np.ndarray:
+    """Share `budget` in proportion to `weight`, no entry above its `room`; what a full entry cannot take
+    is shared out again among the others in proportion."""
+    alloc = np.zeros(len(weight))
+    free = (room > 0) & (weight > 0)
+    left = float(budget)
+    while left > 1e-9 * max(budget, 1.0) and free.any():
+        idx = np.nonzero(free)[0]
+        share = left * weight[idx] / weight[idx].sum()
+        full = share >= room[idx]
+        if not full.any():
+            alloc[idx] += share
+            break
+        alloc[idx[full]] = room[idx[full]]
+        left -= float(room[idx[full]].sum())
+        free[idx[full]] = False
+    return alloc
+
+
+def sample_quotas(
+    tokens: np.ndarray,
+    log_weight: np.ndarray,
+    budget: float,
+    *,
+    tau: float,
+    eps: float,
+    max_cell_share: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`sample`'s token quota of each cell, and its share q(c) before the cap and the water-filling.
+
+    q(c) = (1 - eps) n(c) exp(log_weight(c) / tau) / Z + eps n(c) / N, log_weight = S(c) + tau ln d(seen(c));
+    a cell gets q(c) * budget, at most `max_cell_share` of the budget and at most its own tokens, the rest
+    shared out again in proportion to q (water-filling); only when every cell is full at that cap is the cap
+    lifted for what is left. The whole corpus when the budget covers it.
+    """
+    n = np.asarray(tokens, dtype=np.float64)
+    if len(n) == 0:
+        return n, n
+    total = n.sum()
+    z = np.where(n > 0, np.log(np.where(n > 0, n, 1.0)) + np.asarray(log_weight) / tau, -np.inf)
+    soft = np.exp(z - z.max())
+    q = (1.0 - eps) * soft / soft.sum() + eps * n / total
+    if budget >= total:
+        return n.copy(), q
+    alloc = _water_fill(q, np.minimum(n, max_cell_share * budget), budget)
+    left = budget - alloc.sum()
+    if left > 1e-9 * budget:
+        alloc += _water_fill(q, n - alloc, left)
+    return alloc, q
+
+
+def selection_spread(cells: np.ndarray, tokens: np.ndarray) -> tuple[float | None, float | None, int]:
+    """Entropy (nats) of a selection's tokens over its label cells, the largest cell's share, the cells."""
+    if len(cells) == 0 or tokens.sum() <= 0:
+        return None, None, 0
+    _, inverse = np.unique(cells, return_inverse=True)
+    share = np.bincount(inverse, weights=tokens.astype(np.float64))
+    share = share[share > 0] / share.sum()
+    return float(-(share * np.log(share)).sum()), float(share.max()), len(share)
+
+
 class Console:
     """One run's console over a catalog: its state lives in the catalog tables of `sql/console.sql`.
 
@@ -132,6 +364,11 @@ class Console:
             raise ConsoleError(f"the agents {self.config.agents} have too many label combinations (> 2**53)")
         self._docs_key: tuple[Any, ...] | None = None  # cache_fingerprint of the built console_docs
         self._seen_key: tuple[Any, ...] | None = None  # seen_fingerprint its seen column reflects
+
+    @property
+    def v2(self) -> bool:
+        """Whether this run's console is Version 2 (`preset: v2`) rather than the paper's."""
+        return self.config.preset == "v2"
 
     def __enter__(self) -> Console:
         return self
@@ -180,8 +417,11 @@ class Console:
             self.db.run(
                 SQL_FILE, "insert_run", run_id=self.run_id, config=self._config_json(), init_from=init_from
             )
+            strength = self.config.prior_strength if self.v2 else None
             with self.db.registered("console_prior", prior):
-                self.db.run(SQL_FILE, "init_memory", run_id=self.run_id, init_from=init_from)
+                self.db.run(
+                    SQL_FILE, "init_memory", run_id=self.run_id, init_from=init_from, prior_strength=strength
+                )
             with self.db.registered("console_theta", theta_rows):
                 self.db.run(SQL_FILE, "insert_theta", run_id=self.run_id, round=0)
 
@@ -196,22 +436,42 @@ class Console:
 
     # ----- probes and learning ----------------------------------------------------------------------
     def draw_probes(self, round: int) -> pa.Table:
-        """The probe documents of `round` (doc_id, shard_id, row_idx, row_group, tokens), deterministic.
+        """The probe documents of `round` (doc_id, shard_id, row_idx, row_group, tokens), deterministic, one
+        row per document; documents with null or empty text are never drawn.
 
-        For every agent and every label that has documents, `probes_per_label` documents drawn uniformly
-        from that label (fewer if it has fewer), seeded by (seed, round), deduplicated: one probe's reward
-        serves the labels of every agent. Documents with null or empty text are never drawn.
+        v2: for every agent and every label that has documents, `probes_per_label` documents drawn uniformly
+        from that label (fewer if it has fewer), each (agent, label) stratum seeded by (seed, round, agent,
+        label) on its own. Paper: the same per label, with one hash seeded by (seed, round) for all agents,
+        so that the union stays small.
         """
         self._require_started()
         self._ensure_docs()
+        if self.v2:
+            self._draw_strata(round)
+            return self.db.arrow(SQL_FILE, "draw_strata_probes")
         params = {"seed": self.config.seed, "round": round, "m": self.config.probes_per_label}
         return self.db.arrow(SQL_FILE, "draw_probes", **params)
+
+    def draw_strata(self, round: int) -> pa.Table:
+        """v2: which (agent, label_id) stratum drew which doc_id in `round` (the records behind draw_probes)."""
+        if not self.v2:
+            raise ConsoleError("probe strata are Version 2's (console.preset: v2)")
+        self._require_started()
+        self._draw_strata(round)
+        return self.db.arrow(SQL_FILE, "strata_rows")
+
+    def _draw_strata(self, round: int) -> None:
+        self._ensure_docs()
+        cfg = self.config
+        self.db.run(SQL_FILE, "strata_table", seed=cfg.seed, round=round, m=cfg.probes_per_label)
 
     def update(self, round: int, probe_rewards: Mapping[int, float]) -> ConsoleState:
         """Record a round's probe rewards (already standardised) and learn from them; returns the new state.
 
-        Agent memories take one step per round toward their labels' mean rewards, then theta moves toward the
-        agents whose preferred labels earned more (see `learn_round`). Re-running a recorded round replaces it.
+        v2: one joint fit of the label effects, precision-weighted memories, theta by the agents' split-half
+        advantage over random (`_learn_v2`). Paper: agent memories take one step per round toward their
+        labels' mean rewards, then theta moves toward the agents whose preferred labels earned more (see
+        `learn_round`). Re-running a recorded round replaces it.
         """
         if round < 1:
             raise ConsoleError(f"update rounds start at 1 (round 0 is the initial state), got {round}")
@@ -225,10 +485,17 @@ class Console:
             }
         )
         cfg = self.config
+        if self.v2:
+            self._draw_strata(round)  # the round's draw again (deterministic): which strata drew each probe
         with self.db.transaction():
             self.db.run(SQL_FILE, "delete_round", run_id=self.run_id, round=round)
             with self.db.registered("console_rewards", rewards):
                 self.db.run(SQL_FILE, "insert_probes", run_id=self.run_id, round=round)
+                if self.v2:
+                    self.db.run(SQL_FILE, "insert_strata", run_id=self.run_id, round=round)
+            if self.v2:
+                self._learn_v2(round, previous)
+                return self.state(round)
             measured = {
                 (agent, label): (reward, n)
                 for agent, label, reward, n in self.db.run(
@@ -275,30 +542,84 @@ class Console:
     def select(self, round: int, budget_tokens: int, path: str | Path, mode: Mode | None = None) -> Path:
         """Select the documents to train on after `round` (with the state of that round) into a snapshot.
 
-        Priority S(x) = (sum_A theta_A * w_hat_A[l_A(x)]) / (1 + lambda * c(x)), computed per cell (label
-        tuple, seen count) in SQL; a document an agent could not label counts w_hat = 0.5 for that agent (the
-        middle of its range: neither preferred nor avoided). `topk`: highest S first, equal priorities (cells
-        included) in an order seeded by (seed, round) or by the tie-break agent's raw score; `gumbel`:
-        Gumbel-top-k over S / gumbel_tau; `random`: a seeded uniform order (the warm-up). The selection is the
-        longest prefix of that order within the budget (never over it). `mode` overrides the config's (e.g.
-        `random` for the warm-up). Rows are written in doc_id order; the reader shuffles.
+        Priorities are computed per cell (label tuple, seen count) in SQL. v2: S(c) = sum_A theta_A *
+        w_A[l_A(c)] (unlabelled: 0) and the priority S(c) + t ln d(seen) (t = tau for `sample`, gumbel_tau
+        otherwise). Paper: S(x) = (sum_A theta_A * w_hat_A[l_A(x)]) / (1 + lambda * c(x)), w_hat min-max
+        normalised, an unlabelled document counting 0.5 (neither preferred nor avoided).
+
+        `sample` (v2 only): per-cell token quotas from q(c) (`sample_quotas`), each cell's documents in
+        seeded-hash order; the tokens match the budget up to the rounding of one document per cell. `topk`:
+        highest priority first, equal priorities (cells included) in an order seeded by (seed, round) or by
+        the tie-break agent's raw score; `gumbel`: Gumbel-top-k over priority / gumbel_tau; `random`: a
+        seeded uniform order (the warm-up). These take the longest prefix of their order within the budget
+        (never over it). `mode` overrides the config's (e.g. `random` for the warm-up). Rows are written in
+        doc_id order; the reader shuffles. The selection's spread over label cells (entropy, largest share)
+        is recorded with it.
         """
         mode = mode or self.config.mode
         if budget_tokens < 0:
             raise ConsoleError(f"the token budget must be >= 0, got {budget_tokens}")
         if mode not in MODES:
             raise ConsoleError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+        if mode == "sample" and not self.v2:
+            raise ConsoleError("mode 'sample' needs console.preset: v2")
         state_round = self._state_round(round)
         self._ensure_docs()
         cfg = self.config
+        cells = {
+            "run_id": self.run_id,
+            "state_round": state_round,
+            "decay_lambda": cfg.decay_lambda,
+            "mode": mode,
+        }
+        if self.v2:
+            temp = cfg.tau if mode == "sample" else cfg.gumbel_tau
+            self.db.run(SQL_FILE, "cells_v2", **cells, temp=temp)
+        else:
+            self.db.run(SQL_FILE, "cells", **cells)
+        if mode == "sample":
+            rows = self._sample_rows(round, budget_tokens)
+        else:
+            rows = self._ordered_rows(round, budget_tokens, mode)
+        tokens = pc.sum(rows["tokens"]).as_py() or 0
+        entropy, top_share, num_cells = selection_spread(rows["cell"].to_numpy(), rows["tokens"].to_numpy())
+        shards = {s.shard_id: ShardRef(s.uri, s.text_column) for s in self.catalog.shards()}
+        path = write_snapshot(path, rows, shards)
         self.db.run(
             SQL_FILE,
-            "cells",
+            "insert_selection",
             run_id=self.run_id,
-            state_round=state_round,
-            decay_lambda=cfg.decay_lambda,
+            round=round,
+            path=str(path),
+            num_docs=rows.num_rows,
+            tokens=tokens,
             mode=mode,
+            budget=budget_tokens,
+            entropy=entropy,
+            top_share=top_share,
+            num_cells=num_cells,
         )
+        return path
+
+    def _sample_rows(self, round: int, budget_tokens: int) -> pa.Table:
+        """`sample`: per-cell quotas (`sample_quotas`), then the documents in one pass (sql select_sample)."""
+        cfg = self.config
+        cells = self.db.arrow(SQL_FILE, "cell_scores")
+        tokens = cells["tokens"].to_numpy().astype(np.float64)
+        score = cells["score"].to_numpy().astype(np.float64)
+        log_weight = score - cfg.tau * np.log1p(cfg.decay_lambda * cells["seen"].to_numpy())
+        quota, _ = sample_quotas(
+            tokens, log_weight, budget_tokens, tau=cfg.tau, eps=cfg.eps, max_cell_share=cfg.max_cell_share
+        )
+        quotas = pa.table(
+            {"cell": cells["cell"], "seen": cells["seen"], "quota": pa.array(quota, pa.float64())}
+        )
+        with self.db.registered("console_quotas", quotas):
+            return self.db.arrow(SQL_FILE, "select_sample", seed=cfg.seed, round=round)
+
+    def _ordered_rows(self, round: int, budget_tokens: int, mode: str) -> pa.Table:
+        """`topk`, `gumbel`, `random`: the longest prefix of the mode's order within the budget."""
+        cfg = self.config
         self.db.run(SQL_FILE, "ranked_macro")  # binds to this round's console_cells
         order = {
             "seed": cfg.seed,
@@ -314,24 +635,9 @@ class Console:
             bucket, remaining = self.db.run(
                 SQL_FILE, "boundary_bucket", **order, level=level, remaining=remaining
             )[0]
-        rows = self.db.arrow(
+        return self.db.arrow(
             SQL_FILE, "select_docs", **order, level=level, bucket=bucket, remaining=remaining
         )
-        tokens = pc.sum(rows["tokens"]).as_py() or 0
-        shards = {s.shard_id: ShardRef(s.uri, s.text_column) for s in self.catalog.shards()}
-        path = write_snapshot(path, rows, shards)
-        self.db.run(
-            SQL_FILE,
-            "insert_selection",
-            run_id=self.run_id,
-            round=round,
-            path=str(path),
-            num_docs=rows.num_rows,
-            tokens=tokens,
-            mode=mode,
-            budget=budget_tokens,
-        )
-        return path
 
     def record_consumed(
         self, doc_ids: Iterable[int] | pa.Array | pa.ChunkedArray | np.ndarray, round: int | None = None
@@ -360,6 +666,112 @@ class Console:
         self._seen_key = self._seen_fingerprint() if in_step else None
 
     # ----- internals --------------------------------------------------------------------------------
+    def _learn_v2(self, round: int, previous: int) -> None:
+        """Version 2's learning from the round's recorded probes (inside update's transaction): label
+        effects, memories, theta; each written with its standard error and the agent's reliability."""
+        cfg = self.config
+        agents = cfg.agents
+        num_labels = {a: k for a, k, _ in self.agent_labels}
+        rows = self.db.arrow(SQL_FILE, "probe_labels", run_id=self.run_id, round=round)
+        n = rows.num_rows // len(agents)
+        doc_ids = rows["doc_id"].to_numpy()[:: len(agents)]
+        rewards = rows["reward"].to_numpy()[:: len(agents)].astype(np.float64)
+        labels = {
+            a: rows["label_id"].to_numpy()[i :: len(agents)].astype(np.int64) for i, a in enumerate(agents)
+        }
+        drawn = {
+            a: rows["drawn"].to_numpy(zero_copy_only=False)[i :: len(agents)] for i, a in enumerate(agents)
+        }
+        docs = {a: np.zeros(num_labels[a]) for a in agents}
+        share = {a: np.zeros(num_labels[a]) for a in agents}
+        for agent, label, count, tokens in self.db.run(SQL_FILE, "label_sizes"):
+            docs[agent][label], share[agent][label] = count, tokens
+        share = {a: t / t.sum() if t.sum() > 0 else t for a, t in share.items()}
+        # Inclusion probability of each probe: drawn by at least one of its strata, independently per agent.
+        missed = np.ones(n)
+        for a in agents:
+            lab = labels[a]
+            size = np.where(lab >= 0, docs[a][np.maximum(lab, 0)], 0.0)
+            p = np.where(size > 0, np.minimum(1.0, cfg.probes_per_label / np.maximum(size, 1.0)), 0.0)
+            missed *= 1.0 - p
+        weights = 1.0 / np.maximum(1.0 - missed, 1e-12)
+
+        def effects(keep: np.ndarray) -> Effects:
+            sub = {a: v[keep] for a, v in labels.items()}
+            if cfg.effects == "marginal":
+                return marginal_effects(
+                    sub, num_labels, rewards[keep], {a: v[keep] for a, v in drawn.items()}
+                )
+            return joint_effects(sub, num_labels, rewards[keep], weights[keep], cfg.ridge_lambda, share)
+
+        memory = self.db.run(SQL_FILE, "memory_precision_at", run_id=self.run_id, round=previous)
+        w = {a: np.zeros(num_labels[a]) for a in agents}
+        precision = {a: np.zeros(num_labels[a]) for a in agents}
+        for agent, label, mem_w, prec in memory:
+            w[agent][label], precision[agent][label] = mem_w, prec
+        theta = dict(self.db.run(SQL_FILE, "theta_at", run_id=self.run_id, round=previous))
+        whole = effects(np.ones(n, dtype=bool))
+        half = dict(self.db.run(SQL_FILE, "half_of_probes", seed=cfg.seed, run_id=self.run_id, round=round))
+        in_first = np.array([half[d] == 0 for d in doc_ids], dtype=bool)
+        halves = (effects(in_first), effects(~in_first))
+        half_w = tuple(
+            {a: update_memory(w[a], precision[a], h.beta[a], h.se[a], cfg.forgetting)[0] for a in agents}
+            for h in halves
+        )
+        adv, adv_se, reliability = advantage_over_random(halves, half_w, share, cfg.tau)
+        new_w, new_precision = w, precision
+        if not cfg.fixed_weights:
+            updated = {
+                a: update_memory(w[a], precision[a], whole.beta[a], whole.se[a], cfg.forgetting)
+                for a in agents
+            }
+            new_w = {a: u[0] for a, u in updated.items()}
+            new_precision = {a: u[1] for a, u in updated.items()}
+        new_theta = np.array([theta[a] for a in agents])
+        if cfg.effective_eta_theta > 0:
+            new_theta = hedge_theta(
+                new_theta,
+                np.array([adv[a] for a in agents]),
+                np.array([adv_se[a] for a in agents]),
+                eta=cfg.effective_eta_theta,
+                s0=cfg.s0,
+                floor=cfg.theta_floor,
+            )
+
+        def value(x: float) -> float | None:
+            return None if math.isnan(x) else float(x)
+
+        memory_rows = pa.Table.from_pylist(
+            [
+                {
+                    "agent": a,
+                    "label_id": j,
+                    "w": float(new_w[a][j]),
+                    "reward": value(whole.beta[a][j]),
+                    "num_probes": int(whole.count[a][j]),
+                    "se": value(whole.se[a][j]),
+                    "precision": float(new_precision[a][j]),
+                }
+                for a, j, _, _ in memory
+            ]
+        )
+        theta_rows = pa.Table.from_pylist(
+            [
+                {
+                    "agent": a,
+                    "theta": float(t),
+                    "reward": adv[a],
+                    "reward_se": adv_se[a],
+                    "reliability": reliability[a],
+                }
+                for a, t in zip(agents, new_theta)
+            ]
+        )
+        with self.db.registered("console_memory", memory_rows):
+            self.db.run(SQL_FILE, "insert_memory", run_id=self.run_id, round=round)
+        with self.db.registered("console_theta", theta_rows):
+            self.db.run(SQL_FILE, "insert_theta", run_id=self.run_id, round=round)
+
     def _run_exists(self, run_id: str) -> bool:
         return self.db.run(SQL_FILE, "run_row", run_id=run_id) != []
 
@@ -368,7 +780,8 @@ class Console:
         if not rows:
             return None
         row = rows[0]
-        return ConsoleConfig.from_dict(json.loads(row[0])), row[1]
+        # A run recorded before Version 2 has no preset in its config: it ran the paper's console.
+        return ConsoleConfig.from_dict({"preset": "paper", **json.loads(row[0])}), row[1]
 
     def _config_json(self) -> str:
         return json.dumps(self.config.to_dict(), sort_keys=True)

@@ -1,5 +1,5 @@
-"""The console's invariants (docs/algorithm.md) on a small catalog of synthetic labels: learning, fusion,
-selection."""
+"""The paper's console (`console.preset: paper`, docs/algorithm.md#version-1-the-papers-console) on a small
+catalog of synthetic labels: learning, fusion, selection. Version 2 is tests/training/test_console_v2.py."""
 
 from __future__ import annotations
 
@@ -91,8 +91,13 @@ def quality_rewards(doc_ids: Iterable[int], good: float = 1.0, bad: float = -1.0
     return out
 
 
+def paper(**config: Any) -> ConsoleConfig:
+    """A config of the paper's console (every test here pins it)."""
+    return ConsoleConfig(**{"preset": "paper", **config})
+
+
 def make_console(cat: Catalog, run: str = "run", **config: Any) -> Console:
-    console = Console(cat, run, ConsoleConfig(**config))
+    console = Console(cat, run, paper(**config))
     console.start()
     return console
 
@@ -150,21 +155,25 @@ def test_start_creates_round_zero_and_resumes(catalog: Catalog) -> None:
     assert catalog.execute("SELECT count(*) FROM agent_memory")[0][0] == 9
     assert Console(catalog, "run").config == console.config  # the stored config is the default
     with pytest.raises(ConsoleError, match="eta_agent"):
-        Console(catalog, "run", ConsoleConfig(eta_agent=0.5))
+        Console(catalog, "run", paper(eta_agent=0.5))
 
 
 def test_prior_sets_initial_memory(catalog: Catalog) -> None:
     console = make_console(catalog, prior={"domain": {"code": 0.8}})
     assert console.state().w["domain"] == {"web": 0.0, "code": 0.8}
     with pytest.raises(ConsoleError, match="unknown labels"):
-        Console(catalog, "other", ConsoleConfig(prior={"domain": {"cobol": 1.0}}))
+        Console(catalog, "other", paper(prior={"domain": {"cobol": 1.0}}))
 
 
 def test_config_errors_are_clear(catalog: Catalog) -> None:
     with pytest.raises(ConsoleError, match="no agent named 'nope'"):
-        Console(catalog, "r", ConsoleConfig(agents=["quality", "nope"]))
-    with pytest.raises(ConfigError, match="console.mode must be one of topk, gumbel, random, got 'best'"):
-        Console(catalog, "r", ConsoleConfig(mode="best"))
+        Console(catalog, "r", paper(agents=["quality", "nope"]))
+    with pytest.raises(
+        ConfigError, match="console.mode must be one of sample, topk, gumbel, random, got 'best'"
+    ):
+        Console(catalog, "r", paper(mode="best"))
+    with pytest.raises(ConfigError, match="console.mode: sample needs console.preset: v2"):
+        Console(catalog, "r", paper(mode="sample"))
     with pytest.raises(ConsoleError, match="call start"):
         Console(catalog, "never-started").update(1, {})
 
@@ -429,7 +438,7 @@ def test_init_from_copies_the_learnt_state(catalog: Catalog) -> None:
     source = make_console(catalog, "source")
     learn(source, 2)
     learnt = source.state()
-    target = Console(catalog, "target", ConsoleConfig(seed=5))
+    target = Console(catalog, "target", paper(seed=5))
     target.start(init_from="source")
     start = target.state()
     assert start.round == 0 and start.w == learnt.w and start.theta == learnt.theta
