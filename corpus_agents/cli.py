@@ -485,12 +485,16 @@ def train(
 @click.argument("workspace", type=click.Path(exists=True, file_okay=False))
 @user_errors
 def runs(workspace: str) -> None:
-    """Training runs with their rounds, held-out loss and current collaboration weights (theta).
+    """Training runs with their rounds, training tokens, compute, held-out loss and current theta.
+
+    compute_flops is the run's cost so far: training plus the reward probes and reference gradients
+    (6 x N x tokens each; held-out evaluation is not charged); probe_share is the part spent on rewards.
 
     \b
     Examples:
       corpus-agents runs ws
       corpus-agents query ws "SELECT * FROM collab_weights WHERE run_id = 'demo' ORDER BY round"
+      corpus-agents query ws "SELECT * FROM round_compute WHERE run_id = 'demo' ORDER BY step, kind"
     """
     from corpus_agents.query import write_result
     from corpus_agents.scoring.catalog import Catalog
