@@ -242,13 +242,12 @@ class Trainer:
             return {}
         share = np.array_split(doc_ids, self.dist.world_size)[self.dist.rank]
         spent = Compute()
-        raw, spent_by_rank = zip(
-            *self.dist.gather((self._raw_rewards(model, optimizer, share, spent), spent))
-        )
+        gathered = self.dist.gather((self._raw_rewards(model, optimizer, share, spent), spent))
         if not self.dist.is_main:
             return {}
-        self.compute_spent = sum(spent_by_rank, self.compute_spent)
-        return dict(zip(doc_ids.tolist(), standardize(np.concatenate(raw)).tolist()))
+        self.compute_spent = sum((rank_spent for _, rank_spent in gathered), self.compute_spent)
+        raw = np.concatenate([rewards for rewards, _ in gathered])
+        return dict(zip(doc_ids.tolist(), standardize(raw).tolist()))
 
     def _raw_rewards(self, model: Any, optimizer: Any, doc_ids: np.ndarray, compute: Compute) -> np.ndarray:
         """[n_docs, n_tasks] rewards of the given documents by the configured `rewards.method`; their work
