@@ -133,7 +133,7 @@ def agent() -> None:
 @agent.command("add")
 @click.argument("workspace", type=click.Path(exists=True, file_okay=False))
 @click.argument("name", required=False)
-@click.option("--kind", help="fasttext, metadata, topic or hf-classifier.")
+@click.option("--kind", help="fasttext, metadata, topic, hf-classifier or noise.")
 @click.option(
     "--pipeline",
     type=click.Path(exists=True, dir_okay=False),
@@ -168,7 +168,12 @@ def agent() -> None:
 @click.option("--topics", type=int, help="topic: number of topics (default 16).")
 @click.option("--sample", type=int, help="topic: corpus documents to fit on (default 20000).")
 @click.option("--method", help="topic: tfidf (default) or minilm, the representation k-means clusters.")
-@click.option("--seed", type=int, help="topic: seed of the sample and of k-means (default 0).")
+@click.option(
+    "--seed",
+    type=int,
+    help="topic: seed of the sample and of k-means; noise: seed of the labels (default 0).",
+)
+@click.option("--labels", type=int, help="noise: number of random labels (default 5).")
 @click.option("--max-length", type=int, help="hf-classifier: truncation in tokens (default 512).")
 @click.option("--batch-tokens", type=int, help="hf-classifier: tokens per batch (default 16384).")
 @click.option("--dtype", help="hf-classifier: auto (default: bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.")
@@ -198,6 +203,7 @@ def agent_add(
       corpus-agents agent add ws domain --kind metadata --column source
       corpus-agents agent add ws topic --kind topic --topics 16
       corpus-agents agent add ws edu --kind hf-classifier --model HuggingFaceFW/fineweb-edu-classifier
+      corpus-agents agent add ws noise1 --kind noise --labels 4 --seed 1
       corpus-agents agent add ws --pipeline pipelines/slimpajama-1.3b.yaml --set agents.quality.device=cpu
     """
     from corpus_agents.config import AgentSpec, ConfigError, load_config
@@ -479,14 +485,19 @@ def train(
 @click.argument("workspace", type=click.Path(exists=True, file_okay=False))
 @user_errors
 def runs(workspace: str) -> None:
-    """Training runs with their rounds, held-out loss, current collaboration weights (theta) and whether each
-    agent carries any signal (`signal`: split-half reliability `rel` of its label effects and its largest
-    |effect| / se `z`; rel near 0 and z below 2 mean none).
+    """Training runs with their rounds, training tokens, compute, held-out loss, current theta and whether
+    each agent carries any signal.
+
+    compute_flops is the run's cost so far: training plus the reward probes and reference gradients
+    (6 x N x tokens each; held-out evaluation is not charged); probe_share is the part spent on rewards.
+    signal gives each agent's split-half reliability `rel` of its label effects and its largest |effect| / se
+    `z` (console v2 runs); rel near 0 and z below 2 mean the agent carries none.
 
     \b
     Examples:
       corpus-agents runs ws
       corpus-agents query ws "SELECT * FROM collab_weights WHERE run_id = 'demo' ORDER BY round"
+      corpus-agents query ws "SELECT * FROM round_compute WHERE run_id = 'demo' ORDER BY step, kind"
     """
     from corpus_agents.query import write_result
     from corpus_agents.scoring.catalog import Catalog

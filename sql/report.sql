@@ -19,6 +19,17 @@ SELECT run_id, round, step, tokens, task, heldout_loss
 FROM round_metrics WHERE list_contains($runs, run_id)
 ORDER BY run_id, step, task;
 
+-- name: compute
+-- At every round record: the cumulative training tokens, cost (training + probes + reference gradients, in
+-- FLOPs; held-out evaluation is not charged) and the part of the cost spent on rewards.
+SELECT run_id, round, step,
+       sum(total_tokens) FILTER (WHERE kind = 'train') AS train_tokens,
+       sum(total_flops) FILTER (WHERE kind <> 'eval') AS compute_flops,
+       sum(total_flops) FILTER (WHERE kind IN ('probe', 'reference')) AS reward_flops
+FROM round_compute WHERE list_contains($runs, run_id)
+GROUP BY run_id, round, step
+ORDER BY run_id, step, round;
+
 -- name: theta
 SELECT run_id, round, agent, theta FROM collab_weights
 WHERE list_contains($runs, run_id)

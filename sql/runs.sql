@@ -12,8 +12,28 @@ CREATE TABLE IF NOT EXISTS round_metrics (
     PRIMARY KEY (run_id, round, step, task)
 );
 
+-- Tokens and FLOPs of each kind of work (train, probe, reference, eval) at each round record of a run: since
+-- the previous record and since the start (written by the trainer; FLOPs estimated as 2 or 6 x N x tokens,
+-- see training/compute.py). `eval` is reported, not charged: a run's cost is train + probe + reference.
+-- Catalogs made before compute was counted gain the table, empty for their old runs, on first use.
+CREATE TABLE IF NOT EXISTS round_compute (
+    run_id       VARCHAR NOT NULL,
+    round        INTEGER NOT NULL,
+    step         BIGINT NOT NULL,
+    kind         VARCHAR NOT NULL,
+    tokens       BIGINT NOT NULL,
+    flops        DOUBLE NOT NULL,
+    total_tokens BIGINT NOT NULL,
+    total_flops  DOUBLE NOT NULL,
+    PRIMARY KEY (run_id, round, step, kind)
+);
+
 -- name: record_metric
 INSERT OR REPLACE INTO round_metrics VALUES ($run_id, $round, $step, $tokens, $task, $loss);
+
+-- name: record_compute
+INSERT OR REPLACE INTO round_compute
+VALUES ($run_id, $round, $step, $kind, $tokens, $flops, $total_tokens, $total_flops);
 
 -- name: list_runs
 WITH last AS (SELECT run_id, max(round) AS round FROM collab_weights GROUP BY run_id),
@@ -35,11 +55,23 @@ signal AS (
     JOIN (SELECT run_id, round, agent, max(abs(reward) / se) AS z FROM agent_memory WHERE se > 0 GROUP BY ALL) m
         USING (run_id, round, agent)
     GROUP BY c.run_id
+),
+cost AS (  -- the cumulative cost at each record: training + probes + reference gradients
+    SELECT run_id, step,
+           sum(total_flops) FILTER (WHERE kind <> 'eval') AS flops,
+           sum(total_flops) FILTER (WHERE kind IN ('probe', 'reference')) AS reward_flops
+    FROM round_compute GROUP BY run_id, step
+),
+compute AS (
+    SELECT run_id, arg_max(flops, step) AS compute_flops,
+           arg_max(reward_flops / nullif(flops, 0), step) AS probe_share
+    FROM cost GROUP BY run_id
 )
-SELECT r.run_id, r.init_from, last.round AS rounds, loss.steps, loss.tokens,
+SELECT r.run_id, r.init_from, last.round AS rounds, loss.steps, loss.tokens AS train_tokens,
+       compute.compute_flops, round(compute.probe_share, 4) AS probe_share,
        round(loss.heldout_loss, 4) AS heldout_loss, theta.theta, signal.signal
 FROM runs r LEFT JOIN last USING (run_id) LEFT JOIN theta USING (run_id) LEFT JOIN loss USING (run_id)
-LEFT JOIN signal USING (run_id)
+LEFT JOIN compute USING (run_id) LEFT JOIN signal USING (run_id)
 ORDER BY r.created_at;
 
 -- name: selection_of

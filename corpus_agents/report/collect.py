@@ -1,8 +1,8 @@
 """The report's data: catalog tables (sql/report.sql) and run logs (training/runs.py) read into tidy frames.
 
-Per run: the training loss (the run's log), the held-out loss per reference task (round_metrics), theta
-and each agent's memory w per round (collab_weights, agent_memory) and the share of each agent's labels
-among the documents selected each round. While a training run holds the workspace the catalog cannot be
+Per run: the training loss (the run's log), the held-out loss per reference task (round_metrics), the
+cumulative compute at each round (round_compute), theta and each agent's memory w per round
+(collab_weights, agent_memory) and the share of each agent's labels among the documents selected each round. While a training run holds the workspace the catalog cannot be
 opened: everything but the selection shares is then read from the runs' logs.
 """
 
@@ -35,6 +35,10 @@ _SCHEMAS = {
     "heldout": {
         "run_id": pl.String, "round": pl.Int64, "step": pl.Int64, "tokens": pl.Int64,
         "task": pl.String, "heldout_loss": pl.Float64,
+    },
+    "compute": {
+        "run_id": pl.String, "round": pl.Int64, "step": pl.Int64, "train_tokens": pl.Int64,
+        "compute_flops": pl.Float64, "reward_flops": pl.Float64,
     },
     "theta": {"run_id": pl.String, "round": pl.Int64, "agent": pl.String, "theta": pl.Float64},
     "memory": {"run_id": pl.String, "round": pl.Int64, "agent": pl.String, "label": pl.String, "w": pl.Float64},
@@ -73,6 +77,8 @@ class ReportData:
     shares: pl.DataFrame
     status: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    #: cumulative training tokens, cost and reward FLOPs per round record (none for runs logged before)
+    compute: pl.DataFrame = field(default_factory=lambda: _frame("compute", []))
 
     def with_config(self, frame: pl.DataFrame) -> pl.DataFrame:
         """`frame` with a `config` column (the run's configuration)."""
@@ -106,15 +112,18 @@ def _train_loss(logs: dict[str, RunLog]) -> pl.DataFrame:
     return _frame("train_loss", [(r, s.step, s.tokens, s.loss) for r, log in logs.items() for s in log.steps])
 
 
-def _log_frames(run_id: str, log: RunLog) -> tuple[list[tuple], list[tuple], list[tuple]]:
-    """Held-out, theta and memory rows from a run's log records (used when the catalog is busy)."""
-    heldout, theta, memory = [], [], []
+def _log_frames(run_id: str, log: RunLog) -> tuple[list[tuple], list[tuple], list[tuple], list[tuple]]:
+    """Held-out, theta, memory and compute rows from a run's log records (used when the catalog is busy)."""
+    heldout, theta, memory, compute = [], [], [], []
     for r in log.rounds:
         heldout += [(run_id, r.round, r.step, r.tokens, t, v) for t, v in r.heldout_loss.items()]
+        if (c := r.compute_total) is not None:
+            reward = c.probe_flops + c.reference_flops
+            compute.append((run_id, r.round, r.step, c.train_tokens, c.total_flops, reward))
         if r.event == "round":  # a final record repeats the last round's console state
             theta += [(run_id, r.round, a, v) for a, v in r.theta.items()]
             memory += [(run_id, r.round, a, label, v) for a, ws in r.w.items() for label, v in ws.items()]
-    return heldout, theta, memory
+    return heldout, theta, memory, compute
 
 
 def collect(
@@ -132,6 +141,7 @@ def collect(
         runs = _resolve_runs(known, run_ids, ws)
         logs = _read_logs(ws, runs)
         heldout = _frame("heldout", catalog.run("report.sql", "heldout", runs=runs))
+        compute = _frame("compute", catalog.run("report.sql", "compute", runs=runs))
         theta = _frame("theta", catalog.run("report.sql", "theta", runs=runs))
         memory = _frame("memory", catalog.run("report.sql", "memory", runs=runs))
         notes: list[str] = []
@@ -152,6 +162,7 @@ def collect(
         shares=_frame("shares", share_rows),
         status={r: _status(logs[r], heldout.filter(pl.col("run_id") == r).height > 0) for r in runs},
         notes=notes,
+        compute=compute,
     )
 
 
@@ -159,10 +170,10 @@ def _collect_from_logs(ws: Path, run_ids: list[str] | None, group: str | None, b
     """The report's data from the runs' logs alone, while another process holds the catalog."""
     runs = _resolve_runs(logged_runs(ws), run_ids, ws)
     logs = _read_logs(ws, runs)
-    heldout, theta, memory = [], [], []
+    heldout, theta, memory, compute = [], [], [], []
     for r in runs:
-        h, t, m = _log_frames(r, logs[r])
-        heldout, theta, memory = heldout + h, theta + t, memory + m
+        h, t, m, c = _log_frames(r, logs[r])
+        heldout, theta, memory, compute = heldout + h, theta + t, memory + m, compute + c
     return ReportData(
         runs=runs,
         configs={r: configuration_of(r, group) for r in runs},
@@ -175,6 +186,7 @@ def _collect_from_logs(ws: Path, run_ids: list[str] | None, group: str | None, b
         notes=[
             f"read from the runs' logs ({busy}); the selection shares need the catalog: re-run when it is free"
         ],
+        compute=_frame("compute", compute),
     )
 
 

@@ -60,6 +60,8 @@ def render_html(data: ReportData, workspace: Path, plots: list[tuple[str, str]])
             "-" if r["last_round"] is None else r["last_round"],
             "-" if r["steps"] is None else r["steps"],
             "-" if r["tokens"] is None else r["tokens"],
+            "-" if r["compute_flops"] is None else f"{r['compute_flops']:.3g}",
+            "-" if r["probe_share"] is None else f"{r['probe_share']:.1%}",
             "-" if r["final_heldout_mean"] is None else r["final_heldout_mean"],
             "-" if r["eval_tokens"] is None else r["eval_tokens"],
         ]
@@ -91,9 +93,12 @@ def render_html(data: ReportData, workspace: Path, plots: list[tuple[str, str]])
     parts += [f'<p class="note">{html.escape(note)}</p>' for note in data.notes]
     parts += [
         "<h2>Runs</h2>",
+        "<p>Compute is the cost so far: training plus the reward probes' per-example gradients and the "
+        "reference gradients, 6 &middot; N &middot; tokens each (held-out evaluation is not charged); "
+        "random selection measures no rewards, so its compute is its training.</p>",
         _table(
             ["run", "configuration", "status", "last round", "steps", "tokens trained",
-             "last held-out loss (mean of tasks)", "at tokens"],
+             "compute (FLOPs)", "spent on rewards", "last held-out loss (mean of tasks)", "at tokens"],
             run_rows,
         ),
         "<h2>Final held-out loss</h2>",

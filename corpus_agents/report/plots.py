@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import polars as pl
 
-from corpus_agents.report.aggregate import mean_shares, over_seeds
+from corpus_agents.report.aggregate import heldout_vs_compute, mean_shares, over_seeds, over_seeds_at_step
 from corpus_agents.report.collect import ReportData
 
 MAX_LINES = 8  # labels drawn per agent in the w and share plots; the rest are summed as "other" (shares)
@@ -25,7 +25,7 @@ def panels(
     items: Sequence[T],
     draw: Callable[[Any, T], str],
     *,
-    x: Literal["tokens", "round"],
+    x: Literal["tokens", "compute", "round"],
     ylabel: str | None = None,
     ylim: tuple[float, float] | None = None,
     zero_line: bool = False,
@@ -37,8 +37,8 @@ def panels(
     height: float = 3.6,
 ) -> str:
     """Save `out/name`: a panel per item (up to 3 a row), where `draw(ax, item)` plots and returns the
-    panel's title. The x axis is tokens (engineering notation, from 0) or rounds (integers); the legend is
-    in the panel or, with `legend_outside`, to its right. Returns `name`."""
+    panel's title. The x axis is tokens or compute in FLOPs (engineering notation, from 0) or rounds
+    (integers); the legend is in the panel or, with `legend_outside`, to its right. Returns `name`."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import EngFormatter, MaxNLocator
 
@@ -49,13 +49,13 @@ def panels(
         ax.set_title(draw(ax, item), **({"fontsize": title_size} if title_size else {}))
         if ylabel:
             ax.set_ylabel(ylabel)
-        if x == "tokens":
+        if x in ("tokens", "compute"):
             ax.xaxis.set_major_formatter(EngFormatter())
             ax.set_xlim(left=0)
         else:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_axisbelow(True)
-        ax.set_xlabel(x)
+        ax.set_xlabel("compute (FLOPs: training + probes + reference gradients)" if x == "compute" else x)
         ax.grid(alpha=0.3)
         if ylim:
             ax.set_ylim(*ylim)
@@ -99,7 +99,9 @@ def _slug(text: str) -> str:
 
 
 def plot_losses(data: ReportData, out: Path) -> list[tuple[str, str]]:
-    """Training loss and held-out loss per task (and their mean) vs tokens, one line per configuration."""
+    """Training loss and held-out loss per task (and their mean) vs tokens, and the held-out losses vs total
+    compute (the cost of training plus probes, for comparisons at equal compute), one line per
+    configuration."""
     configs = data.config_order
     colors = _colors(len(configs))
 
@@ -126,6 +128,19 @@ def plot_losses(data: ReportData, out: Path) -> list[tuple[str, str]]:
         items = [(f"held-out loss: {title}", frame, "heldout_loss") for title, frame in frames]
         name = panels(out, "heldout_loss.png", items, by_config, x="tokens", ylabel="loss")
         plots.append((name, "Held-out reference loss vs tokens, per task"))
+    at_compute = heldout_vs_compute(data)
+    if at_compute.height:
+
+        def by_compute(ax: Any, task: str) -> str:
+            frame = at_compute.filter(pl.col("task") == task)
+            agg = over_seeds_at_step(frame, data, "compute_flops", "heldout_loss")
+            _band_lines(ax, agg, "compute_flops", "config", configs, colors)
+            return f"held-out loss: {task}"
+
+        tasks = sorted(t for t in at_compute["task"].unique().to_list() if t != "mean over tasks")
+        tasks += ["mean over tasks"] if len(tasks) > 1 else []
+        name = panels(out, "heldout_compute.png", tasks, by_compute, x="compute", ylabel="loss")
+        plots.append((name, "Held-out reference loss vs total compute (training + probes), per task"))
     return plots
 
 

@@ -43,12 +43,16 @@ class DocBatch:
     `texts` are Python strings (null -> "", invalid UTF-8 decoded with replacement characters); derived
     forms (`single_line_texts` for fastText) are computed once on first use and cached. Decoding is lazy (an
     agent that reads only metadata columns never pays for it); `decode_s` counts the seconds it took, so
-    the scoring loop can tell the shared decode from an agent's own work.
+    the scoring loop can tell the shared decode from an agent's own work. `doc_ids` are the documents' ids
+    where the reader knows them (the scoring loop sets them), for agents whose label depends on the id.
     """
 
-    def __init__(self, text: pa.Array, columns: dict[str, pa.Array] | None = None):
+    def __init__(
+        self, text: pa.Array, columns: dict[str, pa.Array] | None = None, doc_ids: np.ndarray | None = None
+    ):
         self.text_array = text
         self.columns = columns or {}
+        self.doc_ids = doc_ids
         self.decode_s = 0.0
         self._texts: list[str] | None = None
         self._single_line: list[str] | None = None

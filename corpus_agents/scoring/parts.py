@@ -183,7 +183,8 @@ def score_shard(task: ShardTask, progress: Callable[[int], None] | None = None) 
             if item is None:
                 break
             rows, batch = item
-            doc_ids = pa.array(pack_doc_ids(shard.shard_id, rows), pa.int64())
+            batch.doc_ids = pack_doc_ids(shard.shard_id, rows)
+            doc_ids = pa.array(batch.doc_ids, pa.int64())
             for spec in todo:
                 name = spec.agent.name
                 if name in errors:

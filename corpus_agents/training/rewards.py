@@ -12,6 +12,7 @@ import torch
 from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from corpus_agents.training.compute import FORWARD, FORWARD_BACKWARD, Compute, batch_tokens, flop_params
 from corpus_agents.training.references import (
     IGNORE_INDEX,
     Batch,
@@ -150,6 +151,7 @@ def gradient_rewards(
     projection_dim: int | None = None,
     seed: int = 0,
     chunk_size: int = 8,
+    compute: Compute | None = None,
 ) -> np.ndarray:
     """`r[i, t] = <g_ref_t, g_i>`: [n_docs, n_tasks] first-order influence of each document on each task.
 
@@ -158,7 +160,8 @@ def gradient_rewards(
     order. Documents are processed `chunk_size` at a time, shortest first (less padding), which bounds the
     per-example gradient memory at `chunk_size` copies of the trainable parameters. With `projection_dim`,
     both gradients are first projected by a seeded `CountSketch`; with `cosine`, the inner product is
-    divided by both norms (0 where a gradient is zero).
+    divided by both norms (0 where a gradient is zero). `compute`, if given, counts the work: forward and
+    backward over each task's reference tokens and each document's first `max_length` tokens.
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
@@ -166,8 +169,11 @@ def gradient_rewards(
     out = np.zeros((len(docs), len(tasks)))
     norms = np.zeros(len(docs))
     sketch = CountSketch(projection_dim, seed) if projection_dim is not None else None
+    per_token = FORWARD_BACKWARD * flop_params(model) if compute is not None else 0
     with eval_mode(model):
         refs = [_reference_gradient(model, ref_batches_by_task[t]) for t in tasks]
+        if compute is not None:
+            compute.add("reference", sum(batch_tokens(ref_batches_by_task[t]) for t in tasks), per_token)
         if sketch is not None:
             ref_sketch = torch.cat([sketch.project({n: g.unsqueeze(0) for n, g in r.items()}) for r in refs])
             ref_norms = ref_sketch.double().norm(dim=1)
@@ -178,6 +184,8 @@ def gradient_rewards(
         for start in range(0, len(order), chunk_size):
             rows = order[start : start + chunk_size]
             grads = per_example_gradients(model, [docs[i] for i in rows], max_length)
+            if compute is not None:
+                compute.add("probe", sum(min(len(docs[i]), max_length) for i in rows), per_token)
             if sketch is not None:
                 vec = sketch.project(grads)
                 dots, sq = (vec @ ref_sketch.T).double(), vec.double().square().sum(1) if cosine else None
@@ -253,19 +261,26 @@ def one_step_rewards(
     *,
     max_length: int = 512,
     lr: float | None = None,
+    compute: Compute | None = None,
 ) -> np.ndarray:
     """The MATES oracle, [n_docs, n_tasks]: `r = L_ref(before) - L_ref(after)` one optimizer step on each doc.
 
     Each step uses the optimizer's current learning rate (or `lr`), runs in eval mode (no dropout, so the
     reward is deterministic) and is undone exactly afterwards: parameters, buffers, gradients, optimizer
     state (step counts included), hyper-parameters and RNG state are bit-for-bit as before. No gradient
-    clipping or scheduler step is applied. A document with fewer than two tokens gets 0.
+    clipping or scheduler step is applied. A document with fewer than two tokens gets 0. `compute`, if
+    given, counts the work: forward and backward over each document's first `max_length` tokens (probe),
+    and a forward pass over every task's reference tokens before the steps and after each (reference).
     """
     tasks = list(ref_batches_by_task)
     out = np.zeros((len(docs), len(tasks)))
     params = list(_trainable(model).values())
+    n_params = flop_params(model) if compute is not None else 0
+    ref_tokens = sum(batch_tokens(ref_batches_by_task[t]) for t in tasks)
     with eval_mode(model):
         before = np.array([reference_loss(model, ref_batches_by_task[t]) for t in tasks])
+        if compute is not None:
+            compute.add("reference", ref_tokens, FORWARD * n_params)
         snapshot = _TrainingState(model, optimizer)
         for i, doc in enumerate(docs):
             if len(doc) < 2:
@@ -278,6 +293,9 @@ def one_step_rewards(
                     p.grad = g
                 optimizer.step()
                 out[i] = before - np.array([reference_loss(model, ref_batches_by_task[t]) for t in tasks])
+                if compute is not None:
+                    compute.add("probe", min(len(doc), max_length), FORWARD_BACKWARD * n_params)
+                    compute.add("reference", ref_tokens, FORWARD * n_params)
             finally:
                 snapshot.restore()
     return out

@@ -3,7 +3,8 @@ summarise one, export it as Parquet.
 
 `RunPaths` is where a run keeps its files (WS/runs/<run_id>/); `LogWriter` appends the records of
 `log.jsonl` (`StepRecord`, `RoundRecord`, `ResumeRecord`, the one definition of their fields) and
-`read_run_log` reads them back for the report, tolerating the torn last line a kill -9 can leave.
+`read_run_log` reads them back for the report, tolerating the torn last line a kill -9 can leave, and
+reading logs written before a field with a default was added (a round record's compute).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 from corpus_agents.errors import CorpusAgentsError
 from corpus_agents.scoring.catalog import Catalog
 from corpus_agents.scoring.corpus import iter_doc_batches, pack_doc_ids
+from corpus_agents.training.compute import KINDS, Compute
 from corpus_agents.training.selection import read_snapshot
 
 STATE_FILE = "trainer_state.pt"  # in a checkpoint directory: written last, so its presence marks it complete
@@ -99,7 +101,10 @@ class StepRecord:
 @dataclass(frozen=True)
 class RoundRecord:
     """The state after a round (`round`) or at the end of training (`final`): held-out loss per reference
-    task and the console's theta per agent and w per agent and label."""
+    task, the console's theta per agent and w per agent and label, and the compute spent since the previous
+    record (`compute`: the training steps since it, this round's probes and reference gradients, this
+    record's held-out evaluation) and since the start of the run (`compute_total`). Logs written before
+    compute was counted read with None there."""
 
     event: Literal["round", "final"]
     step: int
@@ -109,6 +114,14 @@ class RoundRecord:
     heldout_loss_mean: float
     theta: dict[str, float]
     w: dict[str, dict[str, float]]
+    compute: Compute | None = None
+    compute_total: Compute | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("compute", "compute_total"):  # read back from JSON as dicts
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                object.__setattr__(self, name, Compute.from_dict(value))
 
     @classmethod
     def measured(
@@ -120,6 +133,8 @@ class RoundRecord:
         losses: dict[str, float],
         theta: dict[str, float],
         w: dict[str, dict[str, float]],
+        compute: Compute | None = None,
+        compute_total: Compute | None = None,
     ) -> RoundRecord:
         """A record of measured values, rounded as the log keeps them."""
         return cls(
@@ -128,12 +143,17 @@ class RoundRecord:
             heldout_loss_mean=round(float(np.mean(list(losses.values()))), LOSS_DIGITS),
             theta={k: round(float(v), WEIGHT_DIGITS) for k, v in theta.items()},
             w={a: {k: round(float(v), WEIGHT_DIGITS) for k, v in ws.items()} for a, ws in w.items()},
+            compute=compute, compute_total=compute_total,
         )  # fmt: skip
 
     def summary(self) -> str:
         losses = " ".join(f"{k} {v:.4f}" for k, v in self.heldout_loss.items())
         theta = " ".join(f"{k} {v:.3f}" for k, v in self.theta.items())
-        return f"round {self.round}  held-out loss: {losses}  theta: {theta}"
+        line = f"round {self.round}  held-out loss: {losses}  theta: {theta}"
+        if self.compute_total is not None:
+            total = self.compute_total
+            line += f"  compute: {total.total_flops:.3g} FLOPs ({total.probe_share:.0%} on rewards)"
+        return line
 
 
 @dataclass(frozen=True)
@@ -166,7 +186,8 @@ def parse_record(line: str) -> Record | None:
     try:
         data = json.loads(line)
         cls = _RECORDS[data["event"]]
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        optional = {f.name for f in fields(cls) if f.default is not MISSING}
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data or f.name not in optional})
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -257,8 +278,23 @@ def ensure_schema(catalog: Catalog) -> None:
     catalog.run("runs.sql", "schema")
 
 
+def record_compute(
+    catalog: Catalog, run_id: str, round_: int, step: int, spent: Compute, total: Compute
+) -> None:
+    """Store a round record's compute in `round_compute`: per kind of work, the round's and the cumulative
+    tokens and FLOPs."""
+    for kind in KINDS:
+        catalog.run(
+            "runs.sql", "record_compute", run_id=run_id, round=round_, step=step, kind=kind,
+            tokens=getattr(spent, f"{kind}_tokens"), flops=getattr(spent, f"{kind}_flops"),
+            total_tokens=getattr(total, f"{kind}_tokens"), total_flops=getattr(total, f"{kind}_flops"),
+        )  # fmt: skip
+
+
 def list_runs(catalog: Catalog) -> pa.Table:
-    """One row per run: rounds, latest theta per agent, selection size and held-out loss of its last round."""
+    """One row per run: rounds, training steps and tokens, total compute (training, probes and reference
+    gradients, in FLOPs) and the share of it spent on rewards, held-out loss of its last evaluation and the
+    latest theta per agent."""
     ensure_schema(catalog)
     return catalog.arrow("runs.sql", "list_runs")
 

@@ -31,6 +31,7 @@ from corpus_agents.errors import CorpusAgentsError
 from corpus_agents.scoring.catalog import Catalog
 from corpus_agents.scoring.corpus import read_doc_texts, sample_texts
 from corpus_agents.storage import atomic_path
+from corpus_agents.training.compute import FORWARD, FORWARD_BACKWARD, Compute, batch_tokens, flop_params
 from corpus_agents.training.distributed import Distributed
 from corpus_agents.training.models import build_model, load_tokenizer, train_tokenizer
 from corpus_agents.training.runs import (
@@ -42,6 +43,7 @@ from corpus_agents.training.runs import (
     RunPaths,
     StepRecord,
     ensure_schema,
+    record_compute,
     summary_line,
 )
 
@@ -135,6 +137,10 @@ class Trainer:
         self.heldout_batches = {
             r.name: encode_examples(self.tokenizer, r.heldout, max_length=seq_len) for r in self.references
         }
+        self.heldout_tokens = sum(batch_tokens(b) for b in self.heldout_batches.values())
+        # Rank 0's compute accounts (training/compute.py): the work since the last round record (every
+        # rank's probes, gathered) and since the start of the run (kept in the checkpoints).
+        self.compute_spent, self.compute_total = Compute(), Compute()
         self.console: Console | None = None
         if catalog is not None:
             ensure_schema(catalog)
@@ -187,6 +193,7 @@ class Trainer:
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "rng_torch": torch.get_rng_state(),  # data order, probes and selections are seeded explicitly
+                "compute": self.compute_total.to_dict(),
             }
             torch.save(state, tmp / STATE_FILE)
         for old in sorted(self.paths.checkpoints.glob("step-*"))[:-2]:  # keep the last two
@@ -203,6 +210,7 @@ class Trainer:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_torch"])
+        self.compute_total = Compute.from_dict(state.get("compute", {}))
         return int(state["step"]), int(state["round"])
 
     # ----- rounds ----------------------------------------------------------------------------------
@@ -233,13 +241,17 @@ class Trainer:
         if len(doc_ids) == 0:
             return {}
         share = np.array_split(doc_ids, self.dist.world_size)[self.dist.rank]
-        raw = self.dist.gather(self._raw_rewards(model, optimizer, share))
+        spent = Compute()
+        gathered = self.dist.gather((self._raw_rewards(model, optimizer, share, spent), spent))
         if not self.dist.is_main:
             return {}
-        return dict(zip(doc_ids.tolist(), standardize(np.concatenate(raw)).tolist()))
+        self.compute_spent = sum((rank_spent for _, rank_spent in gathered), self.compute_spent)
+        raw = np.concatenate([rewards for rewards, _ in gathered])
+        return dict(zip(doc_ids.tolist(), standardize(raw).tolist()))
 
-    def _raw_rewards(self, model: Any, optimizer: Any, doc_ids: np.ndarray) -> np.ndarray:
-        """[n_docs, n_tasks] rewards of the given documents by the configured `rewards.method`."""
+    def _raw_rewards(self, model: Any, optimizer: Any, doc_ids: np.ndarray, compute: Compute) -> np.ndarray:
+        """[n_docs, n_tasks] rewards of the given documents by the configured `rewards.method`; their work
+        is counted in `compute`."""
         from corpus_agents.training.rewards import encode_documents, gradient_rewards, one_step_rewards
 
         texts = read_doc_texts(self.shards, doc_ids)
@@ -248,9 +260,9 @@ class Trainer:
         if cfg.method == "gradient":
             return gradient_rewards(
                 model, self.probe_batches, docs, cosine=cfg.cosine, projection_dim=cfg.projection_dim,
-                seed=self.config.train.seed, chunk_size=cfg.chunk_size,
+                seed=self.config.train.seed, chunk_size=cfg.chunk_size, compute=compute,
             )  # fmt: skip
-        return one_step_rewards(model, optimizer, docs, self.probe_batches)  # rewards.method: one_step
+        return one_step_rewards(model, optimizer, docs, self.probe_batches, compute=compute)  # one_step
 
     def select(self, round_: int) -> Path:
         """The round's selection snapshot, for every rank's tokens (rank 0 only)."""
@@ -367,10 +379,17 @@ class Trainer:
             self.console.record_consumed(np.concatenate(ids), round=round_)
 
     def _round_log(self, model: Any, step: int, round_: int, event: str = "round") -> dict[str, Any]:
-        """Record the held-out losses and log them with the console state (rank 0 only)."""
+        """Record the held-out losses and the compute spent, and log them with the console state (rank 0
+        only)."""
         losses = self.heldout_losses(model)
         state = self.console.state(round_)
         tokens = step * self.tokens_per_step
+        spent, self.compute_spent = self.compute_spent, Compute()
+        n_params = flop_params(model)
+        spent.add("train", tokens - self.compute_total.train_tokens, FORWARD_BACKWARD * n_params)
+        spent.add("eval", self.heldout_tokens, FORWARD * n_params)
+        self.compute_total = self.compute_total + spent
+        record_compute(self.catalog, self.run_id, round_, step, spent, self.compute_total)
         for task, loss in losses.items():
             self.catalog.run(
                 "runs.sql",
@@ -382,7 +401,10 @@ class Trainer:
                 task=task,
                 loss=loss,
             )
-        return self._log(RoundRecord.measured(event, step, round_, tokens, losses, state.theta, state.w))
+        record = RoundRecord.measured(
+            event, step, round_, tokens, losses, state.theta, state.w, spent, self.compute_total
+        )
+        return self._log(record)
 
     def _log(self, record: Record) -> dict[str, Any]:
         """Append a record to the run's log.jsonl and print a one-line summary of it (rank 0 only); returns

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from corpus_agents.cli import main
 from corpus_agents.config import load_config
 from corpus_agents.report import write_report
-from corpus_agents.report.aggregate import final_heldout, mean_shares, over_seeds
+from corpus_agents.report.aggregate import final_heldout, mean_shares, over_seeds, run_summary
 from corpus_agents.report.collect import collect, configuration_of
 from corpus_agents.scoring.catalog import Catalog
 from corpus_agents.training.runs import static_selection
@@ -137,7 +137,7 @@ def test_report_writes_a_page_whose_images_are_valid_pngs(trained: Path, tmp_pat
     index = tmp_path / "out" / "index.html"
     page = index.read_text(encoding="utf-8")
     images = re.findall(r'<img src="([^"]+)"', page)
-    assert {"train_loss.png", "heldout_loss.png", "theta.png"} <= set(images)
+    assert {"train_loss.png", "heldout_loss.png", "heldout_compute.png", "theta.png"} <= set(images)
     assert {"w-00-method.png", "shares-00-method.png", "shares-02-static.png"} <= set(images)
     assert "<script" not in page
     from PIL import Image
@@ -152,6 +152,11 @@ def test_report_writes_a_page_whose_images_are_valid_pngs(trained: Path, tmp_pat
     method = final_heldout(collect(trained)).filter(config="method", task="docs").row(0, named=True)
     assert f"{method['mean']:.4f} ± {method['std']:.4f} (2 runs)" in page
     assert "selection only (no training)" in page and "finished" in page
+    # The runs table: cost in FLOPs and the share spent on rewards, none for random selection.
+    runs = {r["run_id"]: r for r in run_summary(collect(trained)).iter_rows(named=True)}
+    assert runs["random-seed0"]["probe_share"] == 0 and 0 < runs["method-seed0"]["probe_share"] < 1
+    assert runs["method-seed0"]["compute_flops"] > runs["random-seed0"]["compute_flops"] > 0
+    assert f"<td>{runs['method-seed0']['compute_flops']:.3g}</td>" in page
 
 
 def test_report_of_a_busy_workspace_reads_the_run_logs(trained: Path, tmp_path: Path) -> None:
@@ -160,10 +165,18 @@ def test_report_of_a_busy_workspace_reads_the_run_logs(trained: Path, tmp_path: 
     page = index.read_text(encoding="utf-8")
     assert "is in use by" in page and "selection shares need the catalog" in page
     images = re.findall(r'<img src="([^"]+)"', page)
-    assert {"train_loss.png", "heldout_loss.png", "theta.png", "w-00-method.png"} == set(images)
+    assert {
+        "train_loss.png",
+        "heldout_loss.png",
+        "heldout_compute.png",
+        "theta.png",
+        "w-00-method.png",
+    } == set(images)
     with Catalog(trained):  # the logs hold the same held-out losses as round_metrics (to 5 decimals)
         from_logs = final_heldout(collect(trained, ["method-seed0", "method-seed1"]))
+        compute_from_logs = collect(trained, ["method-seed0", "method-seed1"]).compute
     from_catalog = final_heldout(collect(trained, ["method-seed0", "method-seed1"]))
+    assert compute_from_logs.equals(collect(trained, ["method-seed0", "method-seed1"]).compute)
     assert from_logs["task"].to_list() == from_catalog["task"].to_list()
     for a, b in zip(from_logs["mean"].to_list(), from_catalog["mean"].to_list()):
         assert a == pytest.approx(b, abs=1e-5)

@@ -81,7 +81,15 @@ def test_training_rounds_move_the_console_and_resume_after_kill_9_matches(
 
     with Catalog(ws) as cat:
         runs = cat.execute("SELECT run_id, count(DISTINCT round) FROM round_metrics GROUP BY 1 ORDER BY 1")
+        compute = cat.execute(
+            "SELECT run_id, round, step, kind, total_tokens, total_flops FROM round_compute"
+        )
     assert runs == [("clean", 3), ("killed", 3)]
+    # The resumed run's compute, cumulative across the kill, is the uninterrupted run's.
+    assert sorted(r[1:] for r in compute if r[0] == "killed") == sorted(
+        r[1:] for r in compute if r[0] == "clean"
+    )
+    assert len(compute) == 2 * 4 * 4  # two runs, 4 records (rounds 0-2 and the final), 4 kinds of work
     log = read_run_log(paths.log)  # the resumed run's records replace those the kill left behind
     assert [s.step for s in log.steps] == [3, 6, 9] and [r.round for r in log.rounds] == [0, 1, 2, 2]
     assert log.finished and len(log.resumes) == 1

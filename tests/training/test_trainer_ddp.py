@@ -13,8 +13,10 @@ import torch
 from helpers import TINY, console_tables, final_weights
 
 from corpus_agents.config import load_config
+from corpus_agents.scoring.catalog import Catalog
 from corpus_agents.training.models import load_tokenizer
 from corpus_agents.training.reader import SelectionReader
+from corpus_agents.training.rewards import encode_documents
 
 
 def free_port() -> int:
@@ -58,4 +60,16 @@ def test_two_ranks_share_probes_and_selection_and_rank_0_records_the_rounds(
     assert events.count("final") == 1 and events.count("round") == 3  # logged by rank 0 alone
     state = torch.load(run / "checkpoints" / "step-00000009" / "trainer_state.pt", weights_only=True)
     assert (state["step"], state["round"]) == (9, 2)
+    # Rank 0 counted both ranks' work: the probe tokens are those of every probe document, the training
+    # tokens those of both ranks' batches.
+    with Catalog(ws) as cat:
+        texts = [
+            t
+            for (t,) in cat.execute(
+                "SELECT text FROM probes JOIN documents USING (doc_id) WHERE run_id = 'ddp'"
+            )
+        ]
+    probe_tokens = sum(map(len, encode_documents(tokenizer, texts, max_length=cfg.rewards.max_tokens)))
+    assert state["compute"]["probe_tokens"] == probe_tokens > 0
+    assert state["compute"]["train_tokens"] == 9 * cfg.train.batch_size * cfg.model.seq_len * 2
     assert all(torch.isfinite(t).all() for t in final_weights(ws, "ddp").values())

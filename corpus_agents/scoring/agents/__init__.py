@@ -22,6 +22,7 @@ REGISTRY: dict[str, str] = {
     "metadata": "corpus_agents.scoring.agents.metadata:MetadataAgent",
     "topic": "corpus_agents.scoring.agents.topic:TopicAgent",
     "hf-classifier": "corpus_agents.scoring.agents.hf_classifier:HFClassifierAgent",
+    "noise": "corpus_agents.scoring.agents.noise:NoiseAgent",
 }
 
 
