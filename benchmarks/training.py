@@ -26,7 +26,6 @@ import argparse
 import datetime
 import json
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -48,11 +47,11 @@ from corpus_agents.training.trainer import Trainer, _autocast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from corpus_text import DEFAULT_CACHE  # noqa: E402
-from environment import machine, versions  # noqa: E402
-from reader import build_corpus, select  # noqa: E402
+from corpus import installed  # noqa: E402
+from corpus.fetch import DEFAULT_CACHE  # noqa: E402
+from environment import REPO, command_line, machine, versions  # noqa: E402
+from reader import select  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 US = (50, 200, 1500)
 PROBE_COUNTS = {"demo, 8 x 20 labels": 160, "64 x 25 labels": 1600}
 TARGET_SHARE = 0.10
@@ -349,7 +348,7 @@ def main() -> None:
     started = time.perf_counter()
     start_machine = machine()
 
-    corpus = build_corpus(args.cache, 15, 8, 1024)  # the reader benchmark's corpus (cached)
+    corpus = installed.build(args.cache)  # the reader benchmark's corpus (cached)
     table = pq.read_table(sorted(corpus.glob("shard-*.parquet"))[-1], columns=["text", "source"])
     held_texts, held_sources = table.column("text").to_pylist(), table.column("source").to_pylist()
     snapshot, texts = select(corpus, 0.1, corpus / "selection-training-0.1")
@@ -393,7 +392,7 @@ def main() -> None:
     result.update(
         {
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "command": " ".join(["python benchmarks/training.py", *map(shlex.quote, sys.argv[1:])]),
+            "command": command_line(__file__),
             "machine": start_machine,
             "loadavg_end": machine()["loadavg"],
             "torch_threads": torch.get_num_threads(),
