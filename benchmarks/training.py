@@ -64,6 +64,23 @@ def clock(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     return out, time.process_time() - cpu, time.perf_counter() - wall
 
 
+def per_doc_cost(fixed: Callable[[], Any], subset: Callable[[], Any], docs: int) -> dict[str, float]:
+    """The cost of `subset()` (a method run on `docs` documents) split into a fixed part, the best of two runs
+    of `fixed()` (the same on no documents: noise would skew the per-document figure), and a per-document
+    one."""
+    fixed_cpu, fixed_wall = min(clock(fixed)[1:] for _ in range(2))
+    _, cpu, wall = clock(subset)
+    return {
+        "subset_docs": docs,
+        "fixed_cpu_s": fixed_cpu,
+        "fixed_wall_s": fixed_wall,
+        "per_doc_cpu_s": max(cpu - fixed_cpu, 0.0) / docs,
+        "per_doc_wall_s": max(wall - fixed_wall, 0.0) / docs,
+        "subset_cpu_s": cpu,
+        "subset_wall_s": wall,
+    }
+
+
 # ----- data ------------------------------------------------------------------------------------------------
 def reference_pairs(texts: list[str], sources: list[str], n: int, rng: np.random.Generator) -> dict:
     """Two offline reference tasks of `n` (prompt, answer) pairs each, cut from held-out documents.
@@ -168,34 +185,16 @@ def measure_probes(
                 seed=0, chunk_size=rewards.chunk_size,
             )  # fmt: skip
 
-        fixed = [clock(lambda r=run: r([]))[1:] for _ in range(2)]  # best of 2: noise would skew per doc
-        fixed_cpu, fixed_wall = min(fixed)
-        _, cpu, wall = clock(lambda r=run, s=subset: r(s))
-        out[name] = {
-            "subset_docs": len(subset),
-            "fixed_cpu_s": fixed_cpu,
-            "fixed_wall_s": fixed_wall,
-            "per_doc_cpu_s": max(cpu - fixed_cpu, 0.0) / len(subset),
-            "per_doc_wall_s": max(wall - fixed_wall, 0.0) / len(subset),
-            "subset_cpu_s": cpu,
-            "subset_wall_s": wall,
-        }
-        print(f"    {name}: fixed {fixed_cpu:.1f} CPU-s, {out[name]['per_doc_cpu_s']:.3f} CPU-s/doc")
+        out[name] = per_doc_cost(lambda r=run: r([]), lambda r=run, s=subset: r(s), len(subset))
+        print(
+            f"    {name}: fixed {out[name]['fixed_cpu_s']:.1f} CPU-s, {out[name]['per_doc_cpu_s']:.3f} CPU-s/doc"
+        )
     subset = [docs[i] for i in rng.choice(len(docs), sub["one_step"], replace=False)]
-    fixed = [clock(lambda: [reference_loss(model, b) for b in refs.values()])[1:] for _ in range(2)]
-    fixed_cpu, fixed_wall = min(fixed)
-    _, cpu, wall = clock(
-        lambda: one_step_rewards(model, optimizer, subset, refs, max_length=rewards.max_tokens)
+    out["one_step"] = per_doc_cost(
+        lambda: [reference_loss(model, b) for b in refs.values()],
+        lambda: one_step_rewards(model, optimizer, subset, refs, max_length=rewards.max_tokens),
+        len(subset),
     )
-    out["one_step"] = {
-        "subset_docs": len(subset),
-        "fixed_cpu_s": fixed_cpu,
-        "fixed_wall_s": fixed_wall,
-        "per_doc_cpu_s": max(cpu - fixed_cpu, 0.0) / len(subset),
-        "per_doc_wall_s": max(wall - fixed_wall, 0.0) / len(subset),
-        "subset_cpu_s": cpu,
-        "subset_wall_s": wall,
-    }
     print(f"    one_step: {out['one_step']['per_doc_cpu_s']:.3f} CPU-s/doc")
     return out
 

