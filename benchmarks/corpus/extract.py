@@ -23,6 +23,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+
 from corpus.fetch import SourceError
 
 MAX_CHARS = 8000

@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from environment import machine, versions
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from corpus.extract import MIN_CHARS, READERS, pack_units, source_rng
 from corpus.fetch import DEFAULT_CACHE, SourceError, fetch_debian, fetch_pypi
 from corpus.shards import cache_key, text_bytes, write_shards
 from corpus.sources import ALWAYS_EXCLUDE, SOURCES, Source
-from environment import machine, versions
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from corpus_agents.storage import atomic_path
 
 EXTRACT_VERSION = 3  # bump when a reader or the packing changes, so cached documents are rebuilt
@@ -149,12 +149,16 @@ def extract_all(
             pool.submit(source_documents, s, _read_packages(s, sources), packages, seed, cache)
             for s in sources
         ]
-        for future in as_completed(futures):
-            name, path, fresh = future.result()
-            paths[name] = path
-            if fresh:
-                extracted.append(name)
-            progress.update(task, advance=1, description=f"extract sources ({name} done)")
+        try:
+            for future in as_completed(futures):
+                name, path, fresh = future.result()
+                paths[name] = path
+                if fresh:
+                    extracted.append(name)
+                progress.update(task, advance=1, description=f"extract sources ({name} done)")
+        except BaseException:  # a source failed: say so now, not after every other source is cut
+            pool.shutdown(cancel_futures=True)
+            raise
     tables = [pq.read_table(paths[s.name], schema=SCHEMA) for s in sources]
     return pa.concat_tables(tables), sorted(extracted)
 
