@@ -5,7 +5,10 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import shlex
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,38 @@ def versions(*dists: str, names: dict[str, str] | None = None) -> dict[str, str]
     dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
     out["git"] = rev.stdout.strip() + ("+dirty" if dirty.strip() else "")
     return out
+
+
+def shown(text: str) -> str:
+    """Text for a results file with this machine's directories named portably: paths in the repository
+    relative to it, and `$VIRTUAL_ENV/`, `$TMPDIR/` and `~/` for the others (results never hold the
+    absolute paths of one machine)."""
+    prefixes = [(REPO, "")]
+    if sys.prefix != sys.base_prefix:
+        prefixes.append((Path(sys.prefix), "$VIRTUAL_ENV/"))
+    prefixes += [(Path(tempfile.gettempdir()), "$TMPDIR/"), (Path.home(), "~/")]
+    for directory, name in prefixes:
+        text = text.replace(f"{directory.resolve()}/", name)
+    return text
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """A path as results record it (see `shown`)."""
+    return shown(str(Path(path).expanduser().resolve()))
+
+
+def command_line(script: str | os.PathLike, argv: list[str] | None = None) -> str:
+    """How a benchmark was run, for its results: `python SCRIPT ARGS` with the script relative to the
+    repository and the arguments that are absolute paths shown by `shown_path`."""
+    words = ["python", shown_path(script)]
+    for arg in sys.argv[1:] if argv is None else argv:
+        arg = shown_path(arg) if arg.startswith("/") else arg
+        head, _, rest = arg.partition("/")
+        if rest and head in ("~", "$TMPDIR", "$VIRTUAL_ENV"):  # left unquoted, so that a shell expands it
+            words.append(f"{head}/{shlex.quote(rest)}")
+        else:
+            words.append(shlex.quote(arg))
+    return " ".join(words)
 
 
 def loadavg() -> float:

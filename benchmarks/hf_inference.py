@@ -1,6 +1,6 @@
 """Benchmark: the hf-classifier agent's inference path against a plain transformers loop on the same documents.
 
-Both score the same real documents (Debian documentation, see `corpus_text.py`, or `--texts FILE.parquet`)
+Both score the same real documents (Debian documentation, see `corpus/debian_docs.py`, or `--texts FILE.parquet`)
 with the same BERT sequence-classification model (a FineWeb-Edu style regression head, num_labels=1):
 
 - agent: `HFClassifierAgent.score` on DocBatches of 2,048 documents, as `scoring.parts.score_shard` calls it
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -36,12 +35,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from corpus_agents.storage import atomic_path
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from corpus_text import DEFAULT_CACHE, all_documents  # noqa: E402
-from environment import loadavg, machine, versions  # noqa: E402
+from corpus import debian_docs  # noqa: E402
+from corpus.fetch import DEFAULT_CACHE  # noqa: E402
+from environment import REPO, command_line, loadavg, machine, versions  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 #: The FineWeb-Edu classifier labelled ~15T tokens in ~6,000 H100-hours: about 1,000 documents/s per GPU.
 REFERENCE_DOCS_PER_S = 1000
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -68,11 +69,9 @@ def build_model(size: str, cache: Path) -> Path:
         model = BertForSequenceClassification.from_pretrained(minilm_dir(), num_labels=1)
     else:  # the FineWeb-Edu classifier's size class: 12 layers x 768, ~110M parameters
         model = BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, num_labels=1))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="tmp-", dir=out.parent))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return out
 
 
@@ -80,7 +79,7 @@ def load_texts(docs: int, cache: Path, texts_file: Path | None) -> list[str]:
     """`docs` documents: the first of a Parquet file's `text` column, or a fixed-seed sample of the corpus."""
     if texts_file is not None:
         return pq.read_table(texts_file, columns=["text"]).column("text").to_pylist()[:docs]
-    texts, _ = all_documents(cache, seed=0, log=True)
+    texts, _ = debian_docs.documents(cache, seed=0, log=True)
     order = np.random.default_rng(0).permutation(len(texts))[:docs]
     return [texts[i] for i in order]
 
@@ -255,7 +254,7 @@ def main() -> None:
 
     res: dict[str, Any] = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": "python " + " ".join([os.path.relpath(__file__, Path.cwd()), *sys.argv[1:]]),
+        "command": command_line(__file__),
         "machine": machine(),
         "device": device_info(args.device),
         "versions": versions("torch", "transformers", "tokenizers", "numpy", "corpus-agents"),

@@ -20,16 +20,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gzip
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import os
 import resource
-import shlex
 import sys
-import sysconfig
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,70 +44,12 @@ from corpus_agents.training.selection import ShardRef, write_snapshot
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from corpus_text import DEFAULT_CACHE, groff_to_text, split_documents  # noqa: E402
-from environment import machine, versions  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-CORPUS_VERSION = 1  # bump when the corpus recipe changes, so cached corpora are rebuilt
+from corpus import installed  # noqa: E402
+from corpus.fetch import DEFAULT_CACHE  # noqa: E402
+from environment import REPO, command_line, machine, shown_path, versions  # noqa: E402
 
 
-# ----- the corpus ------------------------------------------------------------------------------------------
-def source_files() -> dict[str, list[Path]]:
-    """Files of real text on this machine, by source, in a fixed order."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    python = sorted(p for p in stdlib.rglob("*.py") if "site-packages" not in p.parts)
-    man = sorted(p for p in Path("/usr/share/man").rglob("*") if p.is_file() and "/man" in str(p.parent))
-    doc = sorted(p for p in Path("/usr/share/doc").rglob("*") if p.is_file() and not p.is_symlink())
-    return {"python-stdlib": python, "man-pages": man, "usr-share-doc": doc}
-
-
-def read_text(path: Path) -> str:
-    """A file's text (gzip undone, groff stripped from man pages); "" for binary files."""
-    try:
-        data = path.read_bytes()
-        if path.suffix == ".gz":
-            data = gzip.decompress(data)
-    except (OSError, EOFError, gzip.BadGzipFile):
-        return ""
-    if b"\0" in data[:4096]:
-        return ""
-    text = data.decode("utf-8", errors="replace")
-    return groff_to_text(text) if "/usr/share/man/" in str(path) else text
-
-
-def build_corpus(cache: Path, mb_per_source: float, num_shards: int, row_group_rows: int) -> Path:
-    """Cut each source's files (seeded file order) into documents up to its byte budget; write shards."""
-    key = json.dumps([CORPUS_VERSION, mb_per_source, num_shards, row_group_rows, sys.version_info[:2]])
-    out = cache / "reader" / hashlib.sha1(key.encode()).hexdigest()[:12]
-    if (out / "corpus.json").exists():
-        return out
-    rng = np.random.default_rng(0)
-    texts: list[str] = []
-    sources: list[str] = []
-    for name, files in source_files().items():
-        size = 0
-        for i in rng.permutation(len(files)):
-            docs = [d for d in split_documents(read_text(files[i]), rng) if len(d.strip()) >= 100]
-            texts += docs
-            sources += [name] * len(docs)
-            size += sum(len(d.encode()) for d in docs)
-            if size >= mb_per_source * 1e6:
-                break
-    order = np.random.default_rng(1).permutation(len(texts))
-    table = pa.table({"text": [texts[i] for i in order], "source": [sources[i] for i in order]})
-    out.mkdir(parents=True, exist_ok=True)
-    per_shard = -(-len(table) // num_shards)
-    for s in range(num_shards):
-        part = table.slice(s * per_shard, per_shard)
-        pq.write_table(part, out / f"shard-{s:03d}.parquet", row_group_size=row_group_rows)
-    counts = {src: sources.count(src) for src in dict.fromkeys(sources)}
-    text_bytes = sum(len(t.encode()) for t in texts)
-    (out / "corpus.json").write_text(
-        json.dumps({"documents": len(texts), "text_bytes": text_bytes, **counts})
-    )
-    return out
-
-
+# ----- the selection -------------------------------------------------------------------------------------
 def select(corpus: Path, fraction: float, out: Path) -> tuple[Path, list[str]]:
     """A snapshot of a seeded `fraction` of the documents (what a console round would pick) and their texts."""
     rng = np.random.default_rng(2)
@@ -305,7 +243,7 @@ def main() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # read at each call: one thread, figures per core
 
     start_machine = machine()
-    corpus = build_corpus(args.cache, args.mb, args.shards, args.row_group_rows)
+    corpus = installed.build(args.cache, mb=args.mb, shards=args.shards, row_group_rows=args.row_group_rows)
     info = json.loads((corpus / "corpus.json").read_text())
     snapshot, texts = select(corpus, args.fraction, corpus / f"selection-{args.fraction}")
     found = None if args.tokenizer == "train" else gpt2_tokenizer()
@@ -365,12 +303,12 @@ def main() -> None:
     )
     result = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": "python benchmarks/reader.py " + shlex.join(sys.argv[1:]),
+        "command": command_line(__file__),
         "machine": start_machine,
         "loadavg_end": machine()["loadavg"],
         "versions": versions("tokenizers", "torch", "pyarrow", "numpy", "corpus-agents"),
         "corpus": {
-            "directory": str(corpus),
+            "directory": shown_path(corpus),
             "documents": info["documents"],
             "text_bytes": info["text_bytes"],
             "sources": ", ".join(

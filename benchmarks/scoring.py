@@ -1,6 +1,6 @@
 """Benchmark: fastText agents through the whole scoring pipeline against the raw fastText predict rate.
 
-Measures, in one run, on a corpus of real text (Debian documentation, see `corpus_text.py`):
+Measures, in one run, on a corpus of real text (Debian documentation, see `corpus/debian_docs.py`):
 
 1. raw fastText: `model.predict(texts, k)` over every document, texts already in memory, one process;
 2. the pipeline (read Parquet -> score -> write part -> commit into DuckDB, i.e. `run_scoring`) for the
@@ -40,10 +40,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from corpus_text import DEFAULT_CACHE, build_corpus  # noqa: E402
-from environment import cpu_idle, loadavg, machine, versions  # noqa: E402
+from corpus import debian_docs  # noqa: E402
+from corpus.fetch import DEFAULT_CACHE  # noqa: E402
+from environment import REPO, command_line, cpu_idle, loadavg, machine, shown, shown_path, versions  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 #: Positives of the quality agent: SQuAD contexts, the full set beside the checkout when present, else the
 #: sample shipped in the package.
 REFERENCE = next(
@@ -198,7 +198,7 @@ class RawModel:
 
         t0 = time.perf_counter()
         self.model = load_fasttext(path)
-        self.info = {"model": path, "model_bytes": os.path.getsize(path), "k": k}
+        self.info = {"model": shown_path(path), "model_bytes": os.path.getsize(path), "k": k}
         self.info["load_s"] = time.perf_counter() - t0
         self.k = k
 
@@ -646,7 +646,7 @@ def main() -> None:
     worker_counts = [int(w) for w in args.workers.split(",")]
     res: dict[str, Any] = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": "python " + " ".join([os.path.relpath(__file__, Path.cwd()), *sys.argv[1:]]),
+        "command": command_line(__file__),
         "machine": machine(),
         "versions": versions(
             "duckdb", "pyarrow", "numpy", "corpus-agents", names={"fasttext": "fasttext-numpy2-wheel"}
@@ -657,9 +657,13 @@ def main() -> None:
     }
     print(f"machine: {res['machine']}, load average {res['loadavg_start']}", flush=True)
     t = time.perf_counter()
-    corpus = build_corpus(args.cache, max_docs=args.docs, num_shards=args.shards)
+    corpus = debian_docs.build(args.cache, docs=args.docs, shards=args.shards)
     res["setup"]["corpus_build_s"] = time.perf_counter() - t
-    res["corpus"] = corpus.__dict__
+    res["corpus"] = {
+        **corpus.__dict__,
+        "shards": [shown_path(s) for s in corpus.shards],
+        "directory": shown_path(corpus.directory),
+    }
     print(
         f"corpus: {corpus.documents:,} docs, {corpus.text_bytes / 1e6:.1f} MB of text, {len(corpus.shards)} shards"
     )
@@ -780,7 +784,7 @@ def main() -> None:
             print("profiling a one-worker quality run ...", flush=True)
             prof = str(work / "quality.prof")
             pipeline_run(base, work, ["quality"], 1, profile=prof)
-            res["profile_top"] = top_functions(prof)
+            res["profile_top"] = shown(top_functions(prof))
             res["profile_breakdown"] = profile_breakdown(prof)
             res["profile_steady_state"] = steady_state(res["profile_breakdown"])
             (args.out / "scoring_profile.txt").write_text(res["profile_top"])

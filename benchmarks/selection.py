@@ -33,9 +33,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from environment import cpu_idle, loadavg, machine, versions  # noqa: E402
+from environment import REPO, command_line, cpu_idle, loadavg, machine, versions  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 AGENTS = {"quality": 5, "domain": 7, "topic": 13}
 SHARD_ROWS = 100_000
 
@@ -288,7 +287,7 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-selection-"))
     res: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": "python benchmarks/selection.py " + " ".join(sys.argv[1:]),
+        "command": command_line(__file__),
         "machine": machine(),
         "versions": versions("duckdb", "pyarrow", "numpy", "corpus-agents"),
         "threads": args.threads,

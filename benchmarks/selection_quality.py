@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from environment import REPO, machine, versions  # noqa: E402
+from environment import REPO, command_line, machine, versions  # noqa: E402
 
 #: The paper's full reference sets when a `shared/data/reference` directory sits beside the checkout (the
 #: figures in the README were measured on them); without it the sets are built (`reference_dir`).
@@ -596,7 +596,7 @@ def main() -> None:
     table = summarize(ws, args.configs, args.seeds, config["references"])
     diagnosis = diagnostics(ws, runs)
     meta = {
-        "command": "python benchmarks/selection_quality.py " + shlex.join(sys.argv[1:]),
+        "command": command_line(__file__),
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "machine": machine(),
         "versions": versions("torch", "transformers", "duckdb", "corpus-agents"),

@@ -26,7 +26,6 @@ import argparse
 import datetime
 import json
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -48,11 +47,11 @@ from corpus_agents.training.trainer import Trainer, _autocast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from corpus_text import DEFAULT_CACHE  # noqa: E402
-from environment import machine, versions  # noqa: E402
-from reader import build_corpus, select  # noqa: E402
+from corpus import installed  # noqa: E402
+from corpus.fetch import DEFAULT_CACHE  # noqa: E402
+from environment import REPO, command_line, machine, versions  # noqa: E402
+from reader import select  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 US = (50, 200, 1500)
 PROBE_COUNTS = {"demo, 8 x 20 labels": 160, "64 x 25 labels": 1600}
 TARGET_SHARE = 0.10
@@ -63,6 +62,23 @@ def clock(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     cpu, wall = time.process_time(), time.perf_counter()
     out = fn()
     return out, time.process_time() - cpu, time.perf_counter() - wall
+
+
+def per_doc_cost(fixed: Callable[[], Any], subset: Callable[[], Any], docs: int) -> dict[str, float]:
+    """The cost of `subset()` (a method run on `docs` documents) split into a fixed part, the best of two runs
+    of `fixed()` (the same on no documents: noise would skew the per-document figure), and a per-document
+    one."""
+    fixed_cpu, fixed_wall = min(clock(fixed)[1:] for _ in range(2))
+    _, cpu, wall = clock(subset)
+    return {
+        "subset_docs": docs,
+        "fixed_cpu_s": fixed_cpu,
+        "fixed_wall_s": fixed_wall,
+        "per_doc_cpu_s": max(cpu - fixed_cpu, 0.0) / docs,
+        "per_doc_wall_s": max(wall - fixed_wall, 0.0) / docs,
+        "subset_cpu_s": cpu,
+        "subset_wall_s": wall,
+    }
 
 
 # ----- data ------------------------------------------------------------------------------------------------
@@ -169,34 +185,16 @@ def measure_probes(
                 seed=0, chunk_size=rewards.chunk_size,
             )  # fmt: skip
 
-        fixed = [clock(lambda r=run: r([]))[1:] for _ in range(2)]  # best of 2: noise would skew per doc
-        fixed_cpu, fixed_wall = min(fixed)
-        _, cpu, wall = clock(lambda r=run, s=subset: r(s))
-        out[name] = {
-            "subset_docs": len(subset),
-            "fixed_cpu_s": fixed_cpu,
-            "fixed_wall_s": fixed_wall,
-            "per_doc_cpu_s": max(cpu - fixed_cpu, 0.0) / len(subset),
-            "per_doc_wall_s": max(wall - fixed_wall, 0.0) / len(subset),
-            "subset_cpu_s": cpu,
-            "subset_wall_s": wall,
-        }
-        print(f"    {name}: fixed {fixed_cpu:.1f} CPU-s, {out[name]['per_doc_cpu_s']:.3f} CPU-s/doc")
+        out[name] = per_doc_cost(lambda r=run: r([]), lambda r=run, s=subset: r(s), len(subset))
+        print(
+            f"    {name}: fixed {out[name]['fixed_cpu_s']:.1f} CPU-s, {out[name]['per_doc_cpu_s']:.3f} CPU-s/doc"
+        )
     subset = [docs[i] for i in rng.choice(len(docs), sub["one_step"], replace=False)]
-    fixed = [clock(lambda: [reference_loss(model, b) for b in refs.values()])[1:] for _ in range(2)]
-    fixed_cpu, fixed_wall = min(fixed)
-    _, cpu, wall = clock(
-        lambda: one_step_rewards(model, optimizer, subset, refs, max_length=rewards.max_tokens)
+    out["one_step"] = per_doc_cost(
+        lambda: [reference_loss(model, b) for b in refs.values()],
+        lambda: one_step_rewards(model, optimizer, subset, refs, max_length=rewards.max_tokens),
+        len(subset),
     )
-    out["one_step"] = {
-        "subset_docs": len(subset),
-        "fixed_cpu_s": fixed_cpu,
-        "fixed_wall_s": fixed_wall,
-        "per_doc_cpu_s": max(cpu - fixed_cpu, 0.0) / len(subset),
-        "per_doc_wall_s": max(wall - fixed_wall, 0.0) / len(subset),
-        "subset_cpu_s": cpu,
-        "subset_wall_s": wall,
-    }
     print(f"    one_step: {out['one_step']['per_doc_cpu_s']:.3f} CPU-s/doc")
     return out
 
@@ -349,7 +347,7 @@ def main() -> None:
     started = time.perf_counter()
     start_machine = machine()
 
-    corpus = build_corpus(args.cache, 15, 8, 1024)  # the reader benchmark's corpus (cached)
+    corpus = installed.build(args.cache)  # the reader benchmark's corpus (cached)
     table = pq.read_table(sorted(corpus.glob("shard-*.parquet"))[-1], columns=["text", "source"])
     held_texts, held_sources = table.column("text").to_pylist(), table.column("source").to_pylist()
     snapshot, texts = select(corpus, 0.1, corpus / "selection-training-0.1")
@@ -393,7 +391,7 @@ def main() -> None:
     result.update(
         {
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "command": " ".join(["python benchmarks/training.py", *map(shlex.quote, sys.argv[1:])]),
+            "command": command_line(__file__),
             "machine": start_machine,
             "loadavg_end": machine()["loadavg"],
             "torch_threads": torch.get_num_threads(),

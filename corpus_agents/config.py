@@ -21,7 +21,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from corpus_agents.errors import CorpusAgentsError
+from corpus_agents.errors import CorpusAgentsError, one_line
 
 
 class ConfigError(CorpusAgentsError):
@@ -501,7 +501,7 @@ def read_yaml(path: str | Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"config {path} is not valid YAML: {one_line(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a mapping of sections")
     base = data.pop("base", None)

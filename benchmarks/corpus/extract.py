@@ -1,32 +1,30 @@
-"""Fetching packages and turning their files into documents: one reader per file format.
+"""Turning the files of unpacked packages into documents: text extraction (one reader per file format) and
+document splitting.
 
-Each reader takes a file of an unpacked package and yields `(kind, units)`: `kind` names the file type (it goes
-into `meta.kind`), `units` are pieces of text that must not be cut (paragraphs, dictionary entries, fortune
-cookies, chapters); `pack_units` then groups consecutive units into documents of a few hundred to a few
-thousand characters, cutting only units longer than the longest document.
+Each reader takes a file and yields `(kind, units)`: `kind` names the file type (it goes into `meta.kind`),
+`units` are pieces of text that must not be cut (paragraphs, dictionary entries, fortune cookies, chapters);
+`pack_units` then groups consecutive units into documents of a few hundred to a few thousand characters,
+cutting only units longer than the longest document. `split_documents` does the same for the plain text of
+one file, cut at paragraph breaks.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import html
 import json
 import re
 import struct
-import subprocess
-import sys
-import tarfile
 import warnings
-import zipfile
 import zlib
 from collections.abc import Callable, Iterator
+from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import unquote
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from corpus_text import _target_length, fetch_package, file_text  # noqa: E402
+from corpus.fetch import SourceError
 
 MAX_CHARS = 8000
 MIN_CHARS = 100
@@ -34,59 +32,115 @@ _PARAGRAPH = re.compile(r"\n[ \t]*\n")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-class SourceError(RuntimeError):
-    """A package could not be fetched or read; the message names it and says why."""
+# ---------------------------------------------------------------------------------------------- plain text
 
 
-# ---------------------------------------------------------------------------------------------- fetching
+class _HTMLText(HTMLParser):
+    """Crude HTML to text: drops script/style/navigation, puts blank lines between block elements."""
+
+    BLOCKS = {
+        "p",
+        "div",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "li",
+        "pre",
+        "tr",
+        "table",
+        "dd",
+        "dt",
+        "section",
+    }
+    SKIP = {"script", "style", "head", "nav", "footer"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.skip = 0
+        self.pre = 0
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag in self.SKIP:
+            self.skip += 1
+        elif tag in self.BLOCKS:
+            self.out.append("\n\n")
+            self.pre += tag == "pre"
+        elif tag == "br":
+            self.out.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.SKIP:
+            self.skip = max(0, self.skip - 1)
+        elif tag in self.BLOCKS:
+            self.out.append("\n\n")
+            self.pre -= tag == "pre" and self.pre > 0
+
+    def handle_data(self, data: str) -> None:
+        if not self.skip:
+            self.out.append(data if self.pre else re.sub(r"\s+", " ", data))
 
 
-def fetch_debian(package: str, cache: Path) -> tuple[Path, str]:
-    """Download (once) and unpack a Debian package; returns its directory and its version."""
+def html_to_text(markup: str) -> str:
+    parser = _HTMLText()
+    parser.feed(markup)
+    parser.close()
+    return html.unescape("".join(parser.out))
+
+
+_GROFF_ESCAPES = re.compile(r"\\f(\[[^\]]*\]|\(..|.)|\\\(..|\\\*(\(..|\[[^\]]*\]|.)|\\[&|^%]")
+_GROFF_TEXT_MACROS = {".SH", ".SS", ".B", ".I", ".BR", ".BI", ".IR", ".IB", ".RB", ".RI", ".IP", ".TP", ".TH"}
+
+
+def groff_to_text(source: str) -> str:
+    """Crude man page to text: keeps text lines and the arguments of font/heading macros."""
+    lines = []
+    for line in source.splitlines():
+        if line.startswith(('.\\"', "'\\\"")):
+            continue
+        if line.startswith((".", "'")):
+            macro, _, args = line.partition(" ")
+            if macro in (".PP", ".LP", ".P", ".sp", ".SH", ".SS"):
+                lines.append("")
+            if macro not in _GROFF_TEXT_MACROS:
+                continue
+            line = args.replace('"', "")
+        line = _GROFF_ESCAPES.sub("", line).replace("\\-", "-").replace("\\e", "\\")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def file_text(path: Path) -> str:
+    """The prose of one packaged file, decoded as UTF-8 (invalid bytes replaced)."""
+    data = path.read_bytes()
+    name = path.name
+    if name.endswith(".gz"):
+        data = gzip.decompress(data)
+        name = name[:-3]
+    text = data.decode("utf-8", errors="replace")
+    if name.endswith(".html"):
+        return html_to_text(text)
+    if "/man/man" in str(path):
+        return groff_to_text(text)
+    return text
+
+
+def installed_file_text(path: Path) -> str:
+    """The text of a file installed on this machine (gzip undone, groff stripped from man pages, HTML kept as
+    it is); "" for binary or unreadable files."""
     try:
-        root = fetch_package(package, cache)
-    except subprocess.CalledProcessError as exc:
-        stderr = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
-        raise SourceError(f"apt-get download {package} failed: {stderr[-1] if stderr else exc}") from exc
-    except RuntimeError as exc:  # the download ran but left no .deb
-        raise SourceError(str(exc)) from exc
-    deb = (root / ".done").read_text().strip()
-    return root, unquote(deb.split("_")[1])
-
-
-def fetch_pypi(package: str, version: str, cache: Path) -> tuple[Path, str]:
-    """Download (once) the sdist of `package==version` with pip and unpack it; returns its directory."""
-    target = cache / "extracted" / f"pypi-{package}-{version}"
-    if (target / ".done").exists():
-        return target, version
-    sdists = cache / "sdists"
-    sdists.mkdir(parents=True, exist_ok=True)
-    name = re.sub(r"[-_.]+", "[-_.]", package)
-    found = [
-        p
-        for p in sdists.iterdir()
-        if re.fullmatch(rf"(?i){name}-{re.escape(version)}\.(tar\.gz|zip)", p.name)
-    ]
-    if not found:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", "-d"]
-        run = subprocess.run([*cmd, str(sdists), f"{package}=={version}"], capture_output=True, text=True)
-        found = [
-            p
-            for p in sdists.iterdir()
-            if re.fullmatch(rf"(?i){name}-{re.escape(version)}\.(tar\.gz|zip)", p.name)
-        ]
-        if run.returncode or not found:
-            tail = (run.stderr.strip().splitlines() or ["no sdist downloaded"])[-1]
-            raise SourceError(f"pip download {package}=={version} failed: {tail}")
-    target.mkdir(parents=True, exist_ok=True)
-    if found[0].name.endswith(".zip"):
-        with zipfile.ZipFile(found[0]) as archive:
-            archive.extractall(target)
-    else:
-        with tarfile.open(found[0]) as archive:
-            archive.extractall(target, filter="data")
-    (target / ".done").write_text(found[0].name)
-    return target, version
+        data = path.read_bytes()
+        if path.suffix == ".gz":
+            data = gzip.decompress(data)
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return ""
+    if b"\0" in data[:4096]:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return groff_to_text(text) if "/usr/share/man/" in str(path) else text
 
 
 # ---------------------------------------------------------------------------------------------- readers
@@ -139,7 +193,7 @@ def kind_of(path: str) -> str:
 
 
 def read_text(path: Path) -> Iterator[tuple[str, list[str]]]:
-    """Documentation, code and logs: HTML and man pages to text (corpus_text.file_text), paragraphs as units."""
+    """Documentation, code and logs: HTML and man pages to text (`file_text`), paragraphs as units."""
     yield kind_of(str(path)), _paragraphs(file_text(path))
 
 
@@ -249,17 +303,19 @@ READERS: dict[str, Callable[[Path], Iterator[tuple[str, list[str]]]]] = {
 # ---------------------------------------------------------------------------------------------- packing
 
 
-def pack_units(units: list[str], rng: np.random.Generator) -> Iterator[str]:
-    """Group consecutive units into documents whose lengths follow corpus_text's log-normal (200..5000 chars);
-    a unit longer than MAX_CHARS is cut at whitespace."""
-    target = _target_length(rng)
+def pack_units(units: list[str], rng: np.random.Generator, *, cut_alone: bool = True) -> Iterator[str]:
+    """Group consecutive units into documents whose lengths follow a log-normal around 1,200 characters
+    (200..5000); a unit longer than MAX_CHARS is cut at whitespace. Its pieces are documents of their own
+    (`cut_alone`), or, as the documentation corpora have always cut them, yielded while the document being
+    packed stays open, so that those corpora keep the documents their results were measured on."""
+    target = target_length(rng)
     current: list[str] = []
     size = 0
     for unit in units:
         while len(unit) > MAX_CHARS:
             cut = unit.rfind(" ", 0, MAX_CHARS)
             cut = cut if cut > MAX_CHARS // 2 else MAX_CHARS
-            if current:
+            if current and cut_alone:
                 yield "\n\n".join(current)
                 current, size = [], 0
             yield unit[:cut]
@@ -268,6 +324,25 @@ def pack_units(units: list[str], rng: np.random.Generator) -> Iterator[str]:
         size += len(unit) + 2
         if size >= target:
             yield "\n\n".join(current)
-            current, size, target = [], 0, _target_length(rng)
+            current, size, target = [], 0, target_length(rng)
     if current:
         yield "\n\n".join(current)
+
+
+def split_documents(text: str, rng: np.random.Generator) -> list[str]:
+    """The documents of one file's text: its paragraphs packed as `pack_units(cut_alone=False)` does, those
+    under MIN_CHARS (stripped) dropped."""
+    paragraphs = [p.strip("\n") for p in _PARAGRAPH.split(text)]
+    docs = pack_units([p for p in paragraphs if p.strip()], rng, cut_alone=False)
+    return [d for d in docs if len(d.strip()) >= MIN_CHARS]
+
+
+def source_rng(name: str, seed: int) -> np.random.Generator:
+    """The generator of one source's document lengths: a stream of its own, so adding a source changes the
+    documents of no other."""
+    return np.random.default_rng([seed, int(hashlib.md5(name.encode()).hexdigest()[:8], 16)])
+
+
+def target_length(rng: np.random.Generator) -> int:
+    """A document length drawn from the corpora's log-normal: median 1,200 characters, clipped to 200..5000."""
+    return int(np.clip(rng.lognormal(np.log(1200), 0.8), 200, 5000))

@@ -176,32 +176,20 @@ def plot_memory(data: ReportData, out: Path) -> list[tuple[str, str]]:
     per configuration with a panel per agent."""
     if not data.memory.height:
         return []
-    plots = []
+
+    def memory(ax: Any, agent: str, rows: pl.DataFrame) -> str:
+        labels = sorted(_top_labels(rows, "mean", MAX_LINES))  # label order: bins read in order
+        total = rows["label"].n_unique()
+        for label, color in zip(labels, _colors(len(labels))):
+            line = rows.filter(pl.col("label") == label).sort("round")
+            ax.plot(line["round"].to_numpy(), line["mean"].to_numpy(), color=color, label=label, marker=".")
+        shown = f" (top {len(labels)} of {total} by |w|)" if total > len(labels) else ""
+        return f"w of {agent}{shown}"
+
     agg = over_seeds(data.memory, data, ["agent", "label", "round"], "w")
-    for i, config in enumerate(data.config_order):
-        part = agg.filter(pl.col("config") == config)
-        if not part.height:
-            continue
-
-        def memory(ax: Any, agent: str, part: pl.DataFrame = part) -> str:
-            rows = part.filter(pl.col("agent") == agent)
-            labels = sorted(_top_labels(rows, "mean", MAX_LINES))  # label order: bins read in order
-            total = rows["label"].n_unique()
-            for label, color in zip(labels, _colors(len(labels))):
-                line = rows.filter(pl.col("label") == label).sort("round")
-                ax.plot(
-                    line["round"].to_numpy(), line["mean"].to_numpy(), color=color, label=label, marker="."
-                )
-            shown = f" (top {len(labels)} of {total} by |w|)" if total > len(labels) else ""
-            return f"w of {agent}{shown}"
-
-        name = panels(
-            out, f"w-{i:02d}-{_slug(config)}.png", sorted(part["agent"].unique().to_list()), memory,
-            x="round", zero_line=True, legend="x-small", title_size="medium",
-            suptitle=f"agent memory w: {config}", width=4.6,
-        )  # fmt: skip
-        plots.append((name, f"Agent memory w over rounds: {config}"))
-    return plots
+    return _agent_figures(
+        data, out, agg, "w", memory, "Agent memory w over rounds", suptitle="agent memory w", zero_line=True
+    )
 
 
 def _stacked_shares(ax: Any, rows: pl.DataFrame) -> None:
@@ -237,23 +225,45 @@ def plot_shares(data: ReportData, out: Path) -> list[tuple[str, str]]:
     largest labels, the rest as "other"), one figure per configuration with a panel per agent."""
     if not data.shares.height:
         return []
+
+    def shares(ax: Any, agent: str, rows: pl.DataFrame) -> str:
+        _stacked_shares(ax, rows)
+        return f"selected docs by {agent}"
+
+    return _agent_figures(
+        data, out, mean_shares(data), "shares", shares, "Selected documents per label",
+        suptitle="selection by label", ylabel="share of documents", ylim=(0, 1), legend_outside=True,
+    )  # fmt: skip
+
+
+def _agent_figures(
+    data: ReportData,
+    out: Path,
+    agg: pl.DataFrame,
+    prefix: str,
+    panel: Callable[[Any, str, pl.DataFrame], str],
+    title: str,
+    *,
+    suptitle: str,
+    **options: Any,
+) -> list[tuple[str, str]]:
+    """One figure per configuration (`PREFIX-NN-CONFIG.png`) with a panel per agent, drawn by
+    `panel(ax, agent, that agent's rows of agg)`; returns (file name, title) of each."""
     plots = []
-    agg = mean_shares(data)
     for i, config in enumerate(data.config_order):
         part = agg.filter(pl.col("config") == config)
         if not part.height:
             continue
 
-        def shares(ax: Any, agent: str, part: pl.DataFrame = part) -> str:
-            _stacked_shares(ax, part.filter(pl.col("agent") == agent))
-            return f"selected docs by {agent}"
+        def draw(ax: Any, agent: str, part: pl.DataFrame = part) -> str:
+            return panel(ax, agent, part.filter(pl.col("agent") == agent))
 
         name = panels(
-            out, f"shares-{i:02d}-{_slug(config)}.png", sorted(part["agent"].unique().to_list()), shares,
-            x="round", ylabel="share of documents", ylim=(0, 1), legend="x-small", legend_outside=True,
-            title_size="medium", suptitle=f"selection by label: {config}", width=4.6,
+            out, f"{prefix}-{i:02d}-{_slug(config)}.png", sorted(part["agent"].unique().to_list()), draw,
+            x="round", legend="x-small", title_size="medium", suptitle=f"{suptitle}: {config}", width=4.6,
+            **options,
         )  # fmt: skip
-        plots.append((name, f"Selected documents per label: {config}"))
+        plots.append((name, f"{title}: {config}"))
     return plots
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from corpus_agents.errors import AgentError, CorpusAgentsError, WorkspaceBusyError, WorkspaceError
+from corpus_agents.errors import AgentError, CorpusAgentsError, WorkspaceBusyError, WorkspaceError, one_line
 from corpus_agents.scoring.agents import Agent, build_agent
 from corpus_agents.scoring.parts import Shard
 from corpus_agents.sqlfiles import fragment, read_sql_file, split_statements, statement
@@ -123,8 +123,7 @@ class _Sql:
             rel = self._con.sql(sql)
             return rel.to_arrow_table() if rel is not None else pa.table({})
         except duckdb.Error as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise CorpusAgentsError(f"SQL error: {first}") from None
+            raise CorpusAgentsError(f"SQL error: {one_line(exc)}") from None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -185,7 +184,7 @@ class Catalog(_Sql):
             self._con = duckdb.connect(str(db_path))
         except duckdb.IOException as exc:
             self.lock.release()
-            raise WorkspaceError(f"cannot open {db_path}: {str(exc).splitlines()[0]}") from None
+            raise WorkspaceError(f"cannot open {db_path}: {one_line(exc)}") from None
         self._init_schema()
         self.register_filesystems()  # views over shards on object storage are read through fsspec
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from corpus_agents.config import MODEL_PRESETS
-from corpus_agents.errors import CorpusAgentsError
+from corpus_agents.errors import CorpusAgentsError, one_line
 
 #: Model sizes by preset name (defined with the config, which checks `model.preset` at load).
 PRESETS = MODEL_PRESETS
@@ -63,9 +63,7 @@ def load_tokenizer(name_or_path: str) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as exc:
-        raise CorpusAgentsError(
-            f"cannot load tokenizer {name_or_path!r}: {str(exc).splitlines()[0]}"
-        ) from None
+        raise CorpusAgentsError(f"cannot load tokenizer {name_or_path!r}: {one_line(exc)}") from None
     if tok.eos_token_id is None:
         tok.add_special_tokens({"eos_token": SPECIAL_TOKENS[0]})
     if tok.pad_token_id is None:

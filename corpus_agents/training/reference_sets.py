@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from corpus_agents.errors import CorpusAgentsError
+from corpus_agents.errors import CorpusAgentsError, one_line
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "reference_data"
 MANIFEST = "references.json"
@@ -275,7 +275,7 @@ def build(
             except ReferenceBuildError:
                 raise
             except Exception as exc:  # noqa: BLE001 - datasets raises many types (network, missing config, ...)
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                reason = one_line(exc)
                 if source == "hub" or not _offline_error(exc):
                     raise ReferenceBuildError(f"{spec.name}: cannot load {spec.dataset}: {reason}") from exc
                 if spec.sample is None:
