@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from corpus_agents.errors import CorpusAgentsError
+from corpus_agents.names import check_agent_name, check_run_id
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -27,6 +28,37 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(2)
 
     return wrapper
+
+
+class Checked(click.ParamType):
+    """A value checked by one of `corpus_agents.names`' checks: a bad one is click's usage error (exit 2)."""
+
+    def __init__(self, name: str, check: Callable[[str], Any]):
+        self.name = name
+        self.check = check
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return self.check(value)
+        except CorpusAgentsError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def agent_list(value: str) -> list[str]:
+    """Comma-separated agent names (spaces around them ignored): at least one, none empty."""
+    names = [n.strip() for n in value.split(",")]
+    if not any(names):
+        raise CorpusAgentsError(f"no agent names in {value!r}; give NAME[,NAME...]")
+    if not all(names):
+        raise CorpusAgentsError(f"an empty agent name in {value!r}; give NAME[,NAME...]")
+    return [check_agent_name(n) for n in names]
+
+
+AGENT_NAME = Checked("agent name", check_agent_name)
+AGENT_LIST = Checked("agent names", agent_list)
+RUN_ID = Checked("run id", check_run_id)
+POSITIVE = click.IntRange(min=1)
+NON_NEGATIVE = click.IntRange(min=0)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -58,9 +90,13 @@ def main() -> None:
 )
 @click.option("--config", "hub_config", help="--from-hub: the dataset's config (subset).")
 @click.option("--split", default="train", show_default=True, help="--from-hub: the split.")
-@click.option("--max-rows", type=int, help="--from-hub: stop after this many rows.")
-@click.option("--shard-rows", type=int, help="--from-hub: rows per shard.")
-@click.option("--shard-mb", type=float, help="--from-hub: shard size on disk in MB (default 256).")
+@click.option("--max-rows", type=POSITIVE, help="--from-hub: stop after this many rows.")
+@click.option("--shard-rows", type=POSITIVE, help="--from-hub: rows per shard.")
+@click.option(
+    "--shard-mb",
+    type=click.FloatRange(0, min_open=True),
+    help="--from-hub: shard size on disk in MB (default 256).",
+)
 @click.option(
     "--parts-url",
     help="Where score parts go: a directory or an fsspec URL (s3://bucket/parts, file://...); default WS/parts.",
@@ -68,7 +104,7 @@ def main() -> None:
 @click.option(
     "--text-column", default="text", show_default=True, help="String column holding the document text."
 )
-@click.option("--threads", default=4, show_default=True, help="Shards inspected in parallel.")
+@click.option("--threads", type=POSITIVE, default=4, show_default=True, help="Shards inspected in parallel.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def init(
@@ -105,7 +141,7 @@ def init(
         from corpus_agents.scoring.hub import HubSource, normalize_name
 
         source = HubSource(normalize_name(hub_name), hub_config, split, max_rows, shard_rows, shard_mb)
-    with Workspace.create(workspace, text_column=text_column, parts_url=parts_url) as ws:
+    with Workspace.init(workspace, text_column=text_column, parts_url=parts_url) as ws:
         if source is not None:
             hub = ws.stream_from_hub(source, show_progress=not quiet)
             click.echo(
@@ -115,13 +151,16 @@ def init(
             patterns = (str(hub.directory),)
         report = ws.add_corpus(list(patterns), threads=threads)
         size = ws.corpus_size()
+        missing = ws.missing_shards()
     click.echo(
         f"registered {len(report.added)} new shards ({len(report.unchanged)} already known); "
         f"workspace has {size.shards} shards, {size.documents:,} documents"
     )
-    for err in report.errors:
+    errors = [*report.errors]
+    errors += [f"registered shard {uri} is missing (deleted or moved); scoring it fails" for uri in missing]
+    for err in errors:
         click.echo(f"error: {err}", err=True)
-    if report.errors:
+    if errors:
         sys.exit(1)
 
 
@@ -132,7 +171,7 @@ def agent() -> None:
 
 @agent.command("add")
 @click.argument("workspace", type=click.Path(exists=True, file_okay=False))
-@click.argument("name", required=False)
+@click.argument("name", required=False, type=AGENT_NAME)
 @click.option("--kind", help="fasttext, metadata, topic, hf-classifier or noise.")
 @click.option(
     "--pipeline",
@@ -284,19 +323,21 @@ def agent_remove(workspace: str, name: str) -> None:
 
 @main.command()
 @click.argument("workspace", type=click.Path(exists=True, file_okay=False))
-@click.option("--agents", help="Comma-separated agents to run (default: all).")
+@click.option("--agents", type=AGENT_LIST, help="Comma-separated agents to run (default: all).")
 @click.option(
     "--workers",
-    type=int,
+    type=POSITIVE,
     default=None,
     help="Worker processes (default: CPU cores); with --executor ray, CPU actors (default: the cluster's CPUs).",
 )
-@click.option("--limit", type=int, help="Score only the first N documents (partial parts, for a quick look).")
+@click.option(
+    "--limit", type=POSITIVE, help="Score only the first N documents (partial parts, for a quick look)."
+)
 @click.option(
     "--sample", type=click.FloatRange(0, 1, min_open=True), help="Score a random fraction of each shard."
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample.")
-@click.option("--batch-rows", type=int, default=2048, show_default=True, help="Documents per batch.")
+@click.option("--seed", type=NON_NEGATIVE, default=0, show_default=True, help="Seed of --sample.")
+@click.option("--batch-rows", type=POSITIVE, default=2048, show_default=True, help="Documents per batch.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option(
     "--executor",
@@ -312,7 +353,7 @@ def agent_remove(workspace: str, name: str) -> None:
 @user_errors
 def score(
     workspace: str,
-    agents: str | None,
+    agents: list[str] | None,
     workers: int | None,
     limit: int | None,
     sample: float | None,
@@ -333,10 +374,9 @@ def score(
     """
     from corpus_agents.workspace import Workspace
 
-    names = [a.strip() for a in agents.split(",") if a.strip()] if agents else None
     with Workspace.open(workspace) as ws:
         summary = ws.score(
-            names,
+            agents,
             workers=workers,
             limit=limit,
             sample=sample,
@@ -362,9 +402,9 @@ def score(
 @user_errors
 def status(workspace: str) -> None:
     """Shards, agents, and parts committed / pending / failed, with documents scored."""
-    from rich.table import Table
+    from rich.text import Text
 
-    from corpus_agents.query import make_console
+    from corpus_agents.query import make_console, text_table
     from corpus_agents.workspace import Workspace
 
     with Workspace.open(workspace) as ws:
@@ -373,24 +413,26 @@ def status(workspace: str) -> None:
     corpus = summary.corpus
     console.print(
         f"workspace {summary.directory}: {corpus.shards} shards, {corpus.documents:,} documents, "
-        f"{corpus.bytes / 1e6:,.1f} MB"
+        f"{corpus.bytes / 1e6:,.1f} MB",
+        markup=False,
     )
-    table = Table("agent", "kind", "labels", "committed", "partial", "pending", "failed", "docs scored")
-    for a in summary.agents:
-        pending = str(a.pending) if a.pending is not None else f"? ({a.pending_error})"
-        table.add_row(
+    header = ("agent", "kind", "labels", "committed", "partial", "pending", "failed", "docs scored")
+    rows = [
+        (
             a.name,
             a.kind,
-            str(a.labels),
-            str(a.committed),
-            str(a.partial),
-            pending,
-            str(a.failed),
+            a.labels,
+            a.committed,
+            a.partial,
+            a.pending if a.pending is not None else f"? ({a.pending_error})",
+            a.failed,
             f"{a.docs_scored:,}",
         )
-    console.print(table)
+        for a in summary.agents
+    ]
+    console.print(text_table(header, rows))
     for agent_name, shard_id, error in summary.failures:
-        console.print(f"[red]failed[/] {agent_name} shard {shard_id}: {error}", highlight=False)
+        console.print(Text.assemble(("failed", "red"), f" {agent_name} shard {shard_id}: {error}"))
 
 
 @main.command()
@@ -404,7 +446,9 @@ def status(workspace: str) -> None:
     show_default=True,
 )
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the result to this file.")
-@click.option("--max-rows", type=int, default=100, show_default=True, help="Rows shown by --format table.")
+@click.option(
+    "--max-rows", type=NON_NEGATIVE, default=100, show_default=True, help="Rows shown by --format table."
+)
 @user_errors
 def query(workspace: str, sql: str, fmt: str, output: str | None, max_rows: int) -> None:
     """Run SQL on the catalog (tables: shards, docs, agents, agent_labels, scores, score_parts; view: doc_labels).
@@ -424,9 +468,11 @@ def query(workspace: str, sql: str, fmt: str, output: str | None, max_rows: int)
 @main.command()
 @click.argument("workspace", type=click.Path(exists=True, file_okay=False))
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="Pipeline YAML.")
-@click.option("--run", "run_id", help="Run name (default: the config file's name).")
+@click.option("--run", "run_id", type=RUN_ID, help="Run name (default: the config file's name).")
 @click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint.")
-@click.option("--init-from", help="Start the console from another run's learnt agent memory and weights.")
+@click.option(
+    "--init-from", type=RUN_ID, help="Start the console from another run's learnt agent memory and weights."
+)
 @click.option(
     "--set", "overrides", multiple=True, help="Override a config value: section.key=value (repeatable)."
 )
@@ -466,13 +512,32 @@ def train(
         click.echo(dump_config(config), nl=False)
         return
     from corpus_agents.scoring.catalog import Catalog
+    from corpus_agents.storage import remove_path
+    from corpus_agents.training.runs import RunPaths, runs_dir
     from corpus_agents.training.trainer import Trainer, start_distributed
 
-    run_id = run_id or (Path(config_path).stem if config_path else "run")
+    if run_id is None:
+        run_id = Path(config_path).stem if config_path else "run"
+        try:
+            check_run_id(run_id)
+        except CorpusAgentsError:
+            raise CorpusAgentsError(
+                f"the config file's name {run_id!r} is not a run id; name the run with --run"
+            ) from None
     dist = start_distributed(config)
+    paths = RunPaths.of(workspace, run_id)
+    fresh, runs_existed = not paths.root.exists(), runs_dir(workspace).exists()
     try:
         with Catalog(workspace) if dist.is_main else contextlib.nullcontext() as cat:
             final = Trainer(cat, config, run_id, init_from=init_from, dist=dist).train(resume=resume)
+    except BaseException:
+        # A new run that fails before its first checkpoint leaves no directory (a resumed run's files stay).
+        if dist.is_main and fresh and paths.latest_checkpoint() is None:
+            remove_path(paths.root)
+            if not runs_existed:
+                with contextlib.suppress(OSError):
+                    runs_dir(workspace).rmdir()
+        raise
     finally:
         dist.close()
     if not dist.is_main:
@@ -532,7 +597,9 @@ def report(workspace: str, run_ids: tuple[str, ...], out: str | None, group: str
     """
     from corpus_agents.report import write_report
 
-    wanted = [r.strip() for item in run_ids for r in item.split(",") if r.strip()]
+    wanted = [check_run_id(r.strip()) for item in run_ids for r in item.split(",") if r.strip()]
+    if run_ids and not wanted:
+        raise CorpusAgentsError(f"no run ids in --runs {','.join(run_ids)!r}")
     index = write_report(workspace, wanted or None, out, group)
     click.echo(f"wrote {index}")
 
@@ -540,14 +607,22 @@ def report(workspace: str, run_ids: tuple[str, ...], out: str | None, group: str
 @main.command("select")
 @click.argument("workspace", type=click.Path(exists=True, file_okay=False))
 @click.option(
-    "--run", "run_id", required=True, help="The run whose selection to show (or to create with --static)."
+    "--run",
+    "run_id",
+    type=RUN_ID,
+    required=True,
+    help="The run whose selection to show (or to create with --static).",
 )
-@click.option("--round", "round_", type=int, help="The round (default: the run's last).")
+@click.option("--round", "round_", type=NON_NEGATIVE, help="The round (default: the run's last).")
 @click.option(
     "--static", is_flag=True, help="Fuse the agents and select without training (round 0 of --run)."
 )
 @click.option(
-    "--tokens", type=int, default=1_000_000, show_default=True, help="Token budget of a --static selection."
+    "--tokens",
+    type=POSITIVE,
+    default=1_000_000,
+    show_default=True,
+    help="Token budget of a --static selection.",
 )
 @click.option("--mode", type=click.Choice(["topk", "gumbel", "random"]), default="topk", show_default=True)
 @click.option(
@@ -556,7 +631,7 @@ def report(workspace: str, run_ids: tuple[str, ...], out: str | None, group: str
     type=click.Path(exists=True, dir_okay=False),
     help="Pipeline YAML whose console section (agents, prior, ...) a --static selection uses.",
 )
-@click.option("--init-from", help="A --static selection with the learnt weights of this run.")
+@click.option("--init-from", type=RUN_ID, help="A --static selection with the learnt weights of this run.")
 @click.option(
     "--print-config",
     is_flag=True,
@@ -602,11 +677,11 @@ def select_cmd(
 
 @main.command()
 @click.argument("workspace", type=click.Path(exists=True, file_okay=False))
-@click.option("--run", "run_id", required=True)
-@click.option("--round", "round_", type=int, help="The round (default: the run's last).")
+@click.option("--run", "run_id", type=RUN_ID, required=True)
+@click.option("--round", "round_", type=NON_NEGATIVE, help="The round (default: the run's last).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option(
-    "--shard-docs", type=int, default=100_000, show_default=True, help="Documents per output shard."
+    "--shard-docs", type=POSITIVE, default=100_000, show_default=True, help="Documents per output shard."
 )
 @user_errors
 def export(workspace: str, run_id: str, round_: int | None, out: str, shard_docs: int) -> None:
@@ -632,7 +707,7 @@ def export(workspace: str, run_id: str, round_: int | None, out: str, shard_docs
     show_default=True,
     help="Where to build the demo corpus and workspace (recreated).",
 )
-@click.option("--workers", type=int, default=None, help="Worker processes (default: CPU cores).")
+@click.option("--workers", type=POSITIVE, default=None, help="Worker processes (default: CPU cores).")
 @click.option("--no-train", is_flag=True, help="Stop after scoring and the SQL summaries.")
 @user_errors
 def demo(workspace: str, workers: int | None, no_train: bool) -> None:

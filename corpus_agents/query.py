@@ -1,12 +1,15 @@
-"""Writes a query result (`Catalog.query`) as a table, CSV, JSON or Parquet."""
+"""Writes a query result (`Catalog.query`) as a table, CSV, JSON or Parquet; tables show data as plain text."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable, Sequence
 
 import pyarrow as pa
 from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from corpus_agents.errors import CorpusAgentsError
 
@@ -43,15 +46,23 @@ def make_console(file: object = None) -> Console:
     return Console(file=stream, width=None if stream.isatty() else 160)
 
 
-def _print_table(table: pa.Table, out: object, max_rows: int) -> None:
-    from rich.table import Table
-
-    console = make_console(out)
-    shown = Table(*table.column_names)
-    for row in table.slice(0, max_rows).to_pylist():
+def text_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> Table:
+    """A Rich table whose header and cells are plain text, never markup: a value `[red]x[/red]` prints as
+    itself and `[/]` is no error. Floats show 4 significant digits, None an empty cell."""
+    shown = Table()
+    for name in header:
+        shown.add_column(Text(str(name)))
+    for row in rows:
         shown.add_row(
-            *("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values())
+            *(Text("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row)
         )
-    console.print(shown)
+    return shown
+
+
+def _print_table(table: pa.Table, out: object, max_rows: int) -> None:
+    console = make_console(out)
+    console.print(text_table(table.column_names, (r.values() for r in table.slice(0, max_rows).to_pylist())))
     if table.num_rows > max_rows:
-        console.print(f"({table.num_rows:,} rows, {max_rows} shown; --max-rows or --format csv for all)")
+        console.print(
+            f"({table.num_rows:,} rows, {max_rows} shown; --max-rows or --format csv for all)", markup=False
+        )

@@ -6,17 +6,19 @@ same: `with Workspace.create("ws") as ws: ws.add_corpus(["shards/*.parquet"]); w
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from corpus_agents import storage
 from corpus_agents.errors import CorpusAgentsError, WorkspaceError
 from corpus_agents.scoring.agents import Agent, AgentContext, AgentOptions, agent_class
-from corpus_agents.scoring.catalog import Catalog
+from corpus_agents.scoring.catalog import CATALOG_FILE, LOCK_FILE, Catalog
 from corpus_agents.scoring.corpus import RegisterReport, distinct_values, register_corpus, sample_texts
 from corpus_agents.scoring.driver import RunSummary, remove_stale_files, run_scoring
 from corpus_agents.scoring.hub import HubSource, MaterializeReport, materialize_into_workspace
@@ -89,6 +91,38 @@ class Workspace:
             raise
         return cls(catalog)
 
+    @classmethod
+    @contextlib.contextmanager
+    def init(
+        cls,
+        path: str | os.PathLike,
+        *,
+        text_column: str = "text",
+        parts_url: str | None = None,
+        command: str | None = None,
+    ) -> Iterator[Workspace]:
+        """`create` for the `init` command: a workspace this call creates and that ends with no shard
+        registered (a glob that matches nothing, only unreadable shards, an error) is removed again, so a
+        failed init leaves nothing behind. Only what this call created goes, and nothing once a dataset
+        streamed into WS/corpus (a re-run resumes it)."""
+        target = Path(path).expanduser().absolute()
+        existed = target.exists()
+        before = {p.name for p in target.iterdir()} if existed and target.is_dir() else set()
+        ws = cls.create(target, text_column=text_column, parts_url=parts_url, command=command)
+        registered = False
+        try:
+            yield ws
+        finally:
+            with contextlib.suppress(Exception):  # a broken catalog counts as empty: nothing to keep
+                registered = bool(ws.catalog.shards())
+            ws.close()
+            if not registered and not (target / "corpus").exists():
+                for name in (CATALOG_FILE, f"{CATALOG_FILE}.wal", LOCK_FILE, "parts", "models"):
+                    if name not in before:
+                        storage.remove_path(target / name)
+                if not existed and not any(target.iterdir()):
+                    target.rmdir()
+
     @property
     def dir(self) -> Path:
         return self.catalog.dir
@@ -115,6 +149,13 @@ class Workspace:
         """Stream a dataset into Parquet shards under WS/corpus/ (a re-run resumes after the last complete
         shard); register them with `add_corpus([str(report.directory)])`."""
         return materialize_into_workspace(self.catalog, source, self.text_column, show_progress=show_progress)
+
+    def missing_shards(self) -> list[str]:
+        """Registered local shards whose file is gone (deleted or moved): scoring and reading them fail.
+        Shards on object storage are not checked (a request each)."""
+        return [
+            s.uri for s in self.catalog.shards() if not storage.is_url(s.uri) and not os.path.exists(s.uri)
+        ]
 
     def corpus_size(self) -> CorpusSize:
         return CorpusSize(*self.catalog.corpus_size())

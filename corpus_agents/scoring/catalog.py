@@ -25,6 +25,7 @@ import duckdb
 import pyarrow as pa
 
 from corpus_agents.errors import AgentError, CorpusAgentsError, WorkspaceBusyError, WorkspaceError, one_line
+from corpus_agents.names import check_agent_name
 from corpus_agents.scoring.agents import Agent, build_agent
 from corpus_agents.scoring.parts import Shard
 from corpus_agents.sqlfiles import fragment, read_sql_file, split_statements, statement
@@ -306,13 +307,10 @@ class Catalog(_Sql):
     def check_agent_name(self, name: str, *, replace: bool = False) -> bool:
         """Raise AgentError if `name` cannot name a new agent (before anything is fitted); returns whether an
         agent of that name exists (and is to be replaced)."""
+        check_agent_name(name)
         exists = bool(self.run("catalog.sql", "agent_exists", agent=name))
         if exists and not replace:
             raise AgentError(f"agent {name!r} exists; pass --replace to redefine it (its scores are dropped)")
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise AgentError(
-                f"agent name {name!r} must be an identifier (letters, digits, _), used as a column"
-            )
         if name in {"doc_id", "shard_id", "row_idx", "text_bytes"} or name.endswith("_score"):
             raise AgentError(f"agent name {name!r} collides with a doc_labels column; choose another")
         return exists

@@ -8,6 +8,7 @@ counts; a renamed but uncommitted part is reused by the next run.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 
 from corpus_agents import storage
 from corpus_agents.scoring.agents import Agent
-from corpus_agents.scoring.catalog import Catalog
+from corpus_agents.scoring.catalog import Catalog, Part
 from corpus_agents.scoring.parts import (
     DEFAULT_BATCH_ROWS,
     PartResult,
@@ -55,6 +56,7 @@ def plan_tasks(
     seeded) parts are partial: they are committed for a look at the scores and rescored by a full run.
     `fingerprints` (agent name -> current fingerprint) saves hashing the model files again.
     """
+    check_scoring_options(limit=limit, sample=sample, seed=seed, batch_rows=batch_rows)
     fingerprints = fingerprints or {a.name: a.fingerprint() for a in agents}
     done = catalog.parts()
     tasks, skipped = [], 0
@@ -76,21 +78,71 @@ def plan_tasks(
         specs = []
         for agent in agents:
             fp = fingerprints[agent.name]
+            path = part_path(catalog.parts_url, agent.name, fp, shard.shard_id, suffix)
             part = done.get((agent.name, shard.shard_id))
-            if part is not None and part.fingerprint == fp and (part.complete or rows is not None):
+            if part is not None and part.fingerprint == fp and covers(part, path, rows):
                 skipped += 1
                 continue
-            specs.append(
-                PartSpec(agent, fp, part_path(catalog.parts_url, agent.name, fp, shard.shard_id, suffix))
-            )
+            specs.append(PartSpec(agent, fp, path))
         if specs:
             tasks.append(ShardTask(shard, specs, rows, batch_rows))
     return tasks, skipped
 
 
-def commit_results(catalog: Catalog, results: list[PartResult], summary: RunSummary) -> None:
-    """Commit finished parts (each in its own transaction) and record failures."""
+def check_scoring_options(
+    *,
+    limit: int | None = None,
+    sample: float | None = None,
+    seed: int = 0,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> None:
+    """Refuse option values that would score nothing yet commit parts as done (`batch_rows` < 1 once
+    committed every part complete with 0 rows) or that have no meaning; the CLI checks the same ranges."""
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be >= 1, not {batch_rows!r}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1 (documents), not {limit!r}")
+    if sample is not None and not 0 < sample <= 1:
+        raise ValueError(f"sample must be a fraction in (0, 1], not {sample!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, not {seed!r}")
+
+
+_LIMIT_SUFFIX = re.compile(r"-limit(\d+)\.parquet$")
+
+
+def covers(part: Part, path: str, rows: np.ndarray | None) -> bool:
+    """Whether a committed part (of the agent's current fingerprint) holds the scores a task for `rows`
+    (None: the whole shard) at `path` would write: a complete part covers everything; a partial one covers
+    the same partial request (same path), and a --limit prefix covers a shorter prefix. So `--limit 10`
+    then `--limit 1200` scores the first 1,200 documents, not 10 of the first shard's."""
+    if part.complete:
+        return True
+    if rows is None:
+        return False
+    if part.path == path:
+        return True
+    wanted, have = _LIMIT_SUFFIX.search(path), _LIMIT_SUFFIX.search(part.path)
+    return bool(wanted and have and int(have.group(1)) >= int(wanted.group(1)))
+
+
+def commit_results(
+    catalog: Catalog,
+    results: list[PartResult],
+    summary: RunSummary,
+    expected_rows: dict[tuple[str, int], int] | None = None,
+) -> None:
+    """Commit finished parts (each in its own transaction) and record failures.
+
+    `expected_rows` ((agent, shard_id) -> documents planned) guards the catalog: a part that does not hold
+    exactly the planned documents is recorded as failed, never committed (an empty part committed as
+    complete would be skipped by every later run)."""
     for r in results:
+        expected = (expected_rows or {}).get((r.agent, r.shard_id))
+        if not r.error and expected is not None and r.num_rows != expected:
+            r.error = f"agent {r.agent}: the part has {r.num_rows} rows, not the {expected} planned"
+            if r.path:
+                storage.remove_if_exists(r.path)
         if r.error:
             catalog.record_failure(r.agent, r.shard_id, r.error)
             summary.failed.append(r)
@@ -158,6 +210,7 @@ def run_scoring(
     `executor` is "local" (a process pool of `workers`) or "ray" (Ray Data actor pools on the cluster at
     `address`, auto|HOST:PORT, or on a local Ray instance; `workers` CPU actors, or the cluster's CPUs).
     """
+    from rich.markup import escape
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -171,6 +224,11 @@ def run_scoring(
 
     if executor not in ("local", "ray"):
         raise ValueError(f"unknown executor {executor!r}: local or ray")
+    check_scoring_options(limit=limit, sample=sample, seed=seed, batch_rows=batch_rows)
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1, not {workers!r}")
+    if agent_names is not None and not agent_names:
+        raise ValueError("agent_names is empty: name at least one agent, or pass None for all")
     if executor == "ray":
         from corpus_agents.scoring.executors.ray import check_ray, run_ray
 
@@ -196,6 +254,7 @@ def run_scoring(
     )
     summary = RunSummary(skipped=skipped)
     total = sum(t.num_docs for t in tasks)
+    expected_rows = {(s.agent.name, t.shard.shard_id): t.num_docs for t in tasks for s in t.parts}
     started = time.perf_counter()
     columns = [
         TextColumn("[bold]scoring[/] {task.description}"),
@@ -208,7 +267,7 @@ def run_scoring(
     ]
     with Progress(*columns, disable=not show_progress, transient=False) as bar:
         names = ",".join(a.name for a in agents)
-        bar_id = bar.add_task(f"{len(tasks)} shards x [{names}]", total=total, rate="-")
+        bar_id = bar.add_task(escape(f"{len(tasks)} shards x [{names}]"), total=total, rate="-")
 
         def on_progress(n: int) -> None:
             elapsed = max(time.perf_counter() - started, 1e-9)
@@ -220,7 +279,7 @@ def run_scoring(
         else:
             stream = run_local(tasks, score_shard, on_progress, workers=min(workers or 1, max(1, len(tasks))))
         for results in stream:
-            commit_results(catalog, results, summary)
+            commit_results(catalog, results, summary, expected_rows)
     summary.docs = total
     summary.seconds = time.perf_counter() - started
     if not summary.failed and limit is None and sample is None:

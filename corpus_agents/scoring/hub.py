@@ -330,10 +330,11 @@ def _with_progress(
     batches: Iterable[pa.Table], total: int | None, already: int, show: bool, name: str
 ) -> Iterator[pa.Table]:
     """Pass tables through, advancing a rich progress bar with rows and rows/s."""
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = [
-        TextColumn(f"[bold]downloading[/] {name}"),
+        TextColumn("[bold]downloading[/] {task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("rows {task.fields[rate]} rows/s"),
@@ -341,7 +342,7 @@ def _with_progress(
     ]
     started = time.perf_counter()
     with Progress(*columns, disable=not show) as bar:
-        task = bar.add_task(name, total=total, rate="-")
+        task = bar.add_task(escape(name), total=total, rate="-")  # a name is text, never markup
         done = 0
         for table in batches:
             yield table

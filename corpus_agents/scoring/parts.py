@@ -137,6 +137,8 @@ def score_shard(task: ShardTask, progress: Callable[[int], None] | None = None) 
     text, each agent's scoring and each part's write.
     """
     shard = task.shard
+    if task.batch_rows < 1:  # would write empty parts that count as done
+        return task.failed(f"batch_rows must be >= 1, not {task.batch_rows!r}")
     todo = [s for s in task.parts if not reusable_part(s, task)]
     results = [
         PartResult(s.agent.name, shard.shard_id, s.fingerprint, s.path, task.num_docs, task.complete)

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from corpus_agents.errors import CorpusAgentsError
+from corpus_agents.names import check_run_id
 from corpus_agents.scoring.catalog import Catalog
 from corpus_agents.scoring.corpus import iter_doc_batches, pack_doc_ids
 from corpus_agents.training.compute import KINDS, Compute
@@ -45,7 +46,8 @@ class RunPaths:
 
     @classmethod
     def of(cls, workspace: str | os.PathLike, run_id: str) -> RunPaths:
-        return cls(runs_dir(workspace) / run_id)
+        """The run's directory; `run_id` must be a plain name (`names.check_run_id`), never a path."""
+        return cls(runs_dir(workspace) / check_run_id(run_id))
 
     @property
     def tokenizer(self) -> Path:
@@ -316,9 +318,10 @@ def static_selection(
     select `tokens` without any training feedback: round 0 of run `run_id`."""
     from corpus_agents.training.console import Console, ConsoleConfig
 
+    paths = RunPaths.of(catalog.dir, run_id)  # the run id is checked before the run is recorded
     with Console(catalog, run_id, ConsoleConfig.from_dict({**console, "mode": mode})) as con:
         con.start(init_from=init_from)
-        return con.select(0, tokens, RunPaths.of(catalog.dir, run_id).selection(0))
+        return con.select(0, tokens, paths.selection(0))
 
 
 def label_shares(catalog: Catalog, doc_ids: pa.Array) -> list[tuple[str, str, int, float]]:

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from corpus_agents.config import ConfigError, bounded, key_path
+from corpus_agents.names import check_agent_name, inside
 from corpus_agents.scoring.agents.base import (
     Agent,
     AgentContext,
@@ -107,6 +108,14 @@ def train_fasttext(texts: Sequence[str], labels: Sequence[str], path: Path, **pa
             model.save_model(str(tmp))
     finally:
         os.unlink(train_file)
+
+
+def model_file(context: AgentContext, name: str, suffix: str) -> Path:
+    """Where agent `name` keeps a model it fits: `models/<name><suffix>`, the name checked and the path kept
+    inside the models directory before anything is fitted or written."""
+    path = Path(context.models_dir) / f"{check_agent_name(name)}{suffix}"
+    inside(context.models_dir, path)
+    return path
 
 
 def read_reference_texts(path: str, columns: list[str] | None) -> list[str]:
@@ -198,6 +207,7 @@ class FastTextAgent(Agent):
     @staticmethod
     def _fit(name: str, options: FastTextOptions, context: AgentContext) -> Path:
         """DCLM-style: reference texts are positives (`hq`), a random corpus sample (or a file) negatives (`cc`)."""
+        path = model_file(context, name, ".fasttext.bin")
         positives = read_reference_texts(options.fit_positive, options.positive_columns)
         limit = options.fit_samples
         rng = np.random.default_rng(0)
@@ -212,7 +222,6 @@ class FastTextAgent(Agent):
         texts = positives + negatives
         labels = ["hq"] * len(positives) + ["cc"] * len(negatives)
         order = rng.permutation(len(texts))
-        path = context.models_dir / f"{name}.fasttext.bin"
         train_fasttext([texts[i] for i in order], [labels[i] for i in order], path)
         return path
 

@@ -11,7 +11,13 @@ import numpy as np
 
 from corpus_agents.config import bounded
 from corpus_agents.scoring.agents.base import AgentContext, AgentError, AgentOptions
-from corpus_agents.scoring.agents.fasttext import PREFIX, FastTextAgent, load_fasttext, train_fasttext
+from corpus_agents.scoring.agents.fasttext import (
+    PREFIX,
+    FastTextAgent,
+    load_fasttext,
+    model_file,
+    train_fasttext,
+)
 
 #: Words per topic name, from class-based TF-IDF over the sample.
 TOP_TERMS = 3
@@ -147,6 +153,7 @@ class TopicAgent(FastTextAgent):
         from sklearn.cluster import KMeans
 
         options = TopicOptions.of(options)
+        path = model_file(context, name, ".topic.bin")
         topics, sample, seed, method = options.topics, options.sample, options.seed, options.method
         if context.sample_texts is None:
             raise AgentError(f"agent {name!r}: topics are fitted on a corpus sample, but none is available")
@@ -166,7 +173,6 @@ class TopicAgent(FastTextAgent):
         width = max(2, len(str(topics - 1)))
         classes = [f"t{i:0{width}d}" for i in range(topics)]
         labels = [" ".join([f"{i:0{width}d}", *words]) for i, words in enumerate(terms)]
-        path = context.models_dir / f"{name}.topic.bin"
         accuracy = _distil(texts, [classes[a] for a in assignment], path, seed)
         config: dict[str, Any] = {
             "model": str(path),
