@@ -69,6 +69,11 @@ def main() -> None:
     "--text-column", default="text", show_default=True, help="String column holding the document text."
 )
 @click.option("--threads", default=4, show_default=True, help="Shards inspected in parallel.")
+@click.option(
+    "--refresh",
+    is_flag=True,
+    help="Check known shards byte for byte and re-register changed ones (only their parts are rescored).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def init(
@@ -83,9 +88,13 @@ def init(
     parts_url: str | None,
     text_column: str,
     threads: int,
+    refresh: bool,
     quiet: bool,
 ) -> None:
     """Create a workspace and register shards (re-run to add new shards; known ones are skipped).
+
+    A shard changed since it was registered is refused everywhere; `--refresh` (alone, or with --corpus)
+    re-registers it, and the next `score` rescores that shard only.
 
     With --from-hub the dataset is streamed into zstd Parquet shards in the workspace first; a re-run after
     a crash resumes after the last complete shard.
@@ -98,7 +107,7 @@ def init(
     """
     from corpus_agents.workspace import Workspace
 
-    if bool(patterns) == bool(hub_name):
+    if bool(patterns) == bool(hub_name) and not (refresh and not hub_name):
         raise CorpusAgentsError("pass either --corpus PATTERN or --from-hub NAME")
     source = None
     if hub_name:
@@ -113,12 +122,14 @@ def init(
                 f"({hub.new_rows:,} written now, {hub.resumed_shards} shards from an earlier run)"
             )
             patterns = (str(hub.directory),)
-        report = ws.add_corpus(list(patterns), threads=threads)
+        report = ws.add_corpus(list(patterns), threads=threads, refresh=refresh)
         size = ws.corpus_size()
     click.echo(
         f"registered {len(report.added)} new shards ({len(report.unchanged)} already known); "
         f"workspace has {size.shards} shards, {size.documents:,} documents"
     )
+    for uri in report.refreshed:
+        click.echo(f"re-registered changed shard {uri}; its parts are rescored by the next `score`")
     for err in report.errors:
         click.echo(f"error: {err}", err=True)
     if report.errors:

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from corpus_agents.scoring.agents.metadata import OTHER, MetadataAgent
-from corpus_agents.scoring.corpus import register_corpus, shard_fingerprint
+from corpus_agents.scoring.corpus import register_corpus, row_group_hashes, shard_fingerprint
 from corpus_agents.scoring.parts import PartSpec, Shard, ShardTask, part_path, score_shard
 
 SOURCES = ["web", "code", "books"]
@@ -52,7 +52,10 @@ def shard_task(
     """A task scoring a registered-looking shard for `agents` (as `plan_tasks` builds it, without a catalog)."""
     fingerprint, size = shard_fingerprint(str(shard_path))
     meta = pq.ParquetFile(shard_path).metadata
-    shard = Shard(shard_id, str(shard_path), meta.num_rows, size, fingerprint, meta.num_row_groups, "text")
+    hashes = tuple(row_group_hashes(str(shard_path), meta))
+    shard = Shard(
+        shard_id, str(shard_path), meta.num_rows, size, fingerprint, meta.num_row_groups, "text", hashes
+    )
     specs = [
         PartSpec(a, a.fingerprint(), part_path(parts_dir, a.name, a.fingerprint(), shard_id)) for a in agents
     ]

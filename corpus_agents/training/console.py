@@ -318,8 +318,8 @@ class Console:
             SQL_FILE, "select_docs", **order, level=level, bucket=bucket, remaining=remaining
         )
         tokens = pc.sum(rows["tokens"]).as_py() or 0
-        shards = {s.shard_id: ShardRef(s.uri, s.text_column) for s in self.catalog.shards()}
-        path = write_snapshot(path, rows, shards)
+        shards = {s.shard_id: ShardRef.of(s) for s in self.catalog.shards()}
+        path = write_snapshot(path, rows, shards, root=self.catalog.dir)
         self.db.run(
             SQL_FILE,
             "insert_selection",
