@@ -433,6 +433,20 @@ def query(workspace: str, sql: str, fmt: str, output: str | None, max_rows: int)
 @click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint.")
 @click.option("--init-from", help="Start the console from another run's learnt agent memory and weights.")
 @click.option(
+    "--allow-config-change",
+    "allow_changes",
+    multiple=True,
+    metavar="KEY",
+    help="--resume: a config key (train.steps, ...) allowed to differ from the run's; repeatable or comma-separated.",
+)
+@click.option(
+    "--reset-agent",
+    "reset_agents",
+    multiple=True,
+    metavar="NAME",
+    help="--resume/--init-from: start a fresh memory for an agent replaced since the run started (repeatable).",
+)
+@click.option(
     "--set", "overrides", multiple=True, help="Override a config value: section.key=value (repeatable)."
 )
 @click.option(
@@ -447,6 +461,8 @@ def train(
     run_id: str | None,
     resume: bool,
     init_from: str | None,
+    allow_changes: tuple[str, ...],
+    reset_agents: tuple[str, ...],
     overrides: tuple[str, ...],
     print_config: bool,
 ) -> None:
@@ -457,10 +473,15 @@ def train(
     console, the probes' rewards are split across the ranks and each rank reads its own slice of every
     selection; `train.batch_size` is per rank. Resume the same way, with `--resume`.
 
+    `--resume` compares the whole config with the run's: name the keys meant to change with
+    `--allow-config-change` (they apply everywhere, the LR schedule included). An agent replaced since the run
+    started is refused unless `--reset-agent NAME` gives it a fresh memory.
+
     \b
     Examples:
       corpus-agents train ws --config pipelines/demo.yaml --set console.eta_theta=0.5
       corpus-agents train ws --config pipelines/demo.yaml --resume
+      corpus-agents train ws --config pipelines/demo.yaml --resume --set train.steps=4000 --allow-config-change train.steps
       corpus-agents train ws --config pipelines/demo.yaml --run refreshed --init-from demo
       torchrun --nproc-per-node 4 -m -- corpus_agents.cli train ws --config pipelines/demo.yaml --run ddp
     """
@@ -477,7 +498,16 @@ def train(
     dist = start_distributed(config)
     try:
         with Catalog(workspace) if dist.is_main else contextlib.nullcontext() as cat:
-            final = Trainer(cat, config, run_id, init_from=init_from, dist=dist).train(resume=resume)
+            allowed = [k.strip() for item in allow_changes for k in item.split(",") if k.strip()]
+            final = Trainer(
+                cat,
+                config,
+                run_id,
+                init_from=init_from,
+                dist=dist,
+                allow_config_change=allowed,
+                reset_agents=list(reset_agents),
+            ).train(resume=resume)
     finally:
         dist.close()
     if not dist.is_main:

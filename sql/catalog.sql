@@ -101,9 +101,13 @@ SELECT name, kind, config FROM agents ORDER BY added_at, name;
 -- name: agent_exists
 SELECT 1 FROM agents WHERE name = $agent;
 
+-- name: agent_added_at
+SELECT added_at FROM agents WHERE name = $agent;
+
 -- name: insert_agent
--- An agent's config and its labels (label_id = position in $labels).
-INSERT INTO agents (name, kind, config) VALUES ($agent, $kind, $config);
+-- An agent's config and its labels (label_id = position in $labels). A replaced agent keeps its place in the
+-- agent order ($added_at: when the first of its name was added).
+INSERT INTO agents (name, kind, config, added_at) VALUES ($agent, $kind, $config, coalesce($added_at, current_timestamp));
 INSERT INTO agent_labels
 SELECT $agent, generate_subscripts(CAST($labels AS VARCHAR[]), 1) - 1, unnest(CAST($labels AS VARCHAR[]));
 

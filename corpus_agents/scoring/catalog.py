@@ -452,11 +452,14 @@ class Catalog(_Sql):
         exists = self.check_agent_name(agent.name, replace=replace)
         agent.stored_config = self._stored_config(agent.config)
         with self.transaction():
+            added_at = None
             if exists:
+                added_at = self.run("catalog.sql", "agent_added_at", agent=agent.name)[0][0]
                 self.run("catalog.sql", "drop_agent", agent=agent.name)
             self.run(
                 "catalog.sql",
                 "insert_agent",
+                added_at=added_at,
                 agent=agent.name,
                 kind=agent.kind,
                 config=json.dumps(agent.stored_config),
