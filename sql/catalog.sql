@@ -44,6 +44,19 @@ DELETE FROM part_failures WHERE shard_id = $shard_id;
 DELETE FROM docs WHERE shard_id = $shard_id;
 DELETE FROM shards WHERE shard_id = $shard_id;
 
+-- name: shard_uris
+SELECT shard_id, uri FROM shards;
+
+-- name: part_paths
+SELECT agent, shard_id, path FROM score_parts;
+
+-- name: selection_paths
+-- (the console's table: `catalog.py` runs this only once it exists)
+SELECT run_id, round, path FROM selections;
+
+-- name: set_selection_path
+UPDATE selections SET path = $path WHERE run_id = $run_id AND round = $round;
+
 -- name: set_shard_uri
 UPDATE shards SET uri = $uri WHERE shard_id = $shard_id;
 

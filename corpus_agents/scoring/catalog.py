@@ -320,10 +320,10 @@ class Catalog(_Sql):
         roots = [Path(previous)] if previous and previous != str(self.dir) else []
         stored_parts_url = self.get_meta("parts_url")
         with self.transaction():
-            for shard_id, uri in self.execute("SELECT shard_id, uri FROM shards"):
+            for shard_id, uri in self.run("catalog.sql", "shard_uris"):
                 if (rel := self.stored_path(uri, roots=roots)) != uri:
                     self.run("catalog.sql", "set_shard_uri", shard_id=shard_id, uri=rel)
-            for agent, shard_id, path in self.execute("SELECT agent, shard_id, path FROM score_parts"):
+            for agent, shard_id, path in self.run("catalog.sql", "part_paths"):
                 if (rel := self.stored_path(path, roots=roots)) != path:
                     self.run("catalog.sql", "set_part_path", agent=agent, shard_id=shard_id, path=rel)
             if (
@@ -333,12 +333,9 @@ class Catalog(_Sql):
                 self.set_meta("parts_url", rel)
             tables = {r[0] for r in self.run("catalog.sql", "table_names")}
             if "selections" in tables:
-                for run_id, round_, path in self.execute("SELECT run_id, round, path FROM selections"):
+                for run_id, round_, path in self.run("catalog.sql", "selection_paths"):
                     if (rel := self.stored_path(path, roots=roots)) != path:
-                        self.execute(
-                            "UPDATE selections SET path = $path WHERE run_id = $run_id AND round = $round",
-                            {"path": rel, "run_id": run_id, "round": round_},
-                        )
+                        self.run("catalog.sql", "set_selection_path", run_id=run_id, round=round_, path=rel)
         for name, kind, config in self.agent_rows():
             stored = self._stored_config(config, roots)
             if stored != config:

@@ -232,7 +232,7 @@ class ShardCheck:
 
     def changed(self, what: str) -> ShardChangedError:
         return ShardChangedError(
-            f"shard {self.uri} changed since it was registered ({what}); "
+            f"shard {self.uri}: changed since it was registered ({what}); "
             "run `corpus-agents init WORKSPACE --refresh` to re-register it"
         )
 

@@ -104,8 +104,7 @@ class ShardTask:
 
     def failed(self, reason: str, parts: list[PartSpec] | None = None) -> list[PartResult]:
         """Failed results for `parts` (default: all of this task's), the error naming the shard."""
-        named = reason.startswith(f"shard {self.shard.uri} ")  # e.g. a ShardChangedError's own line
-        error = reason if named else f"shard {self.shard.uri}: {reason}"
+        error = f"shard {self.shard.uri}: {reason}"
         specs = self.parts if parts is None else parts
         return [
             PartResult(s.agent.name, self.shard.shard_id, s.fingerprint, None, 0, self.complete, error)
@@ -213,7 +212,10 @@ def score_shard(task: ShardTask, progress: Callable[[int], None] | None = None) 
             if progress:
                 progress(len(batch))
     except Exception as exc:  # noqa: BLE001 - a read failure fails every agent of this shard
-        reason = str(exc) if isinstance(exc, ShardChangedError) else one_line(exc, with_type=True)
+        if isinstance(exc, ShardChangedError):  # already one line naming the shard
+            reason = str(exc).removeprefix(f"shard {shard.uri}: ")
+        else:
+            reason = one_line(exc, with_type=True)
         for spec in todo:
             errors.setdefault(spec.agent.name, reason)
     shared = {"read_s": read_s / len(todo), "decode_s": decode_s / len(todo)}

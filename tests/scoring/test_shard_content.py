@@ -79,7 +79,9 @@ def test_an_in_place_edit_is_refused_by_scoring_and_refresh_rescores_that_shard(
         summary = run_scoring(cat, ["second"], show_progress=False)
         assert [r.shard_id for r in summary.committed] == [0]
         (failed,) = summary.failed
-        assert failed.error.startswith(f"shard {shard} changed since it was registered (row group 2 differs)")
+        assert failed.error.startswith(
+            f"shard {shard}: changed since it was registered (row group 2 differs)"
+        )
         assert "init WORKSPACE --refresh" in failed.error
 
         report = register_corpus(cat, [str(shard)], "text")  # a plain init sees the same footer
@@ -101,7 +103,7 @@ def test_a_replaced_shard_is_refused_by_documents_and_export_reads(ws: Path) -> 
     shard = ws.parent / "corpus" / "shard-0.parquet"
     plain_shard(shard, tag="a longer text")  # another file under the same name: the footer differs
     with Catalog(ws) as cat:
-        with pytest.raises(ShardChangedError, match=r"shard-0.parquet changed since it was registered"):
+        with pytest.raises(ShardChangedError, match=r"shard-0.parquet: changed since it was registered"):
             cat.query("SELECT count(*) FROM documents")
         assert cat.query("SELECT count(*) AS n FROM doc_labels").column("n").to_pylist() == [2 * ROWS]
         from corpus_agents.scoring.corpus import read_doc_texts
