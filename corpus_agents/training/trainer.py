@@ -273,12 +273,10 @@ class Trainer:
 
     def _record_resume(self) -> None:
         """Record the config the run continues with, and the fingerprints of the agents reset."""
-        record = read_run_record(self.paths.root)
-        agents = {
-            **(record or {}).get("agents", {}),
-            **{a: self.agent_fingerprints[a] for a in self.reset_agents},
-        }
-        write_run_record(self.paths.root, self.config, agents or self.agent_fingerprints)
+        record = read_run_record(self.paths.root)  # None for a run from before runs recorded it
+        agents = dict(record["agents"]) if record else dict(self.agent_fingerprints)
+        agents.update({a: self.agent_fingerprints[a] for a in self.reset_agents})
+        write_run_record(self.paths.root, self.config, agents)
 
     def _reset_memory(self, round_: int) -> None:
         """A fresh memory (w = 0 for each of its current labels) for every --reset-agent, from `round_` on."""
