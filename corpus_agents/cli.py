@@ -105,6 +105,11 @@ def main() -> None:
     "--text-column", default="text", show_default=True, help="String column holding the document text."
 )
 @click.option("--threads", type=POSITIVE, default=4, show_default=True, help="Shards inspected in parallel.")
+@click.option(
+    "--refresh",
+    is_flag=True,
+    help="Check known shards byte for byte and re-register changed ones (only their parts are rescored).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def init(
@@ -119,9 +124,13 @@ def init(
     parts_url: str | None,
     text_column: str,
     threads: int,
+    refresh: bool,
     quiet: bool,
 ) -> None:
     """Create a workspace and register shards (re-run to add new shards; known ones are skipped).
+
+    A shard changed since it was registered is refused everywhere; `--refresh` (alone, or with --corpus)
+    re-registers it, and the next `score` rescores that shard only.
 
     With --from-hub the dataset is streamed into zstd Parquet shards in the workspace first; a re-run after
     a crash resumes after the last complete shard.
@@ -134,7 +143,7 @@ def init(
     """
     from corpus_agents.workspace import Workspace
 
-    if bool(patterns) == bool(hub_name):
+    if bool(patterns) == bool(hub_name) and not (refresh and not hub_name):
         raise CorpusAgentsError("pass either --corpus PATTERN or --from-hub NAME")
     source = None
     if hub_name:
@@ -149,13 +158,15 @@ def init(
                 f"({hub.new_rows:,} written now, {hub.resumed_shards} shards from an earlier run)"
             )
             patterns = (str(hub.directory),)
-        report = ws.add_corpus(list(patterns), threads=threads)
+        report = ws.add_corpus(list(patterns), threads=threads, refresh=refresh)
         size = ws.corpus_size()
         missing = ws.missing_shards()
     click.echo(
         f"registered {len(report.added)} new shards ({len(report.unchanged)} already known); "
         f"workspace has {size.shards} shards, {size.documents:,} documents"
     )
+    for uri in report.refreshed:
+        click.echo(f"re-registered changed shard {uri}; its parts are rescored by the next `score`")
     errors = [*report.errors]
     errors += [f"registered shard {uri} is missing (deleted or moved); scoring it fails" for uri in missing]
     for err in errors:
@@ -474,6 +485,20 @@ def query(workspace: str, sql: str, fmt: str, output: str | None, max_rows: int)
     "--init-from", type=RUN_ID, help="Start the console from another run's learnt agent memory and weights."
 )
 @click.option(
+    "--allow-config-change",
+    "allow_changes",
+    multiple=True,
+    metavar="KEY",
+    help="--resume: a config key (train.steps, ...) allowed to differ from the run's; repeatable or comma-separated.",
+)
+@click.option(
+    "--reset-agent",
+    "reset_agents",
+    multiple=True,
+    metavar="NAME",
+    help="--resume/--init-from: start a fresh memory for an agent replaced since the run started (repeatable).",
+)
+@click.option(
     "--set", "overrides", multiple=True, help="Override a config value: section.key=value (repeatable)."
 )
 @click.option(
@@ -488,6 +513,8 @@ def train(
     run_id: str | None,
     resume: bool,
     init_from: str | None,
+    allow_changes: tuple[str, ...],
+    reset_agents: tuple[str, ...],
     overrides: tuple[str, ...],
     print_config: bool,
 ) -> None:
@@ -498,10 +525,15 @@ def train(
     console, the probes' rewards are split across the ranks and each rank reads its own slice of every
     selection; `train.batch_size` is per rank. Resume the same way, with `--resume`.
 
+    `--resume` compares the whole config with the run's: name the keys meant to change with
+    `--allow-config-change` (they apply everywhere, the LR schedule included). An agent replaced since the run
+    started is refused unless `--reset-agent NAME` gives it a fresh memory.
+
     \b
     Examples:
       corpus-agents train ws --config pipelines/demo.yaml --set console.eta_theta=0.5
       corpus-agents train ws --config pipelines/demo.yaml --resume
+      corpus-agents train ws --config pipelines/demo.yaml --resume --set train.steps=4000 --allow-config-change train.steps
       corpus-agents train ws --config pipelines/demo.yaml --run refreshed --init-from demo
       torchrun --nproc-per-node 4 -m -- corpus_agents.cli train ws --config pipelines/demo.yaml --run ddp
     """
@@ -529,7 +561,16 @@ def train(
     fresh, runs_existed = not paths.root.exists(), runs_dir(workspace).exists()
     try:
         with Catalog(workspace) if dist.is_main else contextlib.nullcontext() as cat:
-            final = Trainer(cat, config, run_id, init_from=init_from, dist=dist).train(resume=resume)
+            allowed = [k.strip() for item in allow_changes for k in item.split(",") if k.strip()]
+            final = Trainer(
+                cat,
+                config,
+                run_id,
+                init_from=init_from,
+                dist=dist,
+                allow_config_change=allowed,
+                reset_agents=list(reset_agents),
+            ).train(resume=resume)
     except BaseException:
         # A new run that fails before its first checkpoint leaves no directory (a resumed run's files stay).
         if dist.is_main and fresh and paths.latest_checkpoint() is None:

@@ -141,9 +141,13 @@ class Workspace:
         self.catalog.close()
 
     # ----- corpus ------------------------------------------------------------------------------------
-    def add_corpus(self, patterns: list[str], *, threads: int = 4) -> RegisterReport:
-        """Register the Parquet shards that `patterns` (paths, globs, URLs) match; known ones are skipped."""
-        return register_corpus(self.catalog, list(patterns), self.text_column, threads)
+    def add_corpus(self, patterns: list[str], *, threads: int = 4, refresh: bool = False) -> RegisterReport:
+        """Register the Parquet shards that `patterns` (paths, globs, URLs) match; known ones are skipped.
+        With `refresh`, known shards are checked byte for byte and changed ones re-registered (their parts are
+        rescored by the next `score`); no patterns then means every known shard."""
+        if refresh and not patterns:
+            patterns = [s.uri for s in self.catalog.shards()]
+        return register_corpus(self.catalog, list(patterns), self.text_column, threads, refresh=refresh)
 
     def stream_from_hub(self, source: HubSource, *, show_progress: bool = True) -> MaterializeReport:
         """Stream a dataset into Parquet shards under WS/corpus/ (a re-run resumes after the last complete

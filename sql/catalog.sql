@@ -19,14 +19,54 @@ INSERT OR REPLACE INTO meta VALUES ($key, $value);
 SELECT count(*), coalesce(sum(num_rows), 0), coalesce(sum(num_bytes), 0) FROM shards;
 
 -- name: shards
-SELECT shard_id, uri, num_rows, num_bytes, fingerprint, num_row_groups, text_column FROM shards ORDER BY shard_id;
+SELECT shard_id, uri, num_rows, num_bytes, fingerprint, num_row_groups, text_column, row_group_hashes
+FROM shards ORDER BY shard_id;
 
 -- name: next_shard_id
 SELECT coalesce(max(shard_id) + 1, 0) FROM shards;
 
 -- name: insert_shard
-INSERT INTO shards (shard_id, uri, num_rows, num_bytes, fingerprint, num_row_groups, row_group_rows, text_column)
-VALUES ($shard_id, $uri, $num_rows, $num_bytes, $fingerprint, $num_row_groups, $row_group_rows, $text_column);
+INSERT INTO shards (shard_id, uri, num_rows, num_bytes, fingerprint, num_row_groups, row_group_rows, text_column,
+                    row_group_hashes)
+VALUES ($shard_id, $uri, $num_rows, $num_bytes, $fingerprint, $num_row_groups, $row_group_rows, $text_column,
+        $row_group_hashes);
+
+-- name: set_row_group_hashes
+UPDATE shards SET row_group_hashes = $row_group_hashes WHERE shard_id = $shard_id;
+
+-- name: forget_shard
+-- A changed shard before it is registered again under its id (`init --refresh`): its row, its documents,
+-- and every agent's parts, scores and failures of it (the next `score` rescores that shard alone).
+DELETE FROM scores
+WHERE doc_id >= (CAST($shard_id AS BIGINT) << 32) AND doc_id < (CAST($shard_id + 1 AS BIGINT) << 32);
+DELETE FROM score_parts WHERE shard_id = $shard_id;
+DELETE FROM part_failures WHERE shard_id = $shard_id;
+DELETE FROM docs WHERE shard_id = $shard_id;
+DELETE FROM shards WHERE shard_id = $shard_id;
+
+-- name: shard_uris
+SELECT shard_id, uri FROM shards;
+
+-- name: part_paths
+SELECT agent, shard_id, path FROM score_parts;
+
+-- name: selection_paths
+-- (the console's table: `catalog.py` runs this only once it exists)
+SELECT run_id, round, path FROM selections;
+
+-- name: set_selection_path
+UPDATE selections SET path = $path WHERE run_id = $run_id AND round = $round;
+
+-- name: set_shard_uri
+UPDATE shards SET uri = $uri WHERE shard_id = $shard_id;
+
+-- name: set_part_path
+UPDATE score_parts SET path = $path WHERE agent = $agent AND shard_id = $shard_id;
+
+-- name: set_agent_config
+-- A stored config rewritten with workspace-relative paths, and its parts' fingerprints with it.
+UPDATE agents SET config = $config WHERE name = $agent;
+UPDATE score_parts SET fingerprint = $new WHERE agent = $agent AND fingerprint = $old;
 
 -- name: insert_docs
 -- Arrow table `new_docs` (shard_id, row_idx, row_group, text_bytes, text_null) is registered by the caller.
@@ -38,7 +78,7 @@ FROM new_docs;
 -- Replace an (agent, shard) part's scores and manifest row; runs inside one transaction.
 DELETE FROM scores
 WHERE agent = $agent AND doc_id >= (CAST($shard_id AS BIGINT) << 32) AND doc_id < (CAST($shard_id + 1 AS BIGINT) << 32);
-INSERT INTO scores SELECT $agent, doc_id, label, score FROM read_parquet($path);
+INSERT INTO scores SELECT $agent, doc_id, label, score FROM read_parquet($read_path);
 -- (timestamps are set explicitly: on a conflict INSERT OR REPLACE updates only the columns it lists)
 INSERT OR REPLACE INTO score_parts (agent, shard_id, fingerprint, path, num_rows, complete, seconds,
                                     read_s, decode_s, score_s, write_s, committed_at)
@@ -74,9 +114,13 @@ SELECT name, kind, config FROM agents ORDER BY added_at, name;
 -- name: agent_exists
 SELECT 1 FROM agents WHERE name = $agent;
 
+-- name: agent_added_at
+SELECT added_at FROM agents WHERE name = $agent;
+
 -- name: insert_agent
--- An agent's config and its labels (label_id = position in $labels).
-INSERT INTO agents (name, kind, config) VALUES ($agent, $kind, $config);
+-- An agent's config and its labels (label_id = position in $labels). A replaced agent keeps its place in the
+-- agent order ($added_at: when the first of its name was added).
+INSERT INTO agents (name, kind, config, added_at) VALUES ($agent, $kind, $config, coalesce($added_at, current_timestamp));
 INSERT INTO agent_labels
 SELECT $agent, generate_subscripts(CAST($labels AS VARCHAR[]), 1) - 1, unnest(CAST($labels AS VARCHAR[]));
 
@@ -114,11 +158,12 @@ GROUP BY a.name, a.kind ORDER BY a.name;
 
 -- name: documents_view
 -- The text of every document, read from the shards when a query needs it (joins by doc_id are a scan).
+-- The shards' paths are filled in absolute: `catalog.py` recreates the view when the workspace moves.
 CREATE OR REPLACE VIEW documents AS
 SELECT (CAST(s.shard_id AS BIGINT) << 32) | p.file_row_number AS doc_id, s.shard_id,
        CAST(p.file_row_number AS INTEGER) AS row_idx, p.{text_column} AS text
 FROM read_parquet({uris}, filename = true, file_row_number = true, union_by_name = true) p
-JOIN shards s ON s.uri = p.filename OR s.uri = 'file://' || p.filename;
+JOIN (VALUES {shard_uris}) s(shard_id, uri) ON s.uri = p.filename;
 
 -- name: documents_view_empty
 -- `documents` of a workspace without shards: the same columns, no rows.

@@ -94,3 +94,10 @@ ORDER BY agent, share DESC, label;
 
 -- name: export_labels
 SELECT l.* FROM exported e JOIN doc_labels l USING (doc_id) ORDER BY l.doc_id;
+
+-- name: reset_agent_memory
+-- A fresh memory for an agent replaced since the run started (`train --reset-agent`): w = 0 for each of its
+-- current labels at $round, and nothing recorded for it after that round.
+DELETE FROM agent_memory WHERE run_id = $run_id AND agent = $agent AND round >= $round;
+INSERT INTO agent_memory (run_id, round, agent, label_id, w)
+SELECT $run_id, $round, agent, label_id, 0.0 FROM agent_labels WHERE agent = $agent;

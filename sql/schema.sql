@@ -5,18 +5,23 @@ CREATE TABLE IF NOT EXISTS meta (
     value VARCHAR NOT NULL
 );
 
--- One row per registered Parquet shard. doc_id = shard_id << 32 | row_idx.
+-- One row per registered Parquet shard. doc_id = shard_id << 32 | row_idx. `uri` is relative to the
+-- workspace for a shard inside it (so a copied workspace reads its own copy), else absolute or a URL.
+-- `fingerprint` hashes the size and footer, `row_group_hashes` each row group's bytes (corpus.ShardCheck).
 CREATE TABLE IF NOT EXISTS shards (
-    shard_id       INTEGER PRIMARY KEY,
-    uri            VARCHAR NOT NULL UNIQUE,
-    num_rows       BIGINT NOT NULL,
-    num_bytes      BIGINT NOT NULL,
-    fingerprint    VARCHAR NOT NULL,
-    num_row_groups INTEGER NOT NULL,
-    row_group_rows BIGINT[] NOT NULL,
-    text_column    VARCHAR NOT NULL,
-    registered_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+    shard_id         INTEGER PRIMARY KEY,
+    uri              VARCHAR NOT NULL UNIQUE,
+    num_rows         BIGINT NOT NULL,
+    num_bytes        BIGINT NOT NULL,
+    fingerprint      VARCHAR NOT NULL,
+    num_row_groups   INTEGER NOT NULL,
+    row_group_rows   BIGINT[] NOT NULL,
+    text_column      VARCHAR NOT NULL,
+    registered_at    TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    row_group_hashes VARCHAR[]
 );
+-- Workspaces made before row-group hashes gain the column (NULL: the next `init` hashes their shards).
+ALTER TABLE shards ADD COLUMN IF NOT EXISTS row_group_hashes VARCHAR[];
 
 -- One row per document: where it lives and how long its text is (UTF-8 bytes; 0 for null).
 CREATE TABLE IF NOT EXISTS docs (
@@ -42,7 +47,8 @@ CREATE TABLE IF NOT EXISTS agent_labels (
     name     VARCHAR NOT NULL
 );
 
--- The manifest: one row per committed (agent, shard) part. A part counts only once it is here.
+-- The manifest: one row per committed (agent, shard) part. A part counts only once it is here. `path` is
+-- relative to the workspace for a part under it.
 -- Times are the worker's wall seconds for this part: its equal share of the shard's read and decode (shared
 -- by every agent scored in the same pass), its agent's own scoring and its write; `seconds` is their sum.
 CREATE TABLE IF NOT EXISTS score_parts (

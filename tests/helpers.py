@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from corpus_agents.scoring.agents.metadata import OTHER, MetadataAgent
-from corpus_agents.scoring.corpus import register_corpus, shard_fingerprint
+from corpus_agents.scoring.corpus import register_corpus, row_group_hashes, shard_fingerprint
 from corpus_agents.scoring.parts import PartSpec, Shard, ShardTask, part_path, score_shard
 
 SOURCES = ["web", "code", "books"]
@@ -68,7 +68,10 @@ def shard_task(
     """A task scoring a registered-looking shard for `agents` (as `plan_tasks` builds it, without a catalog)."""
     fingerprint, size = shard_fingerprint(str(shard_path))
     meta = pq.ParquetFile(shard_path).metadata
-    shard = Shard(shard_id, str(shard_path), meta.num_rows, size, fingerprint, meta.num_row_groups, "text")
+    hashes = tuple(row_group_hashes(str(shard_path), meta))
+    shard = Shard(
+        shard_id, str(shard_path), meta.num_rows, size, fingerprint, meta.num_row_groups, "text", hashes
+    )
     specs = [
         PartSpec(a, a.fingerprint(), part_path(parts_dir, a.name, a.fingerprint(), shard_id)) for a in agents
     ]
@@ -215,7 +218,7 @@ def start_score(ws: Path, log: Path, *extra: str) -> subprocess.Popen:
 
 
 def corrupt_overwrite(path: Path) -> None:
-    """Overwrite a third of the file in the middle: same size, same footer, so the fingerprint matches."""
+    """Overwrite a third of the file in the middle: same size, same footer; the row-group hashes differ."""
     data = bytearray(path.read_bytes())
     n = len(data)
     data[n // 3 : 2 * n // 3] = b"\0" * (2 * n // 3 - n // 3)
@@ -293,3 +296,24 @@ def final_weights(ws: Path, run: str) -> dict:
 
     last = sorted((ws / "runs" / run / "checkpoints").glob("step-*"))[-1]
     return load_file(last / "model" / "model.safetensors")
+
+
+def train(ws: Path, config: Path, run: str, *extra: str) -> subprocess.Popen:
+    """`corpus-agents train` of a TINY run in a child process (the caller waits on or kills it)."""
+    args = [
+        sys.executable,
+        "-m",
+        "corpus_agents.cli",
+        "train",
+        str(ws),
+        "--config",
+        str(config),
+        "--run",
+        run,
+    ]
+    for item in TINY:
+        args += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen(
+        [*args, *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )

@@ -146,7 +146,8 @@ def collect(
         memory = _frame("memory", catalog.run("report.sql", "memory", runs=runs))
         notes: list[str] = []
         share_rows: list[tuple] = []
-        for run_id, round_, path, *_ in catalog.run("report.sql", "selections", runs=runs):
+        for run_id, round_, stored, *_ in catalog.run("report.sql", "selections", runs=runs):
+            path = catalog.resolve_path(stored)  # relative to the workspace
             if not Path(path).is_file():
                 notes.append(f"run {run_id}: the selection snapshot of round {round_} is missing ({path})")
                 continue

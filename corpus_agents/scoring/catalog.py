@@ -3,6 +3,11 @@
 The catalog owns its connection: statements run through its methods (`run` and `arrow` for the named
 blocks of `sql/`, `transaction`, `registered`, `cursor`), never through the connection itself.
 
+Paths inside the workspace (shards under WS/corpus, parts under WS/parts, fitted models, selection
+snapshots) are stored relative to it and resolved against where it is now, so a copied or moved workspace
+reads its own files; paths outside it stay absolute. Opening a workspace rewrites absolute paths that point
+into it, or into where it was last opened, as relative ones (idempotent).
+
 The owner holds an advisory lock on `WS/catalog.lock` (released by the kernel even on kill -9) that records
 its pid and command, so a second process is told who holds the workspace instead of getting a traceback.
 """
@@ -35,6 +40,8 @@ SCHEMA_VERSION = "1"
 CATALOG_FILE = "catalog.duckdb"
 LOCK_FILE = "catalog.lock"
 _PARAM = re.compile(r"\$(\w+)")
+#: How a stored agent config marks a path relative to the workspace (e.g. "$WS/models/quality.fasttext.bin").
+WS_PREFIX = "$WS/"
 
 
 @dataclass(frozen=True)
@@ -119,7 +126,13 @@ class _Sql:
 
     def query(self, sql: str) -> pa.Table:
         """The user's SQL (the `query` command, a notebook): one statement, its result as Arrow (empty for
-        a statement without one); a DuckDB error becomes a one-line CorpusAgentsError."""
+        a statement without one); a DuckDB error becomes a one-line CorpusAgentsError. A statement that names
+        the `documents` view first checks every shard's size and footer against its registration (DuckDB reads
+        the pages itself, so row-group hashes are not checked there)."""
+        if isinstance(self, Catalog) and re.search(r"\bdocuments\b", sql, re.IGNORECASE):
+            for shard in self.shards():
+                with contextlib.suppress(OSError):  # a missing shard: DuckDB's error names it
+                    shard.check().check_footer()
         try:
             rel = self._con.sql(sql)
             return rel.to_arrow_table() if rel is not None else pa.table({})
@@ -188,6 +201,7 @@ class Catalog(_Sql):
             raise WorkspaceError(f"cannot open {db_path}: {one_line(exc)}") from None
         self._init_schema()
         self.register_filesystems()  # views over shards on object storage are read through fsspec
+        self._relocate()
 
     def _create_database(self, db_path: Path) -> None:
         """Create an empty database under a temporary name, then rename it: a kill -9 while DuckDB writes
@@ -204,7 +218,8 @@ class Catalog(_Sql):
     @property
     def parts_url(self) -> str:
         """Where score parts go: `init --parts-url` (a directory or an fsspec URL), else WS/parts."""
-        return self.get_meta("parts_url") or str(self.parts_dir)
+        stored = self.get_meta("parts_url")
+        return self.resolve_path(stored) if stored else str(self.parts_dir)
 
     def set_parts_url(self, url: str) -> None:
         """Record where parts go: a local path (made absolute) or a URL; fixed once a part is committed."""
@@ -214,7 +229,7 @@ class Catalog(_Sql):
                 f"workspace {self.dir} has committed parts under {self.parts_url}; "
                 f"use a new workspace to write parts to {url}"
             )
-        self.set_meta("parts_url", url)
+        self.set_meta("parts_url", self.stored_path(url))
         self.register_filesystems()  # parts on object storage: DuckDB reads them through fsspec
 
     @property
@@ -260,9 +275,92 @@ class Catalog(_Sql):
     def set_meta(self, key: str, value: str) -> None:
         self.run("catalog.sql", "set_meta", key=key, value=value)
 
+    # ----- paths relative to the workspace -----------------------------------------------------------
+    def stored_path(self, path: str, *, roots: Sequence[Path] = ()) -> str:
+        """How a path is stored: relative to the workspace if it lies inside it (or inside one of `roots`,
+        where the workspace was before a move), else unchanged."""
+        if "://" in path and not path.startswith("file://"):
+            return path
+        local = Path(path.removeprefix("file://"))
+        if not local.is_absolute():
+            return path
+        for root in (self.dir, *roots):
+            if local.is_relative_to(root):
+                return local.relative_to(root).as_posix()
+        return path
+
+    def resolve_path(self, stored: str) -> str:
+        """The path a stored one names now: relative ones against the workspace's current directory."""
+        if "://" in stored or Path(stored).is_absolute():
+            return stored
+        return str(self.dir / stored)
+
+    def _stored_config(self, config: dict[str, Any], roots: Sequence[Path] = ()) -> dict[str, Any]:
+        """An agent config with absolute paths inside the workspace written as `$WS/<relative path>`."""
+        out = {}
+        for key, value in config.items():
+            if isinstance(value, str) and Path(value).is_absolute():
+                rel = self.stored_path(value, roots=roots)
+                value = value if rel == value else WS_PREFIX + rel
+            out[key] = value
+        return out
+
+    def _resolved_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: str(self.dir / v.removeprefix(WS_PREFIX))
+            if isinstance(v, str) and v.startswith(WS_PREFIX)
+            else v
+            for k, v in config.items()
+        }
+
+    def _relocate(self) -> None:
+        """Rewrite absolute paths into this workspace, or into where it was last opened, as relative ones;
+        recreate the views (they hold absolute paths) when the workspace has moved. Idempotent."""
+        previous = self.get_meta("workspace_dir")
+        roots = [Path(previous)] if previous and previous != str(self.dir) else []
+        stored_parts_url = self.get_meta("parts_url")
+        with self.transaction():
+            for shard_id, uri in self.run("catalog.sql", "shard_uris"):
+                if (rel := self.stored_path(uri, roots=roots)) != uri:
+                    self.run("catalog.sql", "set_shard_uri", shard_id=shard_id, uri=rel)
+            for agent, shard_id, path in self.run("catalog.sql", "part_paths"):
+                if (rel := self.stored_path(path, roots=roots)) != path:
+                    self.run("catalog.sql", "set_part_path", agent=agent, shard_id=shard_id, path=rel)
+            if (
+                stored_parts_url
+                and (rel := self.stored_path(stored_parts_url, roots=roots)) != stored_parts_url
+            ):
+                self.set_meta("parts_url", rel)
+            tables = {r[0] for r in self.run("catalog.sql", "table_names")}
+            if "selections" in tables:
+                for run_id, round_, path in self.run("catalog.sql", "selection_paths"):
+                    if (rel := self.stored_path(path, roots=roots)) != path:
+                        self.run("catalog.sql", "set_selection_path", run_id=run_id, round=round_, path=rel)
+        for name, kind, config in self.agent_rows():
+            stored = self._stored_config(config, roots)
+            if stored != config:
+                # The fingerprint hashes the stored config: carry the committed parts over to the new one.
+                old = build_agent(name, kind, config)
+                new = build_agent(name, kind, self._resolved_config(stored))
+                new.stored_config = stored
+                try:
+                    fingerprints = {"old": old.fingerprint(), "new": new.fingerprint()}
+                except CorpusAgentsError:  # a missing model file: the parts are rescored anyway
+                    fingerprints = {"old": "", "new": ""}
+                self.run(
+                    "catalog.sql", "set_agent_config", agent=name, config=json.dumps(stored), **fingerprints
+                )
+        if previous != str(self.dir):
+            self.set_meta("workspace_dir", str(self.dir))
+            self.refresh_views()
+
     # ----- shards and documents --------------------------------------------------------------------
     def shards(self) -> list[Shard]:
-        return [Shard(*r) for r in self.run("catalog.sql", "shards")]
+        """The registered shards, their URIs resolved against where the workspace is now."""
+        return [
+            Shard(sid, self.resolve_path(uri), *rest, None if hashes is None else tuple(hashes))
+            for sid, uri, *rest, hashes in self.run("catalog.sql", "shards")
+        ]
 
     def corpus_size(self) -> tuple[int, int, int]:
         """(shards, documents, bytes on disk) of the registered corpus."""
@@ -272,18 +370,40 @@ class Catalog(_Sql):
         """Register one shard and its documents in one transaction; returns the new shard_id."""
         with self.transaction():
             shard_id = self.run("catalog.sql", "next_shard_id")[0][0]
-            columns = ("uri", "num_rows", "num_bytes", "fingerprint", "num_row_groups", "row_group_rows")
-            self.run(
-                "catalog.sql",
-                "insert_shard",
-                shard_id=shard_id,
-                text_column=info["text_column"],
-                **{c: info[c] for c in columns},
-            )
-            new_docs = docs.append_column("shard_id", pa.array([shard_id] * len(docs), pa.int32()))
-            with self.registered("new_docs", new_docs):
-                self.run("catalog.sql", "insert_docs")
+            self._insert_shard(shard_id, info, docs)
         return shard_id
+
+    def replace_shard(self, shard_id: int, info: dict[str, Any], docs: pa.Table) -> None:
+        """Register a changed shard again under its id, in one transaction: its documents are replaced and
+        every agent's parts and scores of it dropped (the next `score` rescores this shard alone)."""
+        with self.transaction():
+            self.run("catalog.sql", "forget_shard", shard_id=shard_id)
+            self._insert_shard(shard_id, info, docs)
+
+    def _insert_shard(self, shard_id: int, info: dict[str, Any], docs: pa.Table) -> None:
+        columns = (
+            "num_rows",
+            "num_bytes",
+            "fingerprint",
+            "num_row_groups",
+            "row_group_rows",
+            "row_group_hashes",
+        )
+        self.run(
+            "catalog.sql",
+            "insert_shard",
+            shard_id=shard_id,
+            uri=self.stored_path(info["uri"]),
+            text_column=info["text_column"],
+            **{c: info[c] for c in columns},
+        )
+        new_docs = docs.append_column("shard_id", pa.array([shard_id] * len(docs), pa.int32()))
+        with self.registered("new_docs", new_docs):
+            self.run("catalog.sql", "insert_docs")
+
+    def set_row_group_hashes(self, shard_id: int, hashes: list[str]) -> None:
+        """Record the row-group hashes of a shard registered before they were (its footer is unchanged)."""
+        self.run("catalog.sql", "set_row_group_hashes", shard_id=shard_id, row_group_hashes=hashes)
 
     def sample_documents(self, n: int, seed: int) -> list[tuple[int, int]]:
         """(shard_id, row_idx) of a seeded uniform sample of n documents with text."""
@@ -291,11 +411,18 @@ class Catalog(_Sql):
 
     # ----- agents ------------------------------------------------------------------------------------
     def agent_rows(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(name, kind, stored config): paths inside the workspace as `$WS/...` (see `agents`)."""
         return [(n, k, json.loads(c)) for n, k, c in self.run("catalog.sql", "agent_rows")]
+
+    def _build_agent(self, name: str, kind: str, stored: dict[str, Any]) -> Agent:
+        """An agent whose config names files where they are now; its fingerprint hashes the stored config."""
+        agent = build_agent(name, kind, self._resolved_config(stored))
+        agent.stored_config = stored
+        return agent
 
     def agents(self, names: list[str] | None = None) -> list[Agent]:
         """The registered agents (all, or the named ones in the given order), rebuilt from their configs."""
-        by_name = {n: build_agent(n, k, c) for n, k, c in self.agent_rows()}
+        by_name = {n: self._build_agent(n, k, c) for n, k, c in self.agent_rows()}
         if names is None:
             return list(by_name.values())
         unknown = [n for n in names if n not in by_name]
@@ -317,15 +444,19 @@ class Catalog(_Sql):
 
     def add_agent(self, agent: Agent, *, replace: bool = False) -> None:
         exists = self.check_agent_name(agent.name, replace=replace)
+        agent.stored_config = self._stored_config(agent.config)
         with self.transaction():
+            added_at = None
             if exists:
+                added_at = self.run("catalog.sql", "agent_added_at", agent=agent.name)[0][0]
                 self.run("catalog.sql", "drop_agent", agent=agent.name)
             self.run(
                 "catalog.sql",
                 "insert_agent",
+                added_at=added_at,
                 agent=agent.name,
                 kind=agent.kind,
-                config=json.dumps(agent.config),
+                config=json.dumps(agent.stored_config),
                 labels=list(agent.labels),
             )
         self.refresh_views()
@@ -338,7 +469,11 @@ class Catalog(_Sql):
 
     # ----- score parts -------------------------------------------------------------------------------
     def parts(self) -> dict[tuple[str, int], Part]:
-        return {(r[0], r[1]): Part(*r) for r in self.run("catalog.sql", "parts")}
+        """Committed parts by (agent, shard_id), their paths resolved against where the workspace is now."""
+        return {
+            (a, sid): Part(a, sid, fp, self.resolve_path(path), *rest)
+            for a, sid, fp, path, *rest in self.run("catalog.sql", "parts")
+        }
 
     def failures(self) -> list[tuple[str, int, str]]:
         return self.run("catalog.sql", "failures")
@@ -366,7 +501,8 @@ class Catalog(_Sql):
                 agent=agent,
                 shard_id=shard_id,
                 fingerprint=fingerprint,
-                path=path,
+                path=self.stored_path(path),
+                read_path=path,
                 num_rows=num_rows,
                 complete=complete,
                 read_s=read_s,
@@ -423,11 +559,15 @@ class Catalog(_Sql):
             self.run("catalog.sql", "documents_view_empty")
             return
         self.register_filesystems()
-        uris = "[" + ", ".join(quote_literal(s.uri.removeprefix("file://")) for s in shards) + "]"
+        paths = [quote_literal(s.uri.removeprefix("file://")) for s in shards]
+        uris = "[" + ", ".join(paths) + "]"
+        shard_uris = ", ".join(f"({int(s.shard_id)}, {p})" for s, p in zip(shards, paths))
         try:
             text_column = ".".join(quote_ident(c) for c in shards[0].text_column.split("."))
             (view,) = split_statements(
-                fragment("catalog.sql", "documents_view").format(uris=uris, text_column=text_column)
+                fragment("catalog.sql", "documents_view").format(
+                    uris=uris, shard_uris=shard_uris, text_column=text_column
+                )
             )
             self.execute(view)
         except duckdb.Error:

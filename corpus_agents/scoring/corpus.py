@@ -1,8 +1,11 @@
 """Corpus registration and reading: Parquet shards on local paths, globs or fsspec/pyarrow URLs.
 
-A shard is never rewritten. Registration records its size, a fingerprint (size + Parquet footer hash),
-its row-group layout and one row per document (its doc_id, see `pack_doc_ids`, and text length in bytes).
-Reading yields `DocBatch`es: a batch's text, decoded once and shared by every agent that scores it.
+A shard is never rewritten. Registration records its size, a fingerprint (size + Parquet footer hash), a
+hash of each row group's bytes, its row-group layout and one row per document (its doc_id, see
+`pack_doc_ids`, and text length in bytes). Whatever reads text back checks the footer once and each row
+group's hash when it reads that row group (`ShardCheck`), so a shard edited or replaced after registration is
+refused instead of served beside the old one's scores. Reading yields `DocBatch`es: a batch's text, decoded
+once and shared by every agent that scores it.
 """
 
 from __future__ import annotations
@@ -155,22 +158,114 @@ def shard_fingerprint(uri: str) -> tuple[str, int]:
     """(fingerprint, size): a hash of the file size and its Parquet footer, read without the data pages."""
     fs, path = _filesystem(uri)
     with fs.open(path, "rb") as fh:
-        size = fh.seek(0, 2)
-        if size < 12:
-            raise CorpusError(f"shard {uri}: not a Parquet file ({size} bytes)")
-        fh.seek(size - 8)
-        tail = fh.read(8)
-        if tail[4:] != b"PAR1":
-            raise CorpusError(f"shard {uri}: not a Parquet file or truncated (no footer magic)")
-        footer_len = struct.unpack("<I", tail[:4])[0]
-        if footer_len + 12 > size:
-            raise CorpusError(f"shard {uri}: truncated (footer of {footer_len} bytes in a {size}-byte file)")
-        fh.seek(size - 8 - footer_len)
-        footer = fh.read(footer_len)
+        return _footer_fingerprint(uri, fh)
+
+
+def _footer_fingerprint(uri: str, fh: Any) -> tuple[str, int]:
+    size = fh.seek(0, 2)
+    if size < 12:
+        raise CorpusError(f"shard {uri}: not a Parquet file ({size} bytes)")
+    fh.seek(size - 8)
+    tail = fh.read(8)
+    if tail[4:] != b"PAR1":
+        raise CorpusError(f"shard {uri}: not a Parquet file or truncated (no footer magic)")
+    footer_len = struct.unpack("<I", tail[:4])[0]
+    if footer_len + 12 > size:
+        raise CorpusError(f"shard {uri}: truncated (footer of {footer_len} bytes in a {size}-byte file)")
+    fh.seek(size - 8 - footer_len)
+    footer = fh.read(footer_len)
     h = hashlib.blake2b(digest_size=16)
     h.update(str(size).encode())
     h.update(footer)
     return h.hexdigest(), size
+
+
+def row_group_range(meta: pq.FileMetaData, group: int) -> tuple[int, int]:
+    """(offset, length) of a row group's bytes: from its first column chunk's first page (dictionary page
+    included) to the end of its last chunk, per the footer's offsets and compressed sizes."""
+    rg = meta.row_group(group)
+    lo, hi = None, 0
+    for c in range(rg.num_columns):
+        col = rg.column(c)
+        start = col.data_page_offset
+        if col.has_dictionary_page and col.dictionary_page_offset:
+            start = min(start, col.dictionary_page_offset)
+        lo = start if lo is None else min(lo, start)
+        hi = max(hi, start + col.total_compressed_size)
+    return (lo or 0), hi - (lo or 0)
+
+
+_HASH_CHUNK = 8 << 20
+
+
+def _hash_range(fh: Any, offset: int, length: int) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    fh.seek(offset)
+    while length > 0:
+        chunk = fh.read(min(length, _HASH_CHUNK))
+        if not chunk:
+            break
+        h.update(chunk)
+        length -= len(chunk)
+    return h.hexdigest()
+
+
+def row_group_hashes(uri: str, meta: pq.FileMetaData) -> list[str]:
+    """A hash of each row group's bytes (16 hex digits each), read once at registration."""
+    fs, path = _filesystem(uri)
+    with fs.open(path, "rb") as fh:
+        return [_hash_range(fh, *row_group_range(meta, g)) for g in range(meta.num_row_groups)]
+
+
+class ShardChangedError(CorpusError):
+    """A registered shard whose bytes are no longer those it was registered with."""
+
+
+@dataclass
+class ShardCheck:
+    """What a shard's bytes were at registration, checked where its text is read: the footer once (size and
+    footer hash), then each row group's hash the first time it is read (a row group that is never read is
+    never hashed). `row_group_hashes` is None for shards registered before they were recorded: the footer
+    alone is checked until `init` fills them in."""
+
+    uri: str
+    fingerprint: str
+    row_group_hashes: tuple[str, ...] | None = None
+    _footer_ok: bool = field(default=False, repr=False, compare=False)
+    _groups_ok: set[int] = field(default_factory=set, repr=False, compare=False)
+
+    def changed(self, what: str) -> ShardChangedError:
+        return ShardChangedError(
+            f"shard {self.uri}: changed since it was registered ({what}); "
+            "run `corpus-agents init WORKSPACE --refresh` to re-register it"
+        )
+
+    def check_footer(self) -> None:
+        if self._footer_ok:
+            return
+        fingerprint, _ = shard_fingerprint(self.uri)
+        if fingerprint != self.fingerprint:
+            raise self.changed("size or footer differs")
+        self._footer_ok = True
+
+    def check_row_group(self, meta: pq.FileMetaData, group: int) -> None:
+        """Check the footer (once) and row group `group`'s hash (once per ShardCheck)."""
+        self.check_footer()
+        if self.row_group_hashes is None or group in self._groups_ok:
+            return
+        fs, path = _filesystem(self.uri)
+        with fs.open(path, "rb") as fh:
+            if _hash_range(fh, *row_group_range(meta, group)) != self.row_group_hashes[group]:
+                raise self.changed(f"row group {group} differs")
+        self._groups_ok.add(group)
+
+    def check_all(self) -> None:
+        """Check the footer and every row group (what `init --refresh` does for each known shard)."""
+        self.check_footer()
+        if self.row_group_hashes is not None:
+            meta = open_parquet(self.uri).metadata
+            for g in range(meta.num_row_groups):
+                self.check_row_group(meta, g)
 
 
 def resolve_column(table_or_batch: pa.Table | pa.RecordBatch, path: str) -> pa.Array:
@@ -239,6 +334,7 @@ def inspect_shard(uri: str, text_column: str) -> tuple[dict[str, Any], pa.Table]
         "fingerprint": fingerprint,
         "num_row_groups": meta.num_row_groups,
         "row_group_rows": row_group_rows,
+        "row_group_hashes": row_group_hashes(uri, meta),
         "text_column": text_column,
     }
     return info, docs
@@ -249,32 +345,53 @@ class RegisterReport:
     added: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    refreshed: list[str] = field(default_factory=list)  # changed shards re-registered by `refresh`
 
 
-def register_corpus(catalog: Any, patterns: list[str], text_column: str, threads: int = 4) -> RegisterReport:
-    """Register new shards (idempotent: known unchanged shards are skipped, changed ones are an error)."""
+def register_corpus(
+    catalog: Any, patterns: list[str], text_column: str, threads: int = 4, *, refresh: bool = False
+) -> RegisterReport:
+    """Register new shards (idempotent: known unchanged shards are skipped, changed ones are an error).
+
+    A known shard is compared by its footer; registered before row-group hashes were recorded, it gets them
+    now. With `refresh` every known shard's row groups are hashed too, and a changed shard is re-registered
+    under its shard id, its committed parts dropped so the next `score` rescores that shard alone.
+    """
     report = RegisterReport()
     known = {s.uri: s for s in catalog.shards()}
     uris = expand_patterns(patterns)
     new: list[str] = []
+    changed: list[str] = []
+    unhashed: list[str] = []
     for uri in uris:
         if uri not in known:
             new.append(uri)
             continue
+        shard = known[uri]
+        check = ShardCheck(uri, shard.fingerprint, shard.row_group_hashes)
         try:
-            fingerprint, _ = shard_fingerprint(uri)
-        except (CorpusError, OSError) as exc:
+            if refresh:
+                check.check_all()
+            else:
+                check.check_footer()
+        except ShardChangedError as exc:
+            if refresh:
+                changed.append(uri)
+            else:
+                report.errors.append(str(exc))
+            continue
+        except (CorpusError, OSError, pa.ArrowException) as exc:
             report.errors.append(str(exc) if isinstance(exc, CorpusError) else f"shard {uri}: {exc}")
             continue
-        if fingerprint != known[uri].fingerprint:
-            report.errors.append(
-                f"shard {uri} changed since it was registered; shards are never rewritten: write a new file"
-            )
+        if shard.row_group_hashes is None:
+            unhashed.append(uri)  # a shard of an older workspace: its row groups are hashed once, here
         else:
             report.unchanged.append(uri)
 
     def inspect(uri: str) -> tuple[str, Any]:
         try:
+            if uri in unhashed:
+                return uri, row_group_hashes(uri, open_parquet(uri).metadata)
             return uri, inspect_shard(uri, text_column)
         except CorpusError as exc:
             return uri, exc
@@ -282,24 +399,38 @@ def register_corpus(catalog: Any, patterns: list[str], text_column: str, threads
             return uri, CorpusError(f"shard {uri}: {exc}")
 
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        for uri, result in pool.map(inspect, new):  # map keeps the sorted order: stable shard ids
+        for uri, result in pool.map(inspect, [*new, *changed, *unhashed]):  # ordered: stable shard ids
             if isinstance(result, CorpusError):
                 report.errors.append(str(result))
+            elif uri in changed:
+                catalog.replace_shard(known[uri].shard_id, *result)
+                report.refreshed.append(uri)
+            elif uri in unhashed:  # same footer: the documents stand, only the hashes are added
+                catalog.set_row_group_hashes(known[uri].shard_id, result)
+                report.unchanged.append(uri)
             else:
                 catalog.add_shard(*result)
                 report.added.append(uri)
-    if report.added:
+    if report.added or report.refreshed:
         catalog.refresh_views()
     return report
 
 
 def iter_doc_batches(
-    uri: str, text_column: str, columns: list[str], batch_rows: int, rows: np.ndarray | None = None
+    uri: str,
+    text_column: str,
+    columns: list[str],
+    batch_rows: int,
+    rows: np.ndarray | None = None,
+    check: ShardCheck | None = None,
 ) -> Iterator[tuple[np.ndarray, DocBatch]]:
     """Yield (row indices, DocBatch) over a shard, reading the text and extra columns once.
 
-    `rows` (sorted row indices) restricts reading to those rows; None reads every row.
+    `rows` (sorted row indices) restricts reading to those rows; None reads every row. With `check`, the
+    footer and each row group read are checked against the registration first (ShardChangedError).
     """
+    if check is not None:
+        check.check_footer()
     pf = open_parquet(uri)
     needed = list(dict.fromkeys(c.split(".")[0] for c in [text_column, *columns]))
     meta = pf.metadata
@@ -311,6 +442,8 @@ def iter_doc_batches(
             if lo == hi:
                 start += n
                 continue
+        if check is not None:
+            check.check_row_group(meta, g)
         table = pf.read_row_group(g, columns=needed)
         if rows is not None:
             table = table.take(pa.array(rows[lo:hi] - start))
@@ -345,7 +478,7 @@ def sample_texts(catalog: Any, n: int, seed: int = 0) -> list[str]:
     for shard_id, rows in sorted(sample_rows(catalog, n, seed).items()):
         shard = shards[shard_id]
         try:
-            for _, batch in iter_doc_batches(shard.uri, shard.text_column, [], 8192, rows):
+            for _, batch in iter_doc_batches(shard.uri, shard.text_column, [], 8192, rows, shard.check()):
                 texts.extend(batch.texts)
         except (OSError, pa.ArrowException) as exc:
             raise _read_error(shard.uri, "a sample of its texts", exc) from None
@@ -357,10 +490,13 @@ def distinct_values(catalog: Any, column: str) -> list[Any]:
     """Distinct values of a (possibly dotted) column over every registered shard."""
     values: set[Any] = set()
     for shard in catalog.shards():
+        check = shard.check()
         try:
+            check.check_footer()
             pf = open_parquet(shard.uri)
             check_column(pf.schema_arrow, column, shard.uri)
             for g in range(pf.metadata.num_row_groups):
+                check.check_row_group(pf.metadata, g)
                 arr = resolve_column(pf.read_row_group(g, columns=[column.split(".")[0]]), column)
                 values.update(_python_values(pc.unique(arr)))
         except (OSError, pa.ArrowException) as exc:
@@ -380,6 +516,8 @@ def _python_values(arr: pa.Array) -> list[Any]:
 __all__ = [
     "DocBatch",
     "RegisterReport",
+    "ShardChangedError",
+    "ShardCheck",
     "decode_texts",
     "distinct_values",
     "expand_patterns",
@@ -388,6 +526,8 @@ __all__ = [
     "open_parquet",
     "pack_doc_ids",
     "register_corpus",
+    "row_group_hashes",
+    "row_group_range",
     "sample_texts",
     "shard_fingerprint",
     "unpack_doc_ids",
@@ -401,6 +541,8 @@ def read_doc_texts(shards: dict[int, Any], doc_ids: np.ndarray) -> list[str]:
     for shard_id in np.unique(shard_of):
         shard = shards[int(shard_id)]
         rows = np.unique(row_of[shard_of == shard_id])
-        for batch_rows, batch in iter_doc_batches(shard.uri, shard.text_column, [], 8192, rows):
+        for batch_rows, batch in iter_doc_batches(
+            shard.uri, shard.text_column, [], 8192, rows, shard.check()
+        ):
             texts.update(zip(pack_doc_ids(shard_id, batch_rows).tolist(), batch.texts))
     return [texts[int(d)] for d in doc_ids]

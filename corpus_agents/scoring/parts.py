@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from corpus_agents import storage
 from corpus_agents.errors import CorpusError, one_line
-from corpus_agents.scoring.corpus import iter_doc_batches, pack_doc_ids, shard_fingerprint
+from corpus_agents.scoring.corpus import ShardChangedError, ShardCheck, iter_doc_batches, pack_doc_ids
 
 if TYPE_CHECKING:
     from corpus_agents.scoring.agents import Agent
@@ -41,6 +41,11 @@ class Shard:
     fingerprint: str
     num_row_groups: int
     text_column: str
+    row_group_hashes: tuple[str, ...] | None = None  # None: registered before they were recorded
+
+    def check(self) -> ShardCheck:
+        """A check of this shard's bytes against its registration, for one reader."""
+        return ShardCheck(self.uri, self.fingerprint, self.row_group_hashes)
 
 
 @dataclass
@@ -133,8 +138,8 @@ def reusable_part(spec: PartSpec, task: ShardTask) -> bool:
 def score_shard(task: ShardTask, progress: Callable[[int], None] | None = None) -> list[PartResult]:
     """Worker entry point: score one shard for all its planned agents; never raises, failures are results.
 
-    Times each stage (see `PartResult`): reading the shard (its fingerprint check included), decoding its
-    text, each agent's scoring and each part's write.
+    Times each stage (see `PartResult`): reading the shard (its footer and row-group hash checks included),
+    decoding its text, each agent's scoring and each part's write.
     """
     shard = task.shard
     if task.batch_rows < 1:  # would write empty parts that count as done
@@ -150,12 +155,9 @@ def score_shard(task: ShardTask, progress: Callable[[int], None] | None = None) 
             progress(task.num_docs)
         return results
     started = time.perf_counter()
+    check = shard.check()
     try:
-        fingerprint, _ = shard_fingerprint(shard.uri)
-        if fingerprint != shard.fingerprint:
-            raise RuntimeError(
-                "the shard changed since it was registered (fingerprint differs); shards are never rewritten"
-            )
+        check.check_footer()
     except CorpusError as exc:  # already one line naming the shard
         return results + task.failed(str(exc).removeprefix(f"shard {shard.uri}: "), todo)
     except Exception as exc:  # noqa: BLE001 - any read failure fails this shard, not the run
@@ -177,7 +179,7 @@ def score_shard(task: ShardTask, progress: Callable[[int], None] | None = None) 
             tmp_paths[spec.agent.name] = f"{spec.path}.tmp-{os.getpid()}"
             writers[spec.agent.name] = storage.parquet_writer(tmp_paths[spec.agent.name], PART_SCHEMA)
             write_s[spec.agent.name] += time.perf_counter() - started
-        batches = iter_doc_batches(shard.uri, shard.text_column, columns, task.batch_rows, task.rows)
+        batches = iter_doc_batches(shard.uri, shard.text_column, columns, task.batch_rows, task.rows, check)
         while True:
             started = time.perf_counter()
             item = next(batches, None)
@@ -213,8 +215,12 @@ def score_shard(task: ShardTask, progress: Callable[[int], None] | None = None) 
             if progress:
                 progress(len(batch))
     except Exception as exc:  # noqa: BLE001 - a read failure fails every agent of this shard
+        if isinstance(exc, ShardChangedError):  # already one line naming the shard
+            reason = str(exc).removeprefix(f"shard {shard.uri}: ")
+        else:
+            reason = one_line(exc, with_type=True)
         for spec in todo:
-            errors.setdefault(spec.agent.name, one_line(exc, with_type=True))
+            errors.setdefault(spec.agent.name, reason)
     shared = {"read_s": read_s / len(todo), "decode_s": decode_s / len(todo)}
     for spec in todo:
         name = spec.agent.name

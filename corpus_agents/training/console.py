@@ -583,8 +583,8 @@ class Console:
             rows = self._ordered_rows(round, budget_tokens, mode)
         tokens = pc.sum(rows["tokens"]).as_py() or 0
         entropy, top_share, num_cells = selection_spread(rows["cell"].to_numpy(), rows["tokens"].to_numpy())
-        shards = {s.shard_id: ShardRef(s.uri, s.text_column) for s in self.catalog.shards()}
-        path = write_snapshot(path, rows, shards)
+        shards = {s.shard_id: ShardRef.of(s) for s in self.catalog.shards()}
+        path = write_snapshot(path, rows, shards, root=self.catalog.dir)
         self.db.run(
             SQL_FILE,
             "insert_selection",

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 from torch.utils.data import IterableDataset, get_worker_info
 
 from corpus_agents.errors import CorpusError, one_line
-from corpus_agents.scoring.corpus import check_column, decode_texts, open_parquet, resolve_column
+from corpus_agents.scoring.corpus import ShardCheck, check_column, decode_texts, open_parquet, resolve_column
 from corpus_agents.training.selection import ShardRef, read_snapshot
 
 if TYPE_CHECKING:
@@ -128,10 +128,11 @@ class SelectionReader(IterableDataset):
         self._cursors: list[list[int]] = []
         self._plan: _Plan | None = None
         self._files: dict[str, tuple[pq.ParquetFile, np.ndarray]] = {}
+        self._checks: dict[str, ShardCheck] = {}  # per shard: footer and row groups verified so far
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_plan"], state["_files"] = None, {}  # each worker process loads its own
+        state["_plan"], state["_files"], state["_checks"] = None, {}, {}  # each worker process loads its own
         return state
 
     # ----- position ------------------------------------------------------------------------------------
@@ -227,8 +228,14 @@ class SelectionReader(IterableDataset):
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
     # ----- reading ---------------------------------------------------------------------------------------
-    def _open(self, uri: str) -> tuple[pq.ParquetFile, np.ndarray]:
-        """A shard's ParquetFile and the first row of each row group (a few files are kept open)."""
+    def _open(self, ref: ShardRef) -> tuple[pq.ParquetFile, np.ndarray]:
+        """A shard's ParquetFile and the first row of each row group (a few files are kept open); its footer
+        is checked against the registration the first time."""
+        uri = ref.uri
+        check = self._checks.get(uri)
+        if check is None and (check := ref.check()) is not None:
+            check.check_footer()
+            self._checks[uri] = check
         if uri not in self._files:
             if len(self._files) >= _OPEN_SHARDS:
                 del self._files[next(iter(self._files))]
@@ -243,13 +250,15 @@ class SelectionReader(IterableDataset):
         ref = plan.shards[int(plan.shard_id[s])]
         group = int(plan.row_group[s])
         try:
-            pf, group_starts = self._open(ref.uri)
+            pf, group_starts = self._open(ref)
             check_column(pf.schema_arrow, ref.text_column, ref.uri)
             rows = plan.row_idx[s:e]  # sorted
             if group >= len(group_starts) - 1 or not (
                 group_starts[group] <= rows[0] and rows[-1] < group_starts[group + 1]
             ):
                 raise CorpusError(f"shard {ref.uri}: the snapshot's rows are not in row group {group}")
+            if ref.uri in self._checks:  # one hash of the row group's bytes, the first time it is read
+                self._checks[ref.uri].check_row_group(pf.metadata, group)
             table = pf.read_row_group(group, columns=[ref.text_column.split(".")[0]])
             return (
                 resolve_column(table, ref.text_column)

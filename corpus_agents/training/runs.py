@@ -308,7 +308,7 @@ def selection_path(catalog: Catalog, run_id: str, round_: int | None) -> tuple[i
     if not rows:
         at = f"round {round_}" if round_ is not None else "any round"
         raise CorpusAgentsError(f"run {run_id!r} has no selection at {at} (see `corpus-agents runs`)")
-    return int(rows[0][0]), Path(rows[0][1])
+    return int(rows[0][0]), Path(catalog.resolve_path(rows[0][1]))
 
 
 def static_selection(
@@ -370,7 +370,7 @@ def export_selection(
         rows = table.filter(pc.equal(table["shard_id"], shard_id))
         row_idx = np.sort(rows["row_idx"].to_numpy().astype(np.int64))
         ref = shards[shard_id]
-        for batch_rows, batch in iter_doc_batches(ref.uri, ref.text_column, [], 8192, row_idx):
+        for batch_rows, batch in iter_doc_batches(ref.uri, ref.text_column, [], 8192, row_idx, ref.check()):
             doc_ids = pa.array(pack_doc_ids(shard_id, batch_rows), pa.int64())
             with catalog.registered("exported", pa.table({"doc_id": doc_ids})):
                 labels = catalog.arrow("runs.sql", "export_labels")

@@ -2,21 +2,28 @@
 
 Data-loader workers never open DuckDB: a snapshot is self-contained. Its rows are the selected documents
 (`doc_id`, `shard_id`, `row_idx`, `row_group`, `priority`) and its file metadata names every shard they
-come from (uri and text column), so a reader needs nothing else.
+come from (uri, text column, and the fingerprint and row-group hashes its reads are checked against), so a
+reader needs nothing else. A shard inside the workspace is named relative to the snapshot's directory, so a
+copied workspace's snapshots read its own shards.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from corpus_agents.scoring.corpus import ShardCheck
 from corpus_agents.storage import atomic_path
+
+if TYPE_CHECKING:
+    from corpus_agents.scoring.parts import Shard
 
 SNAPSHOT_SCHEMA = pa.schema(
     [
@@ -34,15 +41,44 @@ _SHARDS_KEY = b"corpus_agents.shards"
 class ShardRef:
     uri: str
     text_column: str
+    fingerprint: str | None = None  # None in snapshots written before reads were checked
+    row_group_hashes: tuple[str, ...] | None = None
+
+    @classmethod
+    def of(cls, shard: Shard) -> ShardRef:
+        return cls(shard.uri, shard.text_column, shard.fingerprint, shard.row_group_hashes)
+
+    def check(self) -> ShardCheck | None:
+        """A check of the shard's bytes against its registration (None if the snapshot records none)."""
+        return (
+            None
+            if self.fingerprint is None
+            else ShardCheck(self.uri, self.fingerprint, self.row_group_hashes)
+        )
 
 
-def write_snapshot(path: str | os.PathLike, rows: pa.Table, shards: dict[int, ShardRef]) -> Path:
-    """Write `rows` (SNAPSHOT_SCHEMA columns) atomically with the shard map in the file metadata."""
+def write_snapshot(
+    path: str | os.PathLike, rows: pa.Table, shards: dict[int, ShardRef], *, root: Path | None = None
+) -> Path:
+    """Write `rows` (SNAPSHOT_SCHEMA columns) atomically with the shard map in the file metadata; shards
+    under `root` (the workspace) are named relative to the snapshot's directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = rows.select(SNAPSHOT_SCHEMA.names).cast(SNAPSHOT_SCHEMA)
     used = set(pc.unique(table["shard_id"]).to_pylist()) if table.num_rows else set()
-    shard_map = {str(s): {"uri": shards[s].uri, "text_column": shards[s].text_column} for s in sorted(used)}
+    shard_map = {}
+    for s in sorted(used):
+        ref = shards[s]
+        entry = {k: v for k, v in asdict(ref).items() if v is not None}
+        local = (
+            Path(ref.uri.removeprefix("file://"))
+            if "://" not in ref.uri or ref.uri.startswith("file://")
+            else None
+        )
+        if root is not None and local is not None and local.is_relative_to(root):
+            entry["uri"] = os.path.relpath(local, path.parent.resolve())
+            entry["relative"] = True
+        shard_map[str(s)] = entry
     table = table.replace_schema_metadata({_SHARDS_KEY: json.dumps(shard_map).encode()})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
@@ -50,10 +86,16 @@ def write_snapshot(path: str | os.PathLike, rows: pa.Table, shards: dict[int, Sh
 
 
 def read_snapshot(path: str | os.PathLike) -> tuple[pa.Table, dict[int, ShardRef]]:
-    """The snapshot's rows and its shard map."""
+    """The snapshot's rows and its shard map (relative shard paths resolved against its directory)."""
     table = pq.read_table(path)
     meta = table.schema.metadata or {}
     if _SHARDS_KEY not in meta:
         raise ValueError(f"{path} is not a corpus-agents selection snapshot (no shard map)")
-    shard_map = {int(k): ShardRef(**v) for k, v in json.loads(meta[_SHARDS_KEY]).items()}
+    shard_map = {}
+    for k, v in json.loads(meta[_SHARDS_KEY]).items():
+        if v.pop("relative", False):
+            v["uri"] = os.path.normpath(Path(path).resolve().parent / v["uri"])
+        if v.get("row_group_hashes") is not None:
+            v["row_group_hashes"] = tuple(v["row_group_hashes"])
+        shard_map[int(k)] = ShardRef(**v)
     return table, shard_map

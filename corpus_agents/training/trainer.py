@@ -6,6 +6,11 @@ and the collaboration weights, and writes the next selection snapshot, which the
 A checkpoint is written at every round boundary, after the round's selection, so `--resume` after a
 crash restarts at the start of a round and reaches the same result as an uninterrupted run.
 
+A run records what it started with in WS/runs/<run_id>/run.json: the whole config and each agent's
+fingerprint. `--resume` refuses a different config (unless the changed keys are named, and then they apply
+everywhere, the LR schedule included) and a changed agent (unless its memory is reset); `--init-from`
+refuses a source run whose agents have changed since.
+
 Under `torchrun` the model is wrapped in `DistributedDataParallel` and rank 0 alone opens the catalog and
 runs the console: it draws the probes and broadcasts their doc ids, every rank rewards its share of them
 and rank 0 gathers the rewards, updates the console, writes the selection snapshot and the checkpoint
@@ -15,10 +20,11 @@ gathers the consumed doc ids for the seen counts.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -68,6 +74,43 @@ def lr_lambda(config: PipelineConfig) -> Any:
     return factor
 
 
+RUN_FILE = "run.json"  # in a run directory: the config and agent fingerprints the run started with
+#: Sections that cannot change on --resume: the checkpoint's shapes, its tokenizer, the console's state.
+FIXED_ON_RESUME = ("model.", "tokenizer.", "console.", "agents.")
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    """A config dict as {dotted key: leaf value} (lists are leaves)."""
+    if isinstance(data, dict) and data:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): data}
+
+
+def config_changes(stored: dict[str, Any], given: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (stored value, given value)} of the keys whose values differ (missing = None)."""
+    a, b = (
+        _flat(json.loads(json.dumps(stored, default=str))),
+        _flat(json.loads(json.dumps(given, default=str))),
+    )
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+
+
+def read_run_record(root: Path) -> dict[str, Any] | None:
+    """What a run recorded when it started (None for a run made before runs recorded it)."""
+    path = root / RUN_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def write_run_record(root: Path, config: PipelineConfig, agents: dict[str, str]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    record = {"config": config.to_dict(), "agents": agents}
+    with atomic_path(root / RUN_FILE) as tmp:
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=str), encoding="utf-8")
+
+
 def _device(config: PipelineConfig) -> torch.device:
     wanted = config.train.device
     if wanted == "cuda" and not torch.cuda.is_available():
@@ -99,6 +142,8 @@ class Trainer:
         *,
         init_from: str | None = None,
         dist: Distributed | None = None,
+        allow_config_change: Sequence[str] = (),
+        reset_agents: Sequence[str] = (),
     ):
         from corpus_agents.training.console import Console
         from corpus_agents.training.references import encode_examples, load_reference
@@ -141,11 +186,24 @@ class Trainer:
         # Rank 0's compute accounts (training/compute.py): the work since the last round record (every
         # rank's probes, gathered) and since the start of the run (kept in the checkpoints).
         self.compute_spent, self.compute_total = Compute(), Compute()
+        self.allow_config_change = list(allow_config_change)
+        self.reset_agents = list(reset_agents)
         self.console: Console | None = None
         if catalog is not None:
             ensure_schema(catalog)
+            self.agent_fingerprints = {a.name: a.fingerprint() for a in catalog.agents()}
+            unknown = [a for a in self.reset_agents if a not in self.agent_fingerprints]
+            if unknown:
+                raise CorpusAgentsError(f"--reset-agent {unknown[0]}: no such agent in {catalog.dir}")
+            new_run = read_run_record(self.paths.root) is None and self.paths.latest_checkpoint() is None
+            if not new_run:  # before the console compares its own section: every difference, named at once
+                self._check_existing_run()
+            if init_from is not None and new_run:
+                self._check_agents(RunPaths.of(self.workspace, init_from).root, f"--init-from {init_from}")
             self.console = Console(catalog, run_id, config.console)
             self.console.start(init_from=init_from)
+            if init_from is not None and new_run:
+                self._reset_memory(0)
         tokens_per_rank = config.train.batch_size * config.train.grad_accum * seq_len
         self.tokens_per_step = tokens_per_rank * self.dist.world_size
 
@@ -176,6 +234,72 @@ class Trainer:
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
         return model, optimizer, scheduler
+
+    # ----- what a run started with (rank 0) ---------------------------------------------------------
+    def _check_agents(self, root: Path, what: str) -> None:
+        """Refuse a run's recorded agents that changed (replaced, refitted, removed) unless they are reset."""
+        record = read_run_record(root)
+        if record is None:
+            return  # a run from before runs recorded their agents: nothing to compare with
+        changed = [
+            name
+            for name, fingerprint in record["agents"].items()
+            if self.agent_fingerprints.get(name) != fingerprint and name not in self.reset_agents
+        ]
+        if changed:
+            name = changed[0]
+            how = "was removed" if name not in self.agent_fingerprints else "changed (replaced or refitted)"
+            raise CorpusAgentsError(
+                f"{what}: agent {name!r} {how} since run {root.name!r} started, so its learnt memory no longer "
+                f"fits its labels; pass --reset-agent {name} to start a fresh memory for it"
+            )
+
+    def _check_existing_run(self) -> None:
+        """Refuse continuing a run with another config than its own (except the keys allowed to change) or
+        with changed agents (except those reset)."""
+        record = read_run_record(self.paths.root)
+        if record is not None:
+            changes = config_changes(record["config"], self.config.to_dict())
+            fixed = [k for k in self.allow_config_change if k.startswith(FIXED_ON_RESUME)]
+            if fixed:
+                raise CorpusAgentsError(
+                    f"--allow-config-change {fixed[0]}: {', '.join(FIXED_ON_RESUME)} keys cannot change on "
+                    "--resume; start a new --run (with --init-from to keep the learnt weights)"
+                )
+            refused = {k: v for k, v in changes.items() if k not in self.allow_config_change}
+            if refused:
+                listed = "; ".join(
+                    f"{k}: {old!r} recorded, {new!r} given" for k, (old, new) in refused.items()
+                )
+                raise CorpusAgentsError(
+                    f"run {self.run_id!r} was started with another config ({listed}); to --resume it with "
+                    f"this change pass --allow-config-change {' '.join(refused)}, or start a new --run"
+                )
+            self._check_agents(self.paths.root, f"--resume {self.run_id}")
+
+    def _record_resume(self) -> None:
+        """Record the config the run continues with, and the fingerprints of the agents reset."""
+        record = read_run_record(self.paths.root)  # None for a run from before runs recorded it
+        agents = dict(record["agents"]) if record else dict(self.agent_fingerprints)
+        agents.update({a: self.agent_fingerprints[a] for a in self.reset_agents})
+        write_run_record(self.paths.root, self.config, agents)
+
+    def _reset_memory(self, round_: int) -> None:
+        """A fresh memory (w = 0 for each of its current labels) for every --reset-agent, from `round_` on."""
+        for agent in self.reset_agents:
+            self.catalog.run("runs.sql", "reset_agent_memory", run_id=self.run_id, round=round_, agent=agent)
+
+    def _apply_schedule(self, optimizer: Any, scheduler: Any) -> None:
+        """After a checkpoint loads: the current config's peak LR, schedule, decay and betas at the loaded step
+        (the saved scheduler and optimiser state would otherwise keep the old ones)."""
+        cfg = self.config.train
+        scheduler.base_lrs = [cfg.lr for _ in optimizer.param_groups]
+        factor = lr_lambda(self.config)
+        scheduler.lr_lambdas = [factor for _ in optimizer.param_groups]
+        for group, decay in zip(optimizer.param_groups, (cfg.weight_decay, 0.0)):
+            group.update(initial_lr=cfg.lr, weight_decay=decay, betas=(cfg.beta1, cfg.beta2))
+            group["lr"] = cfg.lr * factor(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
     # ----- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self, model: Any, optimizer: Any, scheduler: Any, step: int, round_: int) -> Path:
@@ -307,11 +431,18 @@ class Trainer:
             raise CorpusAgentsError(
                 f"run {self.run_id!r} exists in {self.paths.root}; continue it with --resume or start a new --run"
             )
-        checkpoint = self.dist.broadcast(self.paths.latest_checkpoint() if resume and main else None)
+        checkpoint = self.paths.latest_checkpoint() if resume and main else None
+        if checkpoint is not None:
+            self._record_resume()  # checked when the trainer was made
+        checkpoint = self.dist.broadcast(checkpoint)
         if checkpoint is not None:
             step, round_ = self.load_checkpoint(checkpoint, model, optimizer, scheduler)
+            self._apply_schedule(optimizer, scheduler)
+            if main:
+                self._reset_memory(round_)
             self._log(ResumeRecord(step=step, round=round_, checkpoint=checkpoint.name))
         elif main:
+            write_run_record(self.paths.root, self.config, self.agent_fingerprints)
             self.log.clear()
             self.select(0)
             self._round_log(model, step, 0)

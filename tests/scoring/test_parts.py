@@ -79,7 +79,7 @@ def test_a_changed_shard_fails_every_part_with_the_task_helper(tmp_path):
     assert [r.agent for r in results] == ["a", "b"]
     for r in results:
         assert r.path is None and r.seconds == 0 and not (tmp_path / "parts").exists()
-        assert r.error.startswith(f"shard {shard}: RuntimeError: the shard changed since it was registered")
+        assert r.error.startswith(f"shard {shard}: changed since it was registered (size or footer differs)")
     # The same helper builds the executors' failures: one result per part, the error naming the shard.
     failed = task.failed("worker process died", task.parts[1:])
     assert [(r.agent, r.shard_id, r.path, r.error) for r in failed] == [

@@ -127,7 +127,7 @@ def check_kills(
     assert got["parts"] == want["parts"]
     assert got["scores"] == want["scores"]
     assert got["failures"] == want["failures"] == []
-    committed = {r[0] for r in query(killed, "SELECT path FROM score_parts")}
+    committed = {str(killed / r[0]) for r in query(killed, "SELECT path FROM score_parts")}  # relative to it
     assert part_files(killed) == committed, "temporary or orphaned part files left behind"
     assert query(killed, "SELECT count(*) FROM docs")[0][0] == num_shards * 600
 

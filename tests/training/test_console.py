@@ -44,7 +44,7 @@ def catalog(tmp_path: Path) -> Iterator[Catalog]:
     n = 2 * ROWS_PER_SHARD
     for shard in range(2):
         cat.execute(
-            "INSERT INTO shards VALUES (?, ?, ?, 1, 'fp', 3, [256, 256, 88], 'text', current_timestamp)",
+            "INSERT INTO shards VALUES (?, ?, ?, 1, 'fp', 3, [256, 256, 88], 'text', current_timestamp, NULL)",
             [shard, f"file:///corpus/shard-{shard}.parquet", ROWS_PER_SHARD],
         )
     docs = pa.table(

@@ -55,7 +55,7 @@ def catalog(tmp_path: Path) -> Iterator[Catalog]:
     cat = Catalog(tmp_path / "ws", create=True)
     for shard in range(2):
         cat.execute(
-            "INSERT INTO shards VALUES (?, ?, 1200, 1, 'fp', 1, [1200], 'text', current_timestamp)",
+            "INSERT INTO shards VALUES (?, ?, 1200, 1, 'fp', 1, [1200], 'text', current_timestamp, NULL)",
             [shard, f"file:///corpus/shard-{shard}.parquet"],
         )
     ids = [doc_id(i) for i in range(N_DOCS)]

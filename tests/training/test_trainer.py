@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from helpers import TINY, console_tables, final_weights
+from helpers import console_tables, final_weights, train
 
 from corpus_agents.scoring.catalog import Catalog
 from corpus_agents.training.runs import RunPaths, read_run_log
-
-
-def train(ws: Path, config: Path, run: str, *extra: str) -> subprocess.Popen:
-    args = [
-        sys.executable,
-        "-m",
-        "corpus_agents.cli",
-        "train",
-        str(ws),
-        "--config",
-        str(config),
-        "--run",
-        run,
-    ]
-    for item in TINY:
-        args += ["--set", item]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.Popen(
-        [*args, *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
 
 
 def test_training_rounds_move_the_console_and_resume_after_kill_9_matches(

@@ -114,6 +114,9 @@ class Agent:
     def __init__(self, name: str, config: dict[str, Any]):
         self.name = name
         self.config = dict(config)
+        #: The config as the catalog stores it (workspace paths relative), which the fingerprint hashes so
+        #: that a moved workspace keeps its scores; None until the catalog sets it.
+        self.stored_config: dict[str, Any] | None = None
         self._model: Any = None
 
     # ----- what subclasses implement -------------------------------------------------------------
@@ -160,7 +163,8 @@ class Agent:
         """Hash of kind + config + model file contents: any change forces this agent to rescore."""
         h = hashlib.blake2b(digest_size=16)
         h.update(self.kind.encode())
-        output_config = {k: v for k, v in self.config.items() if k not in self.runtime_keys}
+        config = self.config if self.stored_config is None else self.stored_config
+        output_config = {k: v for k, v in config.items() if k not in self.runtime_keys}
         h.update(json.dumps(output_config, sort_keys=True, default=str).encode())
         for f in self.model_files():
             if not os.path.exists(f):

@@ -1,7 +1,9 @@
 """Metadata agent: the label is the value of a corpus column (e.g. the source domain); no raw score.
 
 The label set is discovered over the whole corpus when the agent is added. Values seen later that were
-not there then, and nulls, get the label `(other)`. Nested fields are addressed with dots (`meta.source`).
+not there then, and nulls, get the label `(other)` (the last label). A column with a value literally equal to
+`(other)` keeps that value as a label of its own, and the catch-all becomes `((other))` (parenthesised until
+it names no value). Nested fields are addressed with dots (`meta.source`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ class MetadataOptions(AgentOptions):
             raise ConfigError(f"{key_path(where, 'column')} is empty")
 
 
+def other_label(values: list[str]) -> str:
+    """The catch-all label's name: `(other)`, parenthesised again while a column value has that name."""
+    label, taken = OTHER, set(values)
+    while label in taken:
+        label = f"({label})"
+    return label
+
+
 class MetadataAgent(Agent):
     kind = "metadata"
     options_type = MetadataOptions
@@ -53,7 +63,7 @@ class MetadataAgent(Agent):
                 f"column {column!r} has {len(values):,} distinct values; a metadata agent takes at most "
                 f"{MAX_LABELS:,} (bin or map the column first)"
             )
-        return cls(name, {"column": column, "labels": values + [OTHER]})
+        return cls(name, {"column": column, "labels": values + [other_label(values)]})
 
     @property
     def columns(self) -> list[str]:

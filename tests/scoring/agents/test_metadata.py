@@ -40,3 +40,14 @@ def test_needs_a_column_and_bounded_labels(tmp_path: Path) -> None:
         MetadataAgent.create("d", {}, context(tmp_path, []))
     with pytest.raises(AgentError, match="distinct values"):
         MetadataAgent.create("d", {"column": "id"}, context(tmp_path, list(range(20_000))))
+
+
+def test_a_value_named_other_keeps_its_own_label(tmp_path: Path) -> None:
+    """A column value literally `(other)` is not merged with the catch-all of unseen values and nulls."""
+    agent = MetadataAgent.create("d", {"column": "source"}, context(tmp_path, ["web", OTHER, f"({OTHER})"]))
+    assert len(set(agent.labels)) == len(agent.labels) == 4
+    assert agent.labels[-1] == f"(({OTHER}))"
+    batch = DocBatch(pa.array(["a"] * 4), {"source": pa.array([OTHER, "web", "new", None])})
+    labels = agent.score(batch).labels.tolist()
+    assert [agent.labels[i] for i in labels] == [OTHER, "web", f"(({OTHER}))", f"(({OTHER}))"]
+    assert labels[0] != labels[2]

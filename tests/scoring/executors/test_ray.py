@@ -56,7 +56,8 @@ def workspaces(tmp_path: Path, make_corpus, fasttext_model, *names: str) -> list
 def part_contents(ws: Path) -> dict[tuple[str, str], list[tuple]]:
     """Committed parts by (path relative to the workspace, agent): their rows sorted by doc_id."""
     out = {}
-    for agent, path in query(ws, "SELECT agent, path FROM score_parts"):
+    for agent, stored in query(ws, "SELECT agent, path FROM score_parts"):
+        path = os.path.join(ws, stored)  # stored relative to the workspace
         table = pq.read_table(path).sort_by("doc_id")
         rows = list(zip(*(table.column(c).to_pylist() for c in ("doc_id", "label", "score"))))
         out[(os.path.relpath(path, ws), agent)] = rows
