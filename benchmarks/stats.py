@@ -15,6 +15,8 @@ import numpy as np
 
 #: The words the generated tables use for a difference whose 95% CI includes 0.
 NOT_DISTINGUISHABLE = "not distinguishable"
+#: Fewer paired seeds than this are never called a difference: a bootstrap over two values is no interval.
+MIN_PAIRS = 3
 
 
 def reach(xs: Sequence[float], losses: Sequence[float], target: float) -> float | None:
@@ -53,7 +55,8 @@ def bootstrap_ci(
 
 def paired(a: dict[int, float | None], b: dict[int, float | None], **bootstrap: Any) -> dict[str, Any] | None:
     """The paired difference a - b over the seeds both have a value for: n, mean, SD, effect size
-    (mean / SD), bootstrap 95% CI of the mean, and whether the CI excludes 0. None without a shared seed."""
+    (mean / SD), bootstrap 95% CI of the mean, and whether the CI excludes 0 (over at least `MIN_PAIRS`
+    seeds). None without a shared seed."""
     seeds = sorted(s for s in a if s in b and a[s] is not None and b[s] is not None)
     if not seeds:
         return None
@@ -67,7 +70,7 @@ def paired(a: dict[int, float | None], b: dict[int, float | None], **bootstrap: 
         "sd": sd,
         "effect_size": float(d.mean() / sd) if sd and np.isfinite(sd) else float("nan"),
         "ci95": [low, high],
-        "distinguishable": bool(len(d) > 1 and (low > 0 or high < 0)),
+        "distinguishable": bool(len(d) >= MIN_PAIRS and (low > 0 or high < 0)),
     }
 
 

@@ -71,6 +71,7 @@ def test_a_difference_whose_ci_includes_zero_is_not_stated() -> None:
     assert d is not None and not d["distinguishable"] and d["ci95"][0] < 0 < d["ci95"][1]
     assert describe(d).startswith(NOT_DISTINGUISHABLE)
     assert not paired({0: 1.0}, {0: 3.0})["distinguishable"]  # type: ignore[index]  # one seed: no CI
+    assert not paired({0: 1.0, 1: 1.1}, {0: 3.0, 1: 3.2})["distinguishable"]  # type: ignore[index]  # two
 
 
 def test_unigram_entropy() -> None:
