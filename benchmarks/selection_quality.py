@@ -39,8 +39,9 @@ sittings; the table `benchmarks/results/selection_quality_v2.{json,md}` is regen
 exist, with the seed count of every configuration. The first ablation's results
 (`selection_quality.{json,md}`) are kept as they are.
 
-Sizing, preset `cpu` (the default), for a 2-core machine, two lanes of one thread: see SIZING below and
-benchmarks/README.md. Preset `gpu`: see GPU_SIZING. `--tiny` shrinks either preset to seconds (tests).
+Sizing, preset `cpu` (the default), for a 2-core machine, two lanes of one thread: SIZING below (about 4.2
+hours of lanes for the whole table). Preset `gpu` (~22M parameters, 20 tokens per parameter, bf16):
+GPU_SIZING below, which also says why the whole table cannot fit 10 minutes of one H200 at that scale. `--tiny` shrinks either preset to seconds (tests).
 
     python benchmarks/selection_quality.py                          # the whole table, resumable
     python benchmarks/selection_quality.py --seeds 0 1 --configs random method     # a part of it
@@ -83,21 +84,38 @@ MAIN_SEEDS = list(range(10))
 SELECTION_SEEDS = [100, 101, 102]  # the single agents' (secondary) seeds: best-single is chosen on these
 MIN_MAIN_SEEDS = 10  # a configuration with fewer seeds is marked secondary in the table
 
-#: Sizing of the `cpu` preset (measured: see benchmarks/README.md, "selection_quality.py").
-SIZING = """see benchmarks/README.md"""
-GPU_SIZING = """see benchmarks/README.md"""
+#: Sizing of the `cpu` preset, from one measured run (benchmarks/README.md has the measurement).
+SIZING = """Measured on the shared 2-core AMD EPYC (load average 2.5-2.9 from other jobs, i.e. as busy as two
+lanes make it): the `tiny` Llama (2048-token vocabulary, seq 128, batch 8) trains at ~6,500 tokens/s on one
+thread; a run has ~8 s of start-up, ~0.5 s per held-out evaluation (11 per run) and ~0.037 s per probe of
+128 tokens (8 probes per label: ~184 probes a round for the real agents' ~23 labels, ~264 with the controls;
+9 probe rounds). With T training tokens per run (random-2x: 2T), the table is
+  10 random + 10 random-2x (2T) + 10 best-single + 30 (fixed, method, method-paper) + 20 (+noise)
+  + 9 secondary single-agent runs = 99 T-units of training,
+  plus fixed costs 10*13.5 + 10*13.5 + 10*36 + 30*76.5 + 20*103.5 + 9*36 = 5,300 lane-seconds.
+Five hours on two lanes is 36,000 lane-seconds: 5,300 + 99 * T / 6,500 <= 36,000 gives T <= 2.0M. The default
+is 1,600 steps * 1,024 = 1.64M tokens (~18% margin for evaluation and scoring): about 4.2 h of lanes."""
+#: Sizing of the `gpu` preset (not measured: no GPU was available when it was written).
+GPU_SIZING = """~22M parameters (hidden 384, 10 layers, 6 heads, MLP 1152, 8192-token tied vocabulary; N of the
+6*N*D rule ~22M), 13,700 steps * 64 * 512 = 449M tokens = 20 tokens per parameter, bf16, probes on the GPU
+(the trainer probes with the training model). One run is 6 * 22M * 449M = 6.0e16 FLOPs; the table's ~99
+run-units plus ~20% for probes is ~7.2e18 FLOPs: ~2 h at the H200's 989 TFLOPS bf16 dense peak, ~5 h at a
+realistic 40% utilisation for a model this small. So the issue's "whole table under 10 minutes on one H200"
+cannot hold together with >= 20M parameters and >= 20 tokens per parameter: 10 minutes at 40% is 2.4e17 FLOPs,
+four runs. The preset keeps the scale (the point of a GPU run); `--set steps=...` or fewer `--seeds` trade it
+for time, and the table says how many tokens per parameter it ran."""
 
 #: Each preset's settings (a `--set key=value` overrides one). `model_overrides` are LlamaConfig fields.
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
-        "model": "tiny", "model_overrides": {}, "seq_len": 128, "batch_size": 8, "steps": 400, "lr": 3e-3,
+        "model": "tiny", "model_overrides": {}, "seq_len": 128, "batch_size": 8, "steps": 1600, "lr": 3e-3,
         "vocab_size": 2048, "probes_per_label": 8, "probe_tokens": 128, "max_examples": 300, "topics": 8,
         "device": "cpu", "dtype": "fp32", "lanes": 2, "oversample": 1.0,
     },
     "gpu": {
-        "model": "small", "lr": 1.5e-3, "seq_len": 512, "batch_size": 64, "steps": 6000, "vocab_size": 8192,
-        "model_overrides": {"hidden_size": 512, "num_hidden_layers": 8, "num_attention_heads": 8,
-                            "num_key_value_heads": 8, "intermediate_size": 1536},
+        "model": "small", "lr": 1.5e-3, "seq_len": 512, "batch_size": 64, "steps": 13_700, "vocab_size": 8192,
+        "model_overrides": {"hidden_size": 384, "num_hidden_layers": 10, "num_attention_heads": 6,
+                            "num_key_value_heads": 6, "intermediate_size": 1152},
         "probes_per_label": 16, "probe_tokens": 256, "max_examples": 1000, "topics": 16,
         "device": "cuda", "dtype": "bf16", "lanes": 4, "oversample": 1.0,
     },
@@ -723,11 +741,11 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
 
 
 def write_table(args: argparse.Namespace, real: list[str], meta: dict[str, Any]) -> str:
-    """Regenerate selection_quality_v2.{json,md} from every run result written so far."""
+    """Regenerate the table (selection_quality_v2{,_gpu}.{json,md}) from every run result written so far."""
     summary = summarize(load_results(args.results), real)
     text = markdown(summary, meta)
-    atomic_json(args.out / f"{NAME}.json", {"meta": meta, **summary})
-    (args.out / f"{NAME}.md").write_text(text)
+    atomic_json(args.out / f"{args.results.name}.json", {"meta": meta, **summary})
+    (args.out / f"{args.results.name}.md").write_text(text)
     return text
 
 

@@ -31,6 +31,18 @@ def test_presets_and_overrides() -> None:
     assert sq.config_overrides("single-topic", 100, real) == ["console.agents=[topic]"]
 
 
+def test_gpu_preset_scale() -> None:
+    """The GPU preset's model has 20-50M parameters (N of 6*N*D) and trains >= 20 tokens per parameter."""
+    from corpus_agents.training.compute import flop_params
+    from corpus_agents.training.models import build_model
+
+    s = sq.settings("gpu", False, [])
+    model = build_model(s["model"], s["vocab_size"], s["seq_len"], 0, **s["model_overrides"])
+    n = flop_params(model)
+    assert 20e6 <= n <= 50e6, n
+    assert s["steps"] * s["batch_size"] * s["seq_len"] >= 20 * n
+
+
 def test_best_single_is_chosen_on_probe_halves_only() -> None:
     def run(probe: float, heldout: float) -> dict:
         return {"probe_loss": probe, "curve": [{"mean": heldout}]}
@@ -86,6 +98,18 @@ def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
     stamps = {p.name: p.stat().st_mtime_ns for p in runs.glob("*.json")}
     sq.main(argv)
     assert {p.name: p.stat().st_mtime_ns for p in runs.glob("*.json")} == stamps
+
+
+@pytest.mark.slow
+def test_tiny_gpu_preset_runs_on_cpu(tmp_path: Path) -> None:
+    """The GPU preset's path (bf16 autocast, its own results directory) at the tiny size, on the CPU."""
+    out = tmp_path / "out"
+    sq.main(["--preset", "gpu", "--tiny", "--work", str(tmp_path / "work"), "--out", str(out), "--seeds", "0",
+             "--configs", "random", "method"])  # fmt: skip
+    runs = sorted(p.stem for p in (out / f"{sq.NAME}_gpu" / "runs").glob("*.json"))
+    assert runs == ["method-seed0", "random-seed0"]
+    meta = json.loads((out / f"{sq.NAME}_gpu.json").read_text())["meta"]
+    assert meta["preset"] == "gpu-tiny" and meta["settings"]["dtype"] == "bf16"
 
 
 def warmup(work: Path, run: str) -> list[int]:
