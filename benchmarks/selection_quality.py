@@ -536,12 +536,14 @@ def load_results(results: Path) -> dict[str, dict[int, dict[str, Any]]]:
     return out
 
 
-def best_single(results: dict[str, dict[int, dict[str, Any]]], real: list[str]) -> str | None:
+def best_single(
+    results: dict[str, dict[int, dict[str, Any]]], real: list[str], seeds: list[int] = SELECTION_SEEDS
+) -> str | None:
     """The real agent whose single-agent runs on the selection seeds have the lowest mean probe-half loss
     (never a held-out loss); None until every single agent has a run there."""
     means = {}
     for agent in real:
-        runs = [results.get(f"single-{agent}", {}).get(s) for s in SELECTION_SEEDS]
+        runs = [results.get(f"single-{agent}", {}).get(s) for s in seeds]
         if any(r is None for r in runs):
             return None
         means[agent] = float(np.mean([r["probe_loss"] for r in runs]))  # type: ignore[index]
@@ -552,18 +554,22 @@ def curve(result: dict[str, Any], x: str) -> tuple[list[float], list[float]]:
     return [p[x] for p in result["curve"]], [p["mean"] for p in result["curve"]]
 
 
-def summarize(results: dict[str, dict[int, dict[str, Any]]], real: list[str]) -> dict[str, Any]:
+def summarize(
+    results: dict[str, dict[int, dict[str, Any]]],
+    real: list[str],
+    selection_seeds: list[int] = SELECTION_SEEDS,
+) -> dict[str, Any]:
     """Rows per configuration (mean ± SD over seeds, seed counts, secondary marks), per-seed tokens and
     compute to reach random's final loss, the paired comparisons, and where theta put the controls."""
-    best = best_single(results, real)
+    best = best_single(results, real, selection_seeds)
     rows: dict[str, dict[int, dict[str, Any]]] = {}
     for config in MAIN_CONFIGS:
         key = f"single-{best}" if config == "best-single" and best else config
-        got = {s: r for s, r in results.get(key, {}).items() if s in MAIN_SEEDS}
+        got = {s: r for s, r in results.get(key, {}).items() if s not in selection_seeds}
         if got:
             rows[config] = got
     for agent in real:
-        got = {s: r for s, r in results.get(f"single-{agent}", {}).items() if s in SELECTION_SEEDS}
+        got = {s: r for s, r in results.get(f"single-{agent}", {}).items() if s in selection_seeds}
         if got:
             rows[f"single-{agent}"] = got
 
@@ -616,7 +622,12 @@ def summarize(results: dict[str, dict[int, dict[str, Any]]], real: list[str]) ->
     for a, b in COMPARISONS:
         if a in rows and b in rows:
             comparisons.append({"a": a, "b": b, **compare(rows[a], rows[b])})
-    return {"best_single": best, "table": table, "comparisons": comparisons}
+    return {
+        "best_single": best,
+        "selection_seeds": selection_seeds,
+        "table": table,
+        "comparisons": comparisons,
+    }
 
 
 #: The comparisons the README states, (a, b): a - b in held-out loss (negative: a is better).
@@ -680,7 +691,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"- setup: {json.dumps(meta['settings'])}",
         "- unigram-entropy baseline of the held-out answer tokens (nats): "
         + ", ".join(f"{k} {v:.3f}" for k, v in base.items()),
-        f"- best single agent (lowest probe-half loss on seeds {SELECTION_SEEDS}): {summary['best_single']}",
+        f"- best single agent (lowest probe-half loss on seeds {summary['selection_seeds']}): {summary['best_single']}",
         f"- configurations with fewer than {MIN_MAIN_SEEDS} seeds are marked *secondary*; mean ± SD over seeds",
         "",
     ]
@@ -742,7 +753,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
 
 def write_table(args: argparse.Namespace, real: list[str], meta: dict[str, Any]) -> str:
     """Regenerate the table (selection_quality_v2{,_gpu}.{json,md}) from every run result written so far."""
-    summary = summarize(load_results(args.results), real)
+    summary = summarize(load_results(args.results), real, args.selection_seeds)
     text = markdown(summary, meta)
     atomic_json(args.out / f"{args.results.name}.json", {"meta": meta, **summary})
     (args.out / f"{args.results.name}.md").write_text(text)
@@ -767,6 +778,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the table and the run results go")
     parser.add_argument("--summary-only", action="store_true", help="regenerate the table; train nothing")
     args = parser.parse_args(argv)
+    if set(args.seeds) & set(args.selection_seeds):
+        parser.error("--seeds and --selection-seeds must not share a seed (choices are made on the latter)")
     args.s = settings(args.preset, args.tiny, args.sets)
     tag = args.preset + ("-tiny" if args.tiny else "")
     args.work = (args.work or DEFAULT_WORK / f"selection-quality-v2-{tag}").expanduser().resolve()
@@ -802,7 +815,7 @@ def main(argv: list[str] | None = None) -> None:
         singles = [(f"single-{a}", s) for a in real for s in args.selection_seeds]
         if "best-single" in args.configs:
             run_jobs(args, ws, config_file, singles, real)
-        best = best_single(load_results(args.results), real)
+        best = best_single(load_results(args.results), real, args.selection_seeds)
         jobs = [(c if c != "best-single" else f"single-{best}", s) for s in args.seeds for c in args.configs
                 if c != "best-single" or best]  # fmt: skip
         run_jobs(args, ws, config_file, jobs, real)

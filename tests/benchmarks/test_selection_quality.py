@@ -54,6 +54,7 @@ def test_best_single_is_chosen_on_probe_halves_only() -> None:
     assert sq.best_single(results, ["a", "b"]) == "a"
     del results["single-b"][sq.SELECTION_SEEDS[0]]
     assert sq.best_single(results, ["a", "b"]) is None  # not chosen before every single agent has its seeds
+    assert sq.best_single(results, ["a", "b"], seeds=sq.SELECTION_SEEDS[1:]) == "a"
 
 
 @pytest.mark.slow
