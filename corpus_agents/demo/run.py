@@ -6,6 +6,7 @@ Everything runs through the same functions as the CLI commands, so the demo is a
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rich.console import Console
+from rich.table import Table
 
 from corpus_agents.demo.corpus import build_demo_corpus, describe_demo_corpus
 from corpus_agents.errors import CorpusAgentsError
@@ -91,12 +93,57 @@ def _train_and_compare(cat: Catalog, shards: list[Path], console: Console) -> No
             f"  [bold]{run_id}[/]: {final['tokens']:,} tokens in {time.perf_counter() - t0:.0f}s; held-out loss {losses}"
         )
 
+    _print_curves(cat, ("method", "random"), console)
     console.print("\n[bold]How the collaboration weights moved[/] (theta per round, run `method`)")
     write_result(cat.arrow("demo.sql", "theta"), "table", None, max_rows=50)
     console.print("\n[bold]What each agent learnt to prefer[/] (agent memory w after the last round)")
     write_result(cat.arrow("demo.sql", "memory", run_id="method"), "table", None, max_rows=50)
     console.print("\n[bold]Runs[/] (mean held-out reference loss after the last step; lower is better)")
     write_result(list_runs(cat), "table", None)
+
+
+def round_curves(cat: Catalog, run_id: str) -> dict[str, list[float]]:
+    """A run's held-out loss per task at each round boundary and at the end, from its log."""
+    path = cat.dir / "runs" / run_id / "log.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rounds = [r for r in records if r.get("event") in ("round", "final")]
+    return {task: [r["heldout_loss"][task] for r in rounds] for task in rounds[0]["heldout_loss"]}
+
+
+def max_swing(curve: list[float]) -> float:
+    """The largest change of a loss between consecutive evaluations (either direction), from round 1 on:
+    the drop from the untrained model at round 0 is learning, not a swing."""
+    later = curve[1:]
+    return max((abs(b - a) for a, b in zip(later, later[1:])), default=0.0)
+
+
+def _print_curves(cat: Catalog, runs: tuple[str, ...], console: Console) -> None:
+    """Both runs' held-out loss per task per round side by side, and each run's largest swing between
+    consecutive rounds after the first, so a user sees whether the method's curves are as steady as random's."""
+    curves = {run: round_curves(cat, run) for run in runs}
+    tasks = list(curves[runs[0]])
+    table = Table(title="held-out loss per round (lower is better)", title_justify="left")
+    table.add_column("round", justify="right")
+    for task in tasks:
+        for run in runs:
+            table.add_column(f"{task}\n{run}", justify="right")
+    rows = max(len(c) for cs in curves.values() for c in cs.values())
+    for i in range(rows):
+        label = str(i) if i < rows - 1 else "final"
+        cells = [f"{curves[r][t][i]:.3f}" if i < len(curves[r][t]) else "" for t in tasks for r in runs]
+        table.add_row(label, *cells)
+    console.print()
+    console.print(table)
+    swings = {run: {t: max_swing(c) for t, c in curves[run].items()} for run in runs}
+    for run in runs:
+        per_task = ", ".join(f"{t} {v:.3f}" for t, v in swings[run].items())
+        console.print(
+            f"  largest round-to-round swing from round 1 on, [bold]{run}[/]: {max(swings[run].values()):.3f} ({per_task})"
+        )
+    steadier = max(swings[runs[0]].values()) <= max(swings[runs[1]].values())
+    console.print(
+        f"  {runs[0]} swings {'no more than' if steadier else 'more than'} {runs[1]} between rounds"
+    )
 
 
 def run_demo(root: Path, workers: int, train: bool = True) -> None:

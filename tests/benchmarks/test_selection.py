@@ -1,4 +1,4 @@
-"""The selection-quality benchmark's own arithmetic: tokens-to-target, distractor choices, the seed table."""
+"""The selection-quality benchmark's own arithmetic: tokens-to-target and distractor choices."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ _spec.loader.exec_module(sq)
 
 
 def test_tokens_to_reach_interpolates_between_rounds() -> None:
-    curve = [(0, 9.0), (100, 8.0), (200, 7.0)]
-    assert sq.tokens_to_reach(curve, 7.5) == pytest.approx(150.0)
-    assert sq.tokens_to_reach(curve, 8.0) == pytest.approx(100.0)
-    assert sq.tokens_to_reach(curve, 6.9) is None
+    from stats import reach
+
+    tokens, losses = [0, 100, 200], [9.0, 8.0, 7.0]
+    assert reach(tokens, losses, 7.5) == pytest.approx(150.0)
+    assert reach(tokens, losses, 8.0) == pytest.approx(100.0)
+    assert reach(tokens, losses, 6.9) is None
 
 
 def test_choices_put_the_answer_first_and_prefer_same_group_distractors() -> None:
@@ -33,9 +35,3 @@ def test_choices_put_the_answer_first_and_prefer_same_group_distractors() -> Non
     # "Paris": the only other distinct French answers are Lyon and Nice, then one from anywhere.
     assert set(options[0][1:3]) == {"Lyon", "Nice"}
     assert sq.choices_for(answers, groups, seed=0) == options  # seeded
-
-
-def test_mean_std_over_seeds() -> None:
-    stat = sq.mean_std([1.0, 2.0, 3.0])
-    assert stat == {"mean": 2.0, "std": 1.0, "n": 3}
-    assert sq.mean_std([5.0])["std"] == 0.0

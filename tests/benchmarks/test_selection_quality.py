@@ -1,0 +1,119 @@
+"""benchmarks/selection_quality.py (experiment v2) end to end at a tiny size: the demo corpus, the shipped
+LAMBADA sample, two paired seeds, three configurations (one with the noise controls), run twice to check
+that a finished run is not trained again."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import selection_quality as sq  # noqa: E402
+
+
+def test_presets_and_overrides() -> None:
+    gpu = sq.settings("gpu", False, [])
+    assert gpu["device"] == "cuda" and gpu["dtype"] == "bf16" and gpu["every"] * 10 == gpu["steps"]
+    tiny_gpu = sq.settings("gpu", True, ["steps=30"])
+    assert tiny_gpu["device"] == "cpu" and tiny_gpu["dtype"] == "bf16" and tiny_gpu["every"] == 3
+    with pytest.raises(SystemExit):
+        sq.settings("cpu", False, ["no_such=1"])
+    real = ["quality", "domain", "topic"]
+    assert sq.config_overrides("method+noise", 100, real) == [
+        "console.agents=[quality,domain,topic,noise1,noise2]"
+    ]
+    assert "train.steps=200" in sq.config_overrides("random-2x", 100, real)
+    assert sq.config_overrides("single-topic", 100, real) == ["console.agents=[topic]"]
+
+
+def test_gpu_preset_scale() -> None:
+    """The GPU preset's model has 20-50M parameters (N of 6*N*D) and trains >= 20 tokens per parameter."""
+    from corpus_agents.training.compute import flop_params
+    from corpus_agents.training.models import build_model
+
+    s = sq.settings("gpu", False, [])
+    model = build_model(s["model"], s["vocab_size"], s["seq_len"], 0, **s["model_overrides"])
+    n = flop_params(model)
+    assert 20e6 <= n <= 50e6, n
+    assert s["steps"] * s["batch_size"] * s["seq_len"] >= 20 * n
+
+
+def test_best_single_is_chosen_on_probe_halves_only() -> None:
+    def run(probe: float, heldout: float) -> dict:
+        return {"probe_loss": probe, "curve": [{"mean": heldout}]}
+
+    results = {
+        "single-a": {s: run(5.0, 9.0) for s in sq.SELECTION_SEEDS},  # best probe half, worst held-out half
+        "single-b": {s: run(6.0, 1.0) for s in sq.SELECTION_SEEDS},
+    }
+    assert sq.best_single(results, ["a", "b"]) == "a"
+    del results["single-b"][sq.SELECTION_SEEDS[0]]
+    assert sq.best_single(results, ["a", "b"]) is None  # not chosen before every single agent has its seeds
+    assert sq.best_single(results, ["a", "b"], seeds=sq.SELECTION_SEEDS[1:]) == "a"
+
+
+@pytest.mark.slow
+def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
+    work, out = tmp_path / "work", tmp_path / "out"
+    argv = ["--tiny", "--work", str(work), "--out", str(out), "--seeds", "0", "1",
+            "--configs", "random", "method", "fixed+noise"]  # fmt: skip
+    sq.main(argv)
+    runs = out / sq.NAME / "runs"
+    results = {p.stem: json.loads(p.read_text()) for p in runs.glob("*.json")}
+    assert sorted(results) == sorted(
+        f"{c}-seed{s}" for c in ("random", "method", "fixed+noise") for s in (0, 1)
+    )
+    for r in results.values():
+        assert len(r["curve"]) >= 11  # rounds 0..9 and the final point, held-out loss at each
+        assert [p["tokens"] for p in r["curve"]] == sorted(p["tokens"] for p in r["curve"])
+        assert r["curve"][-1]["compute_flops"] > 0 and "probe_loss" in r and "lambada_acc" in r
+    # Paired seeds: the step-0 held-out loss (the initial weights) and the warm-up selection are the same
+    # across configurations of one seed, and differ between seeds.
+    for seed in (0, 1):
+        initial = {
+            c: results[f"{c}-seed{seed}"]["curve"][0]["mean"] for c in ("random", "method", "fixed+noise")
+        }
+        assert len(set(initial.values())) == 1, initial
+        warmups = {c: warmup(work, f"{c}-seed{seed}") for c in ("random", "method", "fixed+noise")}
+        assert warmups["random"] == warmups["method"] == warmups["fixed+noise"]
+    assert results["random-seed0"]["curve"][0]["mean"] != results["random-seed1"]["curve"][0]["mean"]
+    assert warmup(work, "random-seed0") != warmup(work, "random-seed1")
+    # Random spends no compute on rewards; the learning configurations do, and it is counted.
+    assert (
+        results["method-seed0"]["curve"][-1]["compute_flops"]
+        > results["random-seed0"]["curve"][-1]["compute_flops"]
+    )
+    table = json.loads((out / f"{sq.NAME}.json").read_text())
+    assert table["table"]["random"]["n"] == 2 and table["table"]["random"]["secondary"]
+    assert set(table["table"]["fixed+noise"]["noise_theta"]) == {"noise1", "noise2"}
+    assert table["meta"]["unigram_entropy"]["lambada"] > 0
+    text = (out / f"{sq.NAME}.md").read_text()
+    assert "*secondary*" in text and "| method | random |" in text
+    assert sq.NOT_DISTINGUISHABLE in text  # two seeds are never enough to state a difference
+    # A second call finds every run's result and trains nothing.
+    stamps = {p.name: p.stat().st_mtime_ns for p in runs.glob("*.json")}
+    sq.main(argv)
+    assert {p.name: p.stat().st_mtime_ns for p in runs.glob("*.json")} == stamps
+
+
+@pytest.mark.slow
+def test_tiny_gpu_preset_runs_on_cpu(tmp_path: Path) -> None:
+    """The GPU preset's path (bf16 autocast, its own results directory) at the tiny size, on the CPU."""
+    out = tmp_path / "out"
+    sq.main(["--preset", "gpu", "--tiny", "--work", str(tmp_path / "work"), "--out", str(out), "--seeds", "0",
+             "--configs", "random", "method"])  # fmt: skip
+    runs = sorted(p.stem for p in (out / f"{sq.NAME}_gpu" / "runs").glob("*.json"))
+    assert runs == ["method-seed0", "random-seed0"]
+    meta = json.loads((out / f"{sq.NAME}_gpu.json").read_text())["meta"]
+    assert meta["preset"] == "gpu-tiny" and meta["settings"]["dtype"] == "bf16"
+
+
+def warmup(work: Path, run: str) -> list[int]:
+    """The doc ids of a run's round-0 (warm-up) selection, from whichever lane trained it."""
+    (path,) = work.glob(f"lane-*/runs/{run}/selections/round-00000.parquet")
+    return sorted(pq.read_table(path, columns=["doc_id"])["doc_id"].to_pylist())
