@@ -124,9 +124,15 @@ def test_run_binds_each_statement_the_parameters_it_uses(tmp_path):
         value = "it's; DROP TABLE meta; --"  # bound, never spliced into the SQL
         assert cat.run("catalog.sql", "set_meta", key="note", value=value) == [(1,)]  # rows changed
         assert cat.run("catalog.sql", "get_meta", key="note") == [(value,)]
-        # Five statements: `agent` in each, `kind` and `config` in the first, `labels` in the second.
+        # Two statements: `agent` in each, `kind`, `config` and `added_at` in the first, `labels` in the second.
         rows = cat.run(
-            "catalog.sql", "insert_agent", agent="a", kind="metadata", config="{}", labels=["x", "y"]
+            "catalog.sql",
+            "insert_agent",
+            agent="a",
+            kind="metadata",
+            config="{}",
+            labels=["x", "y"],
+            added_at=None,
         )
         assert rows == [(2,)]  # the last statement's rows: DuckDB's count of inserted rows
         assert cat.execute("SELECT agent, label_id, name FROM agent_labels ORDER BY 2") == [
