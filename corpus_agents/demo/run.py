@@ -28,6 +28,12 @@ from corpus_agents.workspace import Workspace
 SUMMARIES = ("domains", "quality_bins", "topics")
 
 
+#: A file in the demo's workspace saying the demo made it (so a re-run may replace it), and the demo's
+#: reference set, by which a workspace made before the marker existed is recognised.
+DEMO_MARKER = ".corpus-agents-demo"
+DEMO_REFERENCE = "reference-python-docs.parquet"
+
+
 def summary_sql(name: str) -> tuple[str, str]:
     """A summary's title (the first comment line of its demo.sql block) and its SQL."""
     text = statement("demo.sql", name)
@@ -150,9 +156,17 @@ def run_demo(root: Path, workers: int, train: bool = True) -> None:
     console = Console()
     root = root.resolve()
     if root.exists():
-        if not (root / CATALOG_FILE).exists() and any(root.iterdir()):
+        # Only a directory the demo made is replaced: never a user's workspace that merely has a catalog.
+        made_by_demo = (root / DEMO_MARKER).is_file() or (
+            (root / CATALOG_FILE).is_file() and (root / DEMO_REFERENCE).is_file()  # made before the marker
+        )
+        if any(root.iterdir()) and not made_by_demo:
             raise CorpusAgentsError(f"{root} exists and is not a demo workspace; choose another --workspace")
         shutil.rmtree(root)
+    root.mkdir(parents=True)
+    (root / DEMO_MARKER).write_text(
+        "made by `corpus-agents demo`, which replaces this directory when re-run\n"
+    )
     started = time.perf_counter()
 
     console.rule("[bold]1. corpus[/]: real text found on this machine")
@@ -165,7 +179,7 @@ def run_demo(root: Path, workers: int, train: bool = True) -> None:
         console.print(f"  registered {len(report.added)} shards in {root}")
 
         console.rule("[bold]2. agents[/]")
-        reference = root / "reference-python-docs.parquet"
+        reference = root / DEMO_REFERENCE
         n_ref = _write_reference(shards, reference)
         specs = [
             ("domain", "metadata", {"column": "source"}),
