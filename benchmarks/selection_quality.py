@@ -8,7 +8,7 @@ one byte-level BPE, then trains the same Llama at one token budget under every c
 - main configurations (10 paired seeds, every comparison the README states):
   random (uniform selection every round), random-2x (twice the tokens), best-single (the best single real
   agent, chosen as below), fixed (all real agents, theta fixed: `eta_theta = 0`, memories still learnt),
-  method (console v2 defaults), method-paper (`console.preset: paper`), method+noise and fixed+noise (the
+  method (console v2 defaults), method-paper (`console.preset: paper`), method-noise and fixed-noise (the
   real agents plus the two noise agents);
 - secondary configurations (3 seeds, marked as such): single-quality, single-domain, single-topic.
 
@@ -66,6 +66,8 @@ from typing import Any
 
 import numpy as np
 
+from corpus_agents.storage import atomic_path
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from environment import REPO, command_line, machine, versions  # noqa: E402
 from stats import NOT_DISTINGUISHABLE, bootstrap_ci, describe, loss_at, paired, reach, unigram_entropy  # noqa: E402
@@ -78,8 +80,8 @@ RESULTS = REPO / "benchmarks" / "results"
 NAME = "selection_quality_v2"
 REAL_AGENTS = ["quality", "domain", "topic"]
 NOISE_AGENTS = ["noise1", "noise2"]
-MAIN_CONFIGS = ["random", "random-2x", "best-single", "fixed", "method", "method-paper", "method+noise",
-                "fixed+noise"]  # fmt: skip
+MAIN_CONFIGS = ["random", "random-2x", "best-single", "fixed", "method", "method-paper", "method-noise",
+                "fixed-noise"]  # fmt: skip
 MAIN_SEEDS = list(range(10))
 SELECTION_SEEDS = [100, 101, 102]  # the single agents' (secondary) seeds: best-single is chosen on these
 MIN_MAIN_SEEDS = 10  # a configuration with fewer seeds is marked secondary in the table
@@ -154,8 +156,8 @@ def config_overrides(name: str, steps: int, real: list[str]) -> list[str]:
         "fixed": [agents(real), "console.eta_theta=0"],
         "method": [agents(real)],
         "method-paper": [agents(real), "console.preset=paper"],
-        "method+noise": [agents(real + NOISE_AGENTS)],
-        "fixed+noise": [agents(real + NOISE_AGENTS), "console.eta_theta=0"],
+        "method-noise": [agents(real + NOISE_AGENTS)],
+        "fixed-noise": [agents(real + NOISE_AGENTS), "console.eta_theta=0"],
     }[name]
 
 
@@ -316,12 +318,16 @@ def run_finished(run_dir: Path) -> bool:
 
 
 def lane_workspace(ws: Path, lane: Path) -> Path:
-    """A copy of the scored workspace's catalog for one lane (runs train on their lane's copy)."""
+    """A copy of the scored workspace's catalog for one lane (runs train on their lane's copy). The catalog
+    stores paths relative to its workspace, so the lane sees the fitted models and score parts through links
+    to the scored workspace's (training only reads them)."""
     if not (lane / "catalog.duckdb").is_file():
         lane.mkdir(parents=True, exist_ok=True)
-        tmp = lane / "catalog.duckdb.tmp"
-        shutil.copyfile(ws / "catalog.duckdb", tmp)
-        os.replace(tmp, lane / "catalog.duckdb")
+        with atomic_path(lane / "catalog.duckdb") as tmp:
+            shutil.copyfile(ws / "catalog.duckdb", tmp)
+    for shared in ("models", "parts"):
+        if (ws / shared).is_dir() and not (lane / shared).exists():
+            (lane / shared).symlink_to((ws / shared).resolve(), target_is_directory=True)
     return lane
 
 
@@ -633,7 +639,7 @@ def summarize(
 #: The comparisons the README states, (a, b): a - b in held-out loss (negative: a is better).
 COMPARISONS = [
     ("method", "random"), ("method", "random-2x"), ("method", "method-paper"), ("method", "fixed"),
-    ("method+noise", "fixed+noise"), ("method", "best-single"), ("best-single", "random"), ("fixed", "random"),
+    ("method-noise", "fixed-noise"), ("method", "best-single"), ("best-single", "random"), ("fixed", "random"),
     ("method-paper", "random"), ("random-2x", "random"),
 ]  # fmt: skip
 

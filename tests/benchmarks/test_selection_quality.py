@@ -24,7 +24,7 @@ def test_presets_and_overrides() -> None:
     with pytest.raises(SystemExit):
         sq.settings("cpu", False, ["no_such=1"])
     real = ["quality", "domain", "topic"]
-    assert sq.config_overrides("method+noise", 100, real) == [
+    assert sq.config_overrides("method-noise", 100, real) == [
         "console.agents=[quality,domain,topic,noise1,noise2]"
     ]
     assert "train.steps=200" in sq.config_overrides("random-2x", 100, real)
@@ -61,12 +61,12 @@ def test_best_single_is_chosen_on_probe_halves_only() -> None:
 def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
     work, out = tmp_path / "work", tmp_path / "out"
     argv = ["--tiny", "--work", str(work), "--out", str(out), "--seeds", "0", "1",
-            "--configs", "random", "method", "fixed+noise"]  # fmt: skip
+            "--configs", "random", "method", "fixed-noise"]  # fmt: skip
     sq.main(argv)
     runs = out / sq.NAME / "runs"
     results = {p.stem: json.loads(p.read_text()) for p in runs.glob("*.json")}
     assert sorted(results) == sorted(
-        f"{c}-seed{s}" for c in ("random", "method", "fixed+noise") for s in (0, 1)
+        f"{c}-seed{s}" for c in ("random", "method", "fixed-noise") for s in (0, 1)
     )
     for r in results.values():
         assert len(r["curve"]) >= 11  # rounds 0..9 and the final point, held-out loss at each
@@ -76,11 +76,11 @@ def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
     # across configurations of one seed, and differ between seeds.
     for seed in (0, 1):
         initial = {
-            c: results[f"{c}-seed{seed}"]["curve"][0]["mean"] for c in ("random", "method", "fixed+noise")
+            c: results[f"{c}-seed{seed}"]["curve"][0]["mean"] for c in ("random", "method", "fixed-noise")
         }
         assert len(set(initial.values())) == 1, initial
-        warmups = {c: warmup(work, f"{c}-seed{seed}") for c in ("random", "method", "fixed+noise")}
-        assert warmups["random"] == warmups["method"] == warmups["fixed+noise"]
+        warmups = {c: warmup(work, f"{c}-seed{seed}") for c in ("random", "method", "fixed-noise")}
+        assert warmups["random"] == warmups["method"] == warmups["fixed-noise"]
     assert results["random-seed0"]["curve"][0]["mean"] != results["random-seed1"]["curve"][0]["mean"]
     assert warmup(work, "random-seed0") != warmup(work, "random-seed1")
     # Random spends no compute on rewards; the learning configurations do, and it is counted.
@@ -90,7 +90,7 @@ def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
     )
     table = json.loads((out / f"{sq.NAME}.json").read_text())
     assert table["table"]["random"]["n"] == 2 and table["table"]["random"]["secondary"]
-    assert set(table["table"]["fixed+noise"]["noise_theta"]) == {"noise1", "noise2"}
+    assert set(table["table"]["fixed-noise"]["noise_theta"]) == {"noise1", "noise2"}
     assert table["meta"]["unigram_entropy"]["lambada"] > 0
     text = (out / f"{sq.NAME}.md").read_text()
     assert "*secondary*" in text and "| method | random |" in text
