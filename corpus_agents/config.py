@@ -171,6 +171,7 @@ MODEL_PRESETS: dict[str, dict[str, int]] = {
     "1.3b": {"hidden_size": 2048, "num_hidden_layers": 24, "num_attention_heads": 16,
              "num_key_value_heads": 16, "intermediate_size": 5632},
 }  # fmt: skip
+SelectionMode = Literal["sample", "topk", "gumbel", "random"]  # how a round turns priorities into documents
 Preset = Literal["tiny", "small", "125m", "373m", "1.3b"]  # the keys of MODEL_PRESETS
 #: LlamaConfig fields the run sets itself, so `model.overrides` may not: field -> the key that sets it.
 RUN_SET_FIELDS = {"vocab_size": "tokenizer.vocab_size", "max_position_embeddings": "model.seq_len"}
@@ -296,7 +297,7 @@ class ConsoleConfig(Section):
     eta_theta: float = bounded(0.5, ge=0, le=1)
     theta_floor: float = bounded(0.02, ge=0, lt=1)
     decay_lambda: float = bounded(0.1, ge=0)
-    mode: Literal["sample", "topk", "gumbel", "random"] | None = None  # None: the preset's (sample / topk)
+    mode: SelectionMode | None = None  # None: the preset's (sample / topk)
     gumbel_tau: float = bounded(0.1, gt=0)
     probes_per_label: int | None = bounded(None, ge=1)  # None: the preset's (16 / 64)
     tie_break: str = "hash"  # or an agent's name: its raw score, descending, orders equal priorities

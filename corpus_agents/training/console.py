@@ -8,21 +8,20 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_args
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from corpus_agents.config import ConsoleConfig
+from corpus_agents.config import ConsoleConfig, SelectionMode
 from corpus_agents.errors import CorpusAgentsError
 from corpus_agents.scoring.catalog import Catalog, quote_literal
 from corpus_agents.sqlfiles import fragment
 from corpus_agents.training.selection import ShardRef, write_snapshot
 
 SQL_FILE = "console.sql"
-MODES = ("sample", "topk", "gumbel", "random")
-Mode = Literal["sample", "topk", "gumbel", "random"]
+MODES: tuple[str, ...] = get_args(SelectionMode)
 # Packed label tuples (see sql/console.sql) are computed through DOUBLE products: exact below 2**53.
 _MAX_CELLS = 2**53
 # A level past every real one ("the whole corpus fits the budget"), and a round past every recorded one.
@@ -539,7 +538,9 @@ class Console:
         return self.state(round)
 
     # ----- selection --------------------------------------------------------------------------------
-    def select(self, round: int, budget_tokens: int, path: str | Path, mode: Mode | None = None) -> Path:
+    def select(
+        self, round: int, budget_tokens: int, path: str | Path, mode: SelectionMode | None = None
+    ) -> Path:
         """Select the documents to train on after `round` (with the state of that round) into a snapshot.
 
         Priorities are computed per cell (label tuple, seen count) in SQL. v2: S(c) = sum_A theta_A *

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from corpus_agents.errors import CorpusAgentsError, one_line
+from corpus_agents.storage import atomic_path
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "reference_data"
 MANIFEST = "references.json"
@@ -235,12 +235,6 @@ def _version() -> str:
         return "(not installed)"
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -295,7 +289,8 @@ def build(
         if table.num_rows == 0:
             raise ReferenceBuildError(f"{spec.name}: the source has no usable rows")
         path = out / f"{spec.name}.parquet"
-        _write_atomic(table.cast(spec.schema), path)
+        with atomic_path(path) as tmp:
+            pq.write_table(table.cast(spec.schema), tmp, compression="zstd")
         entry = {
             "file": path.name,
             "rows": table.num_rows,
@@ -327,9 +322,8 @@ def build(
     manifest_path = out / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     manifest.update(written)
-    tmp = manifest_path.with_name(f".tmp-{MANIFEST}")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, manifest_path)
+    with atomic_path(manifest_path) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     if failures:
         raise ReferenceBuildError("; ".join(failures))
     return written
