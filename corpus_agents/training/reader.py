@@ -18,6 +18,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from corpus_agents.errors import CorpusError, one_line
 from corpus_agents.scoring.corpus import ShardCheck, check_column, decode_texts, open_parquet, resolve_column
 from corpus_agents.training.selection import ShardRef, read_snapshot
+from corpus_agents.training.token_cache import TokenCache, TokenEntry, gather
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -81,6 +82,12 @@ class SelectionReader(IterableDataset):
     `collate_fn=collate` trims the padding to the batch's longest list. A smaller k makes items smaller and
     the reader raise ValueError if more documents than that end in one sequence (never a dropped report).
 
+    Token cache. With `token_cache` (a directory; the trainer passes `<workspace>/cache/tokens`), each row
+    group's selected documents are tokenised once per tokenizer and kept (`token_cache.TokenCache`); later
+    epochs, rounds and runs read their tokens instead, and only rows the cache lacks are tokenised. The
+    shard's bytes are checked as for a read before cached tokens are used, and the items are the same as
+    without the cache. Shards without a registered fingerprint are not cached.
+
     Resume contract. `position` is the reader's cursor just after that sequence (POSITION_FIELDS: worker
     count, worker, sequences that worker has yielded, and the document index and token offset where its
     stream continues). The trainer passes every batch it consumes to `record(batch)`; `state_dict()` then
@@ -109,6 +116,7 @@ class SelectionReader(IterableDataset):
         batch_docs: int = 256,
         window_blocks: int = 4,
         max_docs_per_seq: int | None = None,
+        token_cache: str | os.PathLike | None = None,
     ):
         if not (0 <= rank < world_size):
             raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
@@ -129,6 +137,7 @@ class SelectionReader(IterableDataset):
         self._plan: _Plan | None = None
         self._files: dict[str, tuple[pq.ParquetFile, np.ndarray]] = {}
         self._checks: dict[str, ShardCheck] = {}  # per shard: footer and row groups verified so far
+        self._cache = None if token_cache is None else TokenCache(token_cache, self.tokenizer)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -244,8 +253,9 @@ class SelectionReader(IterableDataset):
             self._files[uri] = pf, np.concatenate([[0], np.cumsum(rows, dtype=np.int64)])
         return self._files[uri]
 
-    def _read_block(self, plan: _Plan, b: int) -> pa.Array:
-        """Texts of block b's selected rows (one row-group read of the text column), as large_string."""
+    def _checked_block(self, plan: _Plan, b: int) -> tuple[ShardRef, int, pq.ParquetFile, np.ndarray]:
+        """(shard, row group, open file, row-group start rows) of block b, its rows checked to lie in the row
+        group and its bytes against the registration (footer once, the row group's hash once)."""
         s, e = plan.block_starts[b], plan.block_starts[b + 1]
         ref = plan.shards[int(plan.shard_id[s])]
         group = int(plan.row_group[s])
@@ -259,6 +269,15 @@ class SelectionReader(IterableDataset):
                 raise CorpusError(f"shard {ref.uri}: the snapshot's rows are not in row group {group}")
             if ref.uri in self._checks:  # one hash of the row group's bytes, the first time it is read
                 self._checks[ref.uri].check_row_group(pf.metadata, group)
+        except (OSError, pa.ArrowException) as exc:
+            raise CorpusError(f"shard {ref.uri}: cannot read row group {group}: {one_line(exc)}") from None
+        return ref, group, pf, group_starts
+
+    def _read_rows(
+        self, ref: ShardRef, group: int, pf: pq.ParquetFile, group_starts: np.ndarray, rows: np.ndarray
+    ) -> pa.Array:
+        """Texts of `rows` (shard row indices, in the row group) from one read of the text column, as large_string."""
+        try:
             table = pf.read_row_group(group, columns=[ref.text_column.split(".")[0]])
             return (
                 resolve_column(table, ref.text_column)
@@ -267,6 +286,29 @@ class SelectionReader(IterableDataset):
             )
         except (OSError, pa.ArrowException) as exc:
             raise CorpusError(f"shard {ref.uri}: cannot read row group {group}: {one_line(exc)}") from None
+
+    def _read_block(self, plan: _Plan, b: int) -> pa.Array:
+        """Texts of block b's selected rows (one row-group read of the text column), as large_string."""
+        rows = plan.row_idx[plan.block_starts[b] : plan.block_starts[b + 1]]
+        return self._read_rows(*self._checked_block(plan, b), rows)
+
+    def _block_tokens(self, plan: _Plan, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """(token counts, tokens concatenated) of block b's selected rows, through the token cache: the
+        shard's bytes are checked first as for a read, then only rows the cache lacks are read, tokenised
+        and added to it."""
+        rows = plan.row_idx[plan.block_starts[b] : plan.block_starts[b + 1]]
+        ref, group, pf, group_starts = self._checked_block(plan, b)
+        assert self._cache is not None
+        entry = self._cache.load(ref, group)
+        missing = rows if entry is None else entry.missing(rows)
+        if len(missing):
+            lengths, tokens = flatten(
+                self._encode(decode_texts(self._read_rows(ref, group, pf, group_starts, missing)))
+            )
+            new = TokenEntry.of(missing, lengths, tokens)
+            entry = new if entry is None else entry.merged(new)
+            self._cache.store(ref, group, entry)
+        return entry.take(rows)
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text, no special tokens added; special-token strings in a text are plain text."""
@@ -284,13 +326,31 @@ class SelectionReader(IterableDataset):
 
     def _token_batches(
         self, worker: int, num_workers: int, start_doc: int
-    ) -> Iterator[tuple[list[list[int]], np.ndarray]]:
+    ) -> Iterator[tuple[list[list[int]] | Flat, np.ndarray]]:
         """(token ids per document, doc_ids) in reading order, `batch_docs` documents at a time."""
         plan = self._get_plan()
         for window, positions in self._parts(worker, num_workers, start_doc):
             rows = self._window_rows(plan, window)
             sizes = np.diff(plan.block_starts)[window]
             needed = set(np.searchsorted(np.cumsum(sizes), positions, side="right").tolist())
+            if self._cache is not None:
+                # Blocks of the window that this worker does not need (a window split between workers): no tokens.
+                parts = [
+                    self._block_tokens(plan, int(b))
+                    if j in needed
+                    else (np.zeros(int(n), np.int64), np.zeros(0, np.uint32))
+                    for j, (b, n) in enumerate(zip(window, sizes))
+                ]
+                lengths = np.concatenate([p[0] for p in parts])
+                tokens = np.concatenate([p[1] for p in parts])
+                starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+                for i in range(0, len(positions), self.batch_docs):
+                    part = positions[i : i + self.batch_docs]
+                    yield (
+                        Flat(lengths[part], gather(tokens, starts[part], lengths[part])),
+                        plan.doc_id[rows[part]],
+                    )
+                continue
             # Blocks of the window that this worker does not need (a window split between workers) stay nulls.
             chunks = [
                 self._read_block(plan, int(b)) if j in needed else pa.nulls(int(n), pa.large_string())
@@ -326,15 +386,29 @@ class SelectionReader(IterableDataset):
             }
 
 
+@dataclass
+class Flat:
+    """Token ids of several documents as arrays: document i has tokens[sum(lengths[:i]):][:lengths[i]]."""
+
+    lengths: np.ndarray
+    tokens: np.ndarray
+
+
+def flatten(id_lists: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(token counts, tokens concatenated, int64) of token id lists."""
+    lengths = np.fromiter(map(len, id_lists), np.int64, len(id_lists))
+    return lengths, np.fromiter(chain.from_iterable(id_lists), np.int64, int(lengths.sum()))
+
+
 def pack(
-    batches: Iterator[tuple[Sequence[Sequence[int]], np.ndarray]],
+    batches: Iterator[tuple[Sequence[Sequence[int]] | Flat, np.ndarray]],
     seq_len: int,
     eos_id: int,
     start: tuple[int, int, int] = (0, 0, 0),
 ) -> Iterator[tuple[np.ndarray, np.ndarray, tuple[int, int, int]]]:
     """Concatenate documents (each + EOS) and cut them into `seq_len` tokens; the partial tail is dropped.
 
-    `batches` yield (token ids per document, doc_ids). `start` = (sequences already yielded, index of the
+    `batches` yield (token ids per document, as lists or `Flat`, doc_ids). `start` = (sequences already yielded, index of the
     first document, tokens of it to skip). Yields (tokens, doc_ids ending in them, cursor after them), where
     the cursor has the same form as `start`, so packing resumes exactly from any yielded cursor.
     """
@@ -344,8 +418,10 @@ def pack(
     pending_ids = np.zeros(0, np.int64)
     skip = first_skip
     for id_lists, doc_ids in batches:
-        lengths = np.fromiter(map(len, id_lists), np.int64, len(id_lists))
-        flat = np.fromiter(chain.from_iterable(id_lists), np.int64, int(lengths.sum()))
+        if isinstance(id_lists, Flat):
+            lengths, flat = id_lists.lengths.astype(np.int64), id_lists.tokens.astype(np.int64)
+        else:
+            lengths, flat = flatten(id_lists)
         tokens = np.insert(flat, np.cumsum(lengths), eos_id)
         lengths += 1
         if skip:  # resuming inside the first document
@@ -391,4 +467,4 @@ def _own_tokenizer(tokenizer: Tokenizer | PreTrainedTokenizerBase) -> Tokenizer 
     return tokenizer
 
 
-__all__ = ["POSITION_FIELDS", "SelectionReader", "collate", "pack"]
+__all__ = ["POSITION_FIELDS", "Flat", "SelectionReader", "collate", "flatten", "pack"]

@@ -399,6 +399,7 @@ class Trainer:
         from torch.utils.data import DataLoader
 
         from corpus_agents.training.reader import SelectionReader
+        from corpus_agents.training.token_cache import token_cache_dir
 
         epoch = 0
         while True:
@@ -406,6 +407,7 @@ class Trainer:
                 selection, self.tokenizer, seq_len=self.config.model.seq_len, eos_id=self.eos_id,
                 seed=self.config.train.seed * 1_000_003 + round_ * 1_009 + epoch,
                 rank=self.dist.rank, world_size=self.dist.world_size,
+                token_cache=token_cache_dir(self.workspace),
             )  # fmt: skip
             loader = DataLoader(reader, batch_size=self.config.train.batch_size,
                                 num_workers=self.config.train.num_workers)  # fmt: skip
