@@ -282,6 +282,26 @@ def subprocess_cpu(code: str) -> float:
     return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
 
+POOL_START = """
+import multiprocessing as mp, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from corpus_agents.scoring.executors.local import pool_context
+from corpus_agents.scoring.parts import part_path
+ctx = pool_context() if sys.argv[1] == "pool" else mp.get_context("spawn")
+started = time.perf_counter()
+with ProcessPoolExecutor(2, mp_context=ctx) as pool:  # both workers up, each with the scoring modules
+    list(pool.map(part_path, ["p", "p"], ["a", "a"], ["f", "f"], [0, 1]))
+print(time.perf_counter() - started)
+"""
+
+
+def pool_start_s(how: str) -> float:
+    """Wall seconds from creating a pool of 2 workers to their first results, in a fresh interpreter whose
+    imports are done: `pool` (the local executor's fork server) or `spawn` (a fresh interpreter each)."""
+    proc = subprocess.run([sys.executable, "-c", POOL_START, how], check=True, capture_output=True, text=True)
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
 def worker_overheads(raw: dict[str, Any], repeat: int) -> dict[str, Any]:
     """Fixed costs a pool worker pays before it scores: a fresh interpreter with the scoring imports, the
     model load, and (for reference) what importing torch would add if a worker did it for a fastText run."""
@@ -289,6 +309,9 @@ def worker_overheads(raw: dict[str, Any], repeat: int) -> dict[str, Any]:
     imports = min(subprocess_cpu(base) for _ in range(repeat))
     with_torch = min(subprocess_cpu(base + "; import torch") for _ in range(repeat))
     return {
+        "pool_start_s": {
+            how: round(min(pool_start_s(how) for _ in range(repeat)), 3) for how in ("pool", "spawn")
+        },
         "worker_start_cpu_s": round(imports, 3),
         "torch_import_cpu_s": round(with_torch - imports, 3),
         "model_load_s": {name: round(r["load_s"], 3) for name, r in raw.items()},
@@ -474,6 +497,9 @@ def markdown(res: dict[str, Any]) -> str:
             "",
             f"- fresh interpreter + scoring imports, per worker: {wo['worker_start_cpu_s']:.2f} CPU-s (importing "
             f"torch too would add {wo['torch_import_cpu_s']:.2f} CPU-s per worker)",
+            f"- a pool of 2 workers ready with the scoring modules (wall, from a warm interpreter): "
+            f"{wo['pool_start_s']['pool']:.2f} s forked by the local executor's fork server, "
+            f"{wo['pool_start_s']['spawn']:.2f} s spawned",
             "- model load: " + ", ".join(f"{k} {val:.2f} s" for k, val in wo["model_load_s"].items()),
             f"- quality alone, CPU of the pool over one in-process worker (medians): {extra or '-'}",
         ]
@@ -677,7 +703,7 @@ def main() -> None:
         from corpus_agents.scoring.catalog import Catalog
 
         with Catalog(base) as cat:
-            configs = {n: c for n, _, c in cat.agent_rows()}
+            configs = {a.name: a.config for a in cat.agents()}  # paths resolved (stored as $WS/...)
         double = work / "double"
         setup_double(double, work / "copies", corpus.shards, configs["quality"])
         texts = load_texts(corpus.shards)

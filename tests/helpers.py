@@ -4,6 +4,7 @@ catalog. Pool workers import this module: it imports neither DuckDB nor the CLI 
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -79,9 +80,18 @@ def shard_task(
 
 
 def score_and_report_duckdb(task: ShardTask, progress: Any = None) -> list[Any]:
-    """Work function: score the task for real, then report whether this process has imported DuckDB."""
+    """Work function: score the task for real, then report whether this process has imported DuckDB and
+    pandas, and how it was started."""
     results = score_shard(task, progress)
-    return [{"duckdb": "duckdb" in sys.modules, "results": results}]
+    started_by = multiprocessing.get_start_method(allow_none=True)
+    return [
+        {
+            "duckdb": "duckdb" in sys.modules,
+            "pandas": "pandas" in sys.modules,
+            "start": started_by,
+            "results": results,
+        }
+    ]
 
 
 def fail_odd_shards(task: ShardTask, progress: Any = None) -> list[Any]:

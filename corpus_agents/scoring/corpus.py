@@ -89,6 +89,19 @@ class DocBatch:
         return self.columns[name]
 
 
+def numeric_array(values: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
+    """A numeric Arrow array of a NumPy array (null where `mask`), built from its buffers: `pa.array` and
+    `to_numpy` import pandas on their first call (a third of a second per worker process) to check for
+    pandas inputs, and a scoring worker needs neither."""
+    values = np.ascontiguousarray(values)
+    validity, nulls = None, 0
+    if mask is not None and (nulls := int(np.count_nonzero(mask))):
+        validity = pa.py_buffer(np.packbits(~np.asarray(mask, bool), bitorder="little"))
+    return pa.Array.from_buffers(
+        pa.from_numpy_dtype(values.dtype), len(values), [validity, pa.py_buffer(values)], null_count=nulls
+    )
+
+
 def decode_texts(arr: pa.Array) -> list[str]:
     """Arrow string array -> list of str; nulls become "" and invalid UTF-8 is decoded with U+FFFD."""
     if isinstance(arr, pa.ChunkedArray):
@@ -446,7 +459,7 @@ def iter_doc_batches(
             check.check_row_group(meta, g)
         table = pf.read_row_group(g, columns=needed)
         if rows is not None:
-            table = table.take(pa.array(rows[lo:hi] - start))
+            table = table.take(numeric_array(rows[lo:hi] - start))
             row_idx = rows[lo:hi]
         else:
             row_idx = np.arange(start, start + n)

@@ -17,6 +17,7 @@ import numpy as np
 
 from corpus_agents import storage
 from corpus_agents.scoring.agents import Agent
+from corpus_agents.scoring.agents.base import FileHashes
 from corpus_agents.scoring.catalog import Catalog, Part
 from corpus_agents.scoring.parts import (
     DEFAULT_BATCH_ROWS,
@@ -237,7 +238,9 @@ def run_scoring(
     for agent in agents:
         agent.check_requirements()
     remove_stale_files(catalog, keep_uncommitted=True)
-    fingerprints = {a.name: a.fingerprint() for a in agents}
+    hashes = FileHashes(Path(catalog.dir) / "cache" / "model-hashes.json")
+    fingerprints = {a.name: a.fingerprint(hashes) for a in agents}
+    hashes.save()
     # Scores of a changed agent (model file or config) go before its new ones come: a run that fails or is
     # killed half-way leaves some documents without its scores, never old and new scores mixed.
     catalog.drop_parts(

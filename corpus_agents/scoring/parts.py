@@ -21,7 +21,13 @@ import pyarrow.parquet as pq
 
 from corpus_agents import storage
 from corpus_agents.errors import CorpusError, one_line
-from corpus_agents.scoring.corpus import ShardChangedError, ShardCheck, iter_doc_batches, pack_doc_ids
+from corpus_agents.scoring.corpus import (
+    ShardChangedError,
+    ShardCheck,
+    iter_doc_batches,
+    numeric_array,
+    pack_doc_ids,
+)
 
 if TYPE_CHECKING:
     from corpus_agents.scoring.agents import Agent
@@ -188,7 +194,7 @@ def score_shard(task: ShardTask, progress: Callable[[int], None] | None = None) 
                 break
             rows, batch = item
             batch.doc_ids = pack_doc_ids(shard.shard_id, rows)
-            doc_ids = pa.array(batch.doc_ids, pa.int64())
+            doc_ids = numeric_array(batch.doc_ids.astype(np.int64))
             for spec in todo:
                 name = spec.agent.name
                 if name in errors:
@@ -201,8 +207,8 @@ def score_shard(task: ShardTask, progress: Callable[[int], None] | None = None) 
                         decode_s += batch.decode_s - decoded
                     after_score = time.perf_counter()
                     score_s[name] += after_score - started - (batch.decode_s - decoded)
-                    labels = pa.array(out.labels.astype(np.int16), pa.int16(), mask=out.labels < 0)
-                    scores = pa.array(out.scores.astype(np.float32), pa.float32(), mask=np.isnan(out.scores))
+                    labels = numeric_array(out.labels.astype(np.int16), mask=out.labels < 0)
+                    scores = numeric_array(out.scores.astype(np.float32), mask=np.isnan(out.scores))
                     if len(labels) != len(batch):
                         raise RuntimeError(f"agent returned {len(labels)} labels for {len(batch)} documents")
                     writers[name].write_batch(pa.record_batch([doc_ids, labels, scores], schema=PART_SCHEMA))

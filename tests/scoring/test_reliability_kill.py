@@ -143,17 +143,19 @@ def test_kill_9_score_many_times(tmp_path, make_corpus, fasttext_model, seed):
 
 
 def worker_pids(pid: int) -> list[int]:
-    """Pool worker processes of a `score` process (its children started by multiprocessing's spawn_main)."""
-    pids = []
+    """Pool worker processes of a `score` process: the children of its fork server (or, where workers are
+    spawned, its children started by multiprocessing's spawn_main)."""
+    procs: dict[int, tuple[int, bytes]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (stat.parent / "cmdline").read_bytes()
+            procs[int(stat.parent.name)] = ppid, (stat.parent / "cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == pid and b"spawn_main" in cmdline:
-            pids.append(int(stat.parent.name))
-    return sorted(pids)
+    servers = {p for p, (ppid, cmd) in procs.items() if ppid == pid and b"forkserver" in cmd}
+    return sorted(
+        p for p, (ppid, cmd) in procs.items() if ppid in servers or (ppid == pid and b"spawn_main" in cmd)
+    )
 
 
 def test_a_killed_worker_does_not_fail_the_run(tmp_path, make_corpus, fasttext_model):
@@ -187,8 +189,10 @@ CRASH_ON_OPEN = """
 import os, sys
 crash_on = os.environ.get("CORPUS_AGENTS_TEST_CRASH_ON")
 if crash_on:  # fault injection: die like a segfault when a worker process opens this file
+    argv = " ".join(sys.orig_argv)
+    worker = "spawn_main" in argv or "forkserver" in argv  # a spawned worker, or the server it forks from
     def hook(event, args):
-        if event == "open" and args and str(args[0]) == crash_on and "spawn_main" in " ".join(sys.orig_argv):
+        if event == "open" and args and str(args[0]) == crash_on and worker:
             os._exit(139)
     sys.addaudithook(hook)
 """

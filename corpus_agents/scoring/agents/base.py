@@ -20,6 +20,7 @@ import numpy as np
 
 from corpus_agents.config import ConfigError, Section
 from corpus_agents.errors import AgentError
+from corpus_agents.storage import atomic_path
 
 if TYPE_CHECKING:
     from corpus_agents.scoring.corpus import DocBatch
@@ -56,6 +57,49 @@ def file_stamp(path: str | os.PathLike) -> tuple:
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
     stats = [(str(f), f.stat()) for f in files if f.exists()]
     return tuple((name, st.st_ino, st.st_size, st.st_mtime_ns) for name, st in stats)
+
+
+class FileHashes:
+    """Content hashes of model files (`hash_path`) remembered in a JSON file by each file's (path, inode,
+    size, mtime, ctime): a model file is hashed again only once it is rewritten or replaced, not by every
+    run. A missing or unreadable file of hashes is an empty one."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            self._known: dict[str, Any] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self._known = {}
+        self._changed = False
+
+    @staticmethod
+    def _stamp(path: Path) -> list[list[Any]]:
+        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+        stats = [(str(f), f.stat()) for f in files]
+        return [[name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns] for name, st in stats]
+
+    def hash(self, path: str | os.PathLike) -> str:
+        """`hash_path(path)`, from memory while the file's stamp is unchanged."""
+        key = str(Path(path).resolve())
+        stamp = self._stamp(Path(key))
+        known = self._known.get(key)
+        if known is not None and known.get("stamp") == stamp:
+            return known["hash"]
+        digest = hash_path(key)
+        self._known[key] = {"stamp": stamp, "hash": digest}
+        self._changed = True
+        return digest
+
+    def save(self) -> None:
+        """Write the hashes back (atomically) if any was added; a cache that cannot be written is skipped."""
+        if not self._changed:
+            return
+        try:
+            with atomic_path(self.path) as tmp:
+                tmp.write_text(json.dumps(self._known, indent=0, sort_keys=True))
+        except OSError:
+            return
+        self._changed = False
 
 
 class AgentOptions(Section):
@@ -159,8 +203,9 @@ class Agent:
             self._model = _LOADED_MODELS[key]
         return self._model
 
-    def fingerprint(self) -> str:
-        """Hash of kind + config + model file contents: any change forces this agent to rescore."""
+    def fingerprint(self, hashes: FileHashes | None = None) -> str:
+        """Hash of kind + config + model file contents: any change forces this agent to rescore. `hashes`
+        remembers model files' hashes between runs (the driver keeps one in the workspace)."""
         h = hashlib.blake2b(digest_size=16)
         h.update(self.kind.encode())
         config = self.config if self.stored_config is None else self.stored_config
@@ -169,7 +214,7 @@ class Agent:
         for f in self.model_files():
             if not os.path.exists(f):
                 raise AgentError(f"agent {self.name!r}: model file {f} is missing")
-            h.update(hash_path(f).encode())
+            h.update((hashes.hash(f) if hashes is not None else hash_path(f)).encode())
         return h.hexdigest()
 
     @classmethod

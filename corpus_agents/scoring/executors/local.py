@@ -1,28 +1,48 @@
-"""Local executor: runs tasks in a process pool of spawned workers, or in this process with one worker."""
+"""Local executor: runs tasks in a process pool (workers forked by a fork server), or in this process with one
+worker."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import queue
 import sys
 import threading
 from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection
 from typing import Any
 
 from corpus_agents.errors import one_line
 from corpus_agents.scoring.executors import Progress, Task, Work
 
-_progress_queue: mp.Queue[int] | None = None
-_started_queue: Any = None
+#: Modules a pool worker needs, imported once by the fork server that forks the workers (not per worker).
+WORKER_MODULES = [
+    "corpus_agents.scoring.parts",
+    "corpus_agents.scoring.executors.local",
+    "corpus_agents.scoring.agents.fasttext",
+    "corpus_agents.scoring.agents.metadata",
+]
+
+_channel: Connection | None = None
 
 
-def _init_worker(progress_queue: mp.Queue[int], started_queue: Any) -> None:
-    """Pool initializer: one model-thread per worker so N workers use N cores, and the progress queues."""
-    global _progress_queue, _started_queue
-    _progress_queue, _started_queue = progress_queue, started_queue
+def pool_context() -> mp.context.BaseContext:
+    """Where pool workers come from: a fork server, started once per process with the scoring modules
+    imported, forks each worker, so a worker costs a fork rather than a fresh interpreter and its imports;
+    workers are never forks of this process (which holds DuckDB and threads). They inherit the environment
+    of the server's start. Where there are no fork servers: spawn."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(WORKER_MODULES)  # read when the server starts
+    return ctx
+
+
+def _init_worker(channel: Connection) -> None:
+    """Pool initializer: one model-thread per worker so N workers use N cores, and the channel to the owner."""
+    global _channel
+    _channel = channel
     threading.Thread(target=_exit_with_parent, daemon=True).start()
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # read by torch/OpenMP when an agent first imports them
     if "torch" in sys.modules:  # importing torch here would cost seconds per worker for fastText-only runs
@@ -38,12 +58,18 @@ def _exit_with_parent() -> None:
         os._exit(1)
 
 
+def _send(message: tuple[str, int]) -> None:
+    """One message to the pool's owner. Messages are a few bytes, written in one write(2) to a pipe: atomic
+    below PIPE_BUF, so workers share the pipe without a lock and one killed mid-send cannot block others."""
+    if _channel is not None:
+        _channel.send(message)
+
+
 def _run_task(work: Work, task: Task, key: int) -> list[Any]:
     """Worker entry point; announces the task first, so that if this worker dies, the owner knows which
     task it was running (and does not blame the tasks queued behind it)."""
-    if _started_queue is not None:
-        _started_queue.put(key)  # a SimpleQueue writes at once: the message outlives a crash right after
-    return work(task, _progress_queue.put if _progress_queue is not None else None)
+    _send(("started", key))  # written at once: the message outlives a crash right after
+    return work(task, lambda n: _send(("docs", n)))
 
 
 #: A task interrupted this many times by broken pools is failed, whatever it was doing (termination bound).
@@ -92,30 +118,27 @@ def _run_pool(
 ) -> Generator[list[Any], None, list[tuple[int, Task, bool]]]:
     """Run (key, task) pairs in a new pool, yielding results; return the tasks a broken pool interrupted,
     each with whether it had started."""
-    ctx = mp.get_context("spawn")
-    # New queues per pool: a worker killed while writing to one may leave its lock held.
-    progress_queue, started_queue = ctx.Queue(), ctx.SimpleQueue()
+    ctx = pool_context()
+    # A new pipe per pool; the owner keeps a sending end to tell the reader thread to stop.
+    receiver, sender = ctx.Pipe(duplex=False)
     started: set[int] = set()
-    stop = threading.Event()
 
-    def drain() -> None:
-        while not stop.is_set():
-            while not started_queue.empty():  # read as they come: a full pipe would block the workers
-                started.add(started_queue.get())
-            try:
-                on_progress(progress_queue.get(timeout=0.2))
-            except queue.Empty:
-                continue
+    def drain() -> None:  # read as messages come: a full pipe would block the workers
+        while True:
+            kind, value = receiver.recv()
+            if kind == "stop":
+                return
+            if kind == "started":
+                started.add(value)
+            else:
+                on_progress(value)
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     interrupted: list[tuple[int, Task]] = []
     try:
         with ProcessPoolExecutor(
-            min(workers, len(todo)),
-            mp_context=ctx,
-            initializer=_init_worker,
-            initargs=(progress_queue, started_queue),
+            min(workers, len(todo)), mp_context=ctx, initializer=_init_worker, initargs=(sender,)
         ) as pool:
             futures = {}
             for key, task in todo:
@@ -135,13 +158,9 @@ def _run_pool(
                     except Exception as exc:  # noqa: BLE001 - the work raised, or its result is unpicklable
                         yield task.failed(one_line(exc, with_type=True))
     finally:
-        stop.set()
+        # Every worker has exited: all they sent is in the pipe, ahead of this.
+        sender.send(("stop", 0))
         reader.join()
-    while not started_queue.empty():  # every worker has exited: nothing more is being written
-        started.add(started_queue.get())
-    while True:  # progress a worker sent just before its pool shut down
-        try:
-            on_progress(progress_queue.get_nowait())
-        except queue.Empty:
-            break
+        receiver.close()
+        sender.close()
     return [(key, task, key in started) for key, task in interrupted]

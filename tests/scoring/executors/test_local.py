@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import pytest
 from helpers import metadata_agent, score_and_report_duckdb, shard_task, write_shard
 
+from corpus_agents.scoring.agents.base import AgentContext
+from corpus_agents.scoring.agents.fasttext import FastTextAgent
 from corpus_agents.scoring.executors.local import run_local
 
 
@@ -68,4 +70,22 @@ def test_pool_workers_do_not_import_duckdb(tmp_path):
     assert sorted(r["results"][0].shard_id for r in reports) == [0, 1]
     assert all(r["results"][0].error is None and r["results"][0].num_rows == 24 for r in reports)
     assert [r["duckdb"] for r in reports] == [False, False]
+    assert sum(seen) == 48
+
+
+def test_pool_workers_scoring_fasttext_import_neither_duckdb_nor_pandas(tmp_path, fasttext_model):
+    """Workers are forked from a server that imported the scoring modules; scoring fastText then imports
+    neither DuckDB (the catalog is the driver's) nor pandas (a third of a second per worker)."""
+    agent = FastTextAgent.create("ft", {"model": str(fasttext_model)}, AgentContext(tmp_path, tmp_path))
+    tasks = [
+        shard_task(write_shard(tmp_path / f"shard-{s}.parquet", 24), tmp_path / "parts", [agent], s)
+        for s in range(2)
+    ]
+    seen: list[int] = []
+    reports = [
+        r for results in run_local(tasks, score_and_report_duckdb, seen.append, workers=2) for r in results
+    ]
+    assert all(r["results"][0].error is None and r["results"][0].num_rows == 24 for r in reports)
+    assert [(r["duckdb"], r["pandas"]) for r in reports] == [(False, False)] * 2
+    assert {r["start"] for r in reports} <= {"forkserver", "spawn"}
     assert sum(seen) == 48
