@@ -114,9 +114,9 @@ def decode_texts(arr: pa.Array) -> list[str]:
     except pa.ArrowInvalid:
         valid = False
     if valid:
-        if arr.null_count:
-            arr = pc.fill_null(arr, "")
-        return arr.to_pylist()
+        texts = arr.to_pylist()
+        # nulls in Python: pc.fill_null builds a scalar, and pyarrow imports pandas to build one
+        return [t if t is not None else "" for t in texts] if arr.null_count else texts
     raw = arr.view(pa.binary()).to_pylist()
     return ["" if b is None else b.decode("utf-8", errors="replace") for b in raw]
 

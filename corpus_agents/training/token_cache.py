@@ -3,9 +3,9 @@
 Layout: `<root>/<tokenizer key>/<shard key>/rg-<group>.npz`, root `<workspace>/cache/tokens`. The tokenizer
 key hashes the tokenizer's content (its JSON without truncation and padding), the shard key the shard's
 registered fingerprint (size and footer hash). An entry holds the rows tokenised so far (shard row
-indices, sorted), each row's token offsets, the tokens (uint32, no special tokens, no EOS) and the row
-group's registered hash. It holds the rows that selections have needed so far: a later selection needing
-rows it lacks tokenises only those and rewrites the entry.
+indices, sorted), each row's token offsets, the tokens (uint16 when the ids fit, else uint32; no special
+tokens, no EOS) and the row group's registered hash. It holds the rows that selections have needed so
+far: a later selection needing rows it lacks tokenises only those and rewrites the entry.
 
 Safety. Entries are written whole through `storage.atomic_path`, so a kill -9 mid-write leaves the old
 entry or none, never a torn one in use; concurrent writers (DataLoader workers, ranks) each publish a
@@ -73,7 +73,7 @@ class TokenEntry:
 
     rows: np.ndarray  # int64, strictly increasing shard row indices
     offsets: np.ndarray  # int64, len(rows) + 1, from 0 to len(tokens)
-    tokens: np.ndarray  # uint32
+    tokens: np.ndarray  # uint32 (uint16 as stored when every id fits)
 
     @classmethod
     def of(cls, rows: np.ndarray, lengths: np.ndarray, tokens: np.ndarray) -> TokenEntry:
@@ -129,6 +129,11 @@ def gather(tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.nd
     return tokens[np.arange(total, dtype=np.int64) + shift]
 
 
+def narrow(tokens: np.ndarray) -> np.ndarray:
+    """Token ids as uint16 when every id fits (vocabularies up to 65,536: half the disk), else uint32."""
+    return tokens.astype(np.uint16 if not len(tokens) or int(tokens.max()) < 1 << 16 else np.uint32)
+
+
 class TokenCache:
     """The token cache of one tokenizer under `root` (see the module doc)."""
 
@@ -154,7 +159,7 @@ class TokenCache:
                 entry = TokenEntry(z["rows"].astype(np.int64), z["offsets"].astype(np.int64), z["tokens"])
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             return None
-        return entry if entry.tokens.dtype == np.uint32 and entry.consistent() else None
+        return entry if entry.tokens.dtype in (np.uint16, np.uint32) and entry.consistent() else None
 
     def store(self, ref: ShardRef, group: int, entry: TokenEntry) -> None:
         """Write the row group's entry atomically; a cache that cannot be written (disk full, read-only
@@ -168,7 +173,7 @@ class TokenCache:
                     fh,
                     rows=entry.rows,
                     offsets=entry.offsets,
-                    tokens=entry.tokens.astype(np.uint32),
+                    tokens=narrow(entry.tokens),
                     row_group_hash=np.array(_group_hash(ref, group)),
                 )
         except OSError:
