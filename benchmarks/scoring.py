@@ -58,7 +58,8 @@ REFERENCE = next(
 
 # ----- measurement helpers ---------------------------------------------------------------------------
 def cpu_seconds() -> float:
-    """CPU time (user + system) of this process and of its reaped children (pool workers)."""
+    """CPU time (user + system) of this process and of its reaped children (pool workers, through the fork
+    server that forked them)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
@@ -98,6 +99,7 @@ def child_run(workspace: str, agents: list[str], workers: int, profile: str | No
     """Time `run_scoring` on a fresh workspace copy (called in a fresh interpreter) and check what it wrote."""
     from corpus_agents.scoring.catalog import Catalog
     from corpus_agents.scoring.driver import run_scoring
+    from corpus_agents.scoring.executors.local import stop_pool_server
 
     with Catalog(workspace) as cat:
         profiler = cProfile.Profile() if profile else None
@@ -107,7 +109,9 @@ def child_run(workspace: str, agents: list[str], workers: int, profile: str | No
         summary = run_scoring(cat, agents, workers=workers, show_progress=False)
         if profiler:
             profiler.disable()
-        wall, cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
+        wall = time.perf_counter() - wall0
+        stop_pool_server()  # pool workers are the fork server's children: reaped with it, their CPU counts
+        cpu = cpu_seconds() - cpu0
         rows = dict(cat.execute("SELECT agent, count(*) FROM scores GROUP BY agent"))
         stages = stage_times(cat.parts().values())
     if profiler and profile:

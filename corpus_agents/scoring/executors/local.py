@@ -39,6 +39,14 @@ def pool_context() -> mp.context.BaseContext:
     return ctx
 
 
+def stop_pool_server() -> None:
+    """Stop this process's fork server, if running, and wait for it (the next pool starts a new one). Its
+    CPU time, and its workers', then counts in this process's `RUSAGE_CHILDREN`."""
+    from multiprocessing import forkserver
+
+    forkserver._forkserver._stop()
+
+
 def _init_worker(channel: Connection) -> None:
     """Pool initializer: one model-thread per worker so N workers use N cores, and the channel to the owner."""
     global _channel
