@@ -20,7 +20,7 @@ from corpus_agents.errors import CorpusAgentsError, WorkspaceError
 from corpus_agents.scoring.agents import Agent, AgentContext, AgentOptions, agent_class
 from corpus_agents.scoring.catalog import CATALOG_FILE, LOCK_FILE, Catalog
 from corpus_agents.scoring.corpus import RegisterReport, distinct_values, register_corpus, sample_texts
-from corpus_agents.scoring.driver import RunSummary, remove_stale_files, run_scoring
+from corpus_agents.scoring.driver import RunSummary, model_hashes, remove_stale_files, run_scoring
 from corpus_agents.scoring.hub import HubSource, MaterializeReport, materialize_into_workspace
 
 
@@ -185,6 +185,9 @@ class Workspace:
         self.catalog.check_agent_name(name, replace=replace)
         agent = agent_class(kind).create(name, options, self.agent_context())
         self.catalog.add_agent(agent, replace=replace)
+        hashes = model_hashes(self.catalog)  # its model files hashed now, not by the first `score`
+        self.catalog.agents([name])[0].fingerprint(hashes)
+        hashes.save()
         return agent
 
     def remove_agent(self, name: str) -> None:
@@ -212,13 +215,14 @@ class Workspace:
         and the parts that failed."""
         corpus = self.corpus_size()
         parts = self.catalog.parts()
+        hashes = model_hashes(self.catalog)
         agents = []
         for name, kind, labels, committed, partial, failed, scored in self.catalog.run(
             "catalog.sql", "status_agents"
         ):
             pending, error = None, None
             try:
-                fp = self.catalog.agents([name])[0].fingerprint()
+                fp = self.catalog.agents([name])[0].fingerprint(hashes)
                 current = sum(
                     1 for (a, _), p in parts.items() if a == name and p.complete and p.fingerprint == fp
                 )

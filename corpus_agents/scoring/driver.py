@@ -163,6 +163,11 @@ def commit_results(
             summary.committed.append(r)
 
 
+def model_hashes(catalog: Catalog) -> FileHashes:
+    """The workspace's remembered model file hashes (`WS/cache/model-hashes.json`)."""
+    return FileHashes(Path(catalog.dir) / "cache" / "model-hashes.json", root=catalog.dir)
+
+
 def remove_stale_files(catalog: Catalog, keep_uncommitted: bool) -> int:
     """Delete temporary files of crashed runs and part files no committed part refers to.
 
@@ -238,7 +243,7 @@ def run_scoring(
     for agent in agents:
         agent.check_requirements()
     remove_stale_files(catalog, keep_uncommitted=True)
-    hashes = FileHashes(Path(catalog.dir) / "cache" / "model-hashes.json")
+    hashes = model_hashes(catalog)
     fingerprints = {a.name: a.fingerprint(hashes) for a in agents}
     hashes.save()
     # Scores of a changed agent (model file or config) go before its new ones come: a run that fails or is

@@ -60,32 +60,41 @@ def file_stamp(path: str | os.PathLike) -> tuple:
 
 
 class FileHashes:
-    """Content hashes of model files (`hash_path`) remembered in a JSON file by each file's (path, inode,
-    size, mtime, ctime): a model file is hashed again only once it is rewritten or replaced, not by every
-    run. A missing or unreadable file of hashes is an empty one."""
+    """Content hashes of model files (`hash_path`) remembered in a JSON file by each file's path, size and
+    mtime (to the nanosecond), as `make` and `rsync` judge a file unchanged: a model file is hashed again
+    once it is rewritten or replaced, not by every run. Files under `root` (the workspace) are remembered by
+    their path inside it, so a moved or copied workspace keeps them. A missing or unreadable file of hashes
+    is an empty one."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, root: str | os.PathLike | None = None):
         self.path = Path(path)
+        self.root = None if root is None else Path(root).resolve()
         try:
-            self._known: dict[str, Any] = json.loads(self.path.read_text())
+            known = json.loads(self.path.read_text())
         except (OSError, ValueError):
-            self._known = {}
+            known = {}
+        self._known: dict[str, Any] = known if isinstance(known, dict) else {}
         self._changed = False
+
+    def _key(self, path: Path) -> str:
+        if self.root is not None and path.is_relative_to(self.root):
+            return f"$WS/{path.relative_to(self.root).as_posix()}"
+        return str(path)
 
     @staticmethod
     def _stamp(path: Path) -> list[list[Any]]:
         files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
-        stats = [(str(f), f.stat()) for f in files]
-        return [[name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns] for name, st in stats]
+        stats = [(f.relative_to(path).as_posix() if path.is_dir() else f.name, f.stat()) for f in files]
+        return [[name, st.st_size, st.st_mtime_ns] for name, st in stats]
 
     def hash(self, path: str | os.PathLike) -> str:
-        """`hash_path(path)`, from memory while the file's stamp is unchanged."""
-        key = str(Path(path).resolve())
-        stamp = self._stamp(Path(key))
+        """`hash_path(path)`, from memory while the file's size and mtime are unchanged."""
+        resolved = Path(path).resolve()
+        key, stamp = self._key(resolved), self._stamp(resolved)
         known = self._known.get(key)
-        if known is not None and known.get("stamp") == stamp:
+        if isinstance(known, dict) and known.get("stamp") == stamp:
             return known["hash"]
-        digest = hash_path(key)
+        digest = hash_path(resolved)
         self._known[key] = {"stamp": stamp, "hash": digest}
         self._changed = True
         return digest
