@@ -183,7 +183,11 @@ def agent() -> None:
 @agent.command("add")
 @click.argument("workspace", type=click.Path(exists=True, file_okay=False))
 @click.argument("name", required=False, type=AGENT_NAME)
-@click.option("--kind", help="fasttext, metadata, topic, hf-classifier or noise.")
+@click.option(
+    "--kind",
+    help="fasttext, metadata, column, attributes, topic, hf-classifier, noise, or a kind an installed "
+    "package adds (entry points `corpus_agents.agents`).",
+)
 @click.option(
     "--pipeline",
     type=click.Path(exists=True, dir_okay=False),
@@ -197,7 +201,14 @@ def agent() -> None:
     "--label", help="fasttext, hf-classifier: the class whose probability is the score (binned by --bins)."
 )
 @click.option(
-    "--bins", help="Bin edges of the score, e.g. 0,0.2,0.4,0.6,0.8,1 (hf regression default 0,1,2,3,4,5)."
+    "--bins",
+    help="fasttext, hf-classifier, column, attributes: bin edges of the score, e.g. 0,0.2,0.4,0.6,0.8,1 "
+    "(hf regression default 0,1,2,3,4,5).",
+)
+@click.option(
+    "--quantiles",
+    type=int,
+    help="column, attributes: this many equal-count bins over the corpus (default 5).",
 )
 @click.option(
     "--fit-positive",
@@ -214,7 +225,19 @@ def agent() -> None:
 )
 @click.option("--negative-columns", help="fasttext: columns of a negative Parquet file joined as text.")
 @click.option("--fit-samples", type=int, help="fasttext: at most this many positives (default 20000).")
-@click.option("--column", help="metadata: the column (dots for nested fields: meta.source).")
+@click.option("--column", help="metadata, column: the corpus column (dots for nested fields: meta.source).")
+@click.option(
+    "--files",
+    help="attributes: side files keyed by document id, Parquet or JSON lines (paths or globs, comma-separated).",
+)
+@click.option(
+    "--field",
+    help="attributes: the label or score in the side files (dots into structs: attributes.quality).",
+)
+@click.option("--id-column", help="attributes: the document id column of the side files (default id).")
+@click.option(
+    "--doc-id-column", help="attributes: the document id column of the shards (default --id-column)."
+)
 @click.option("--topics", type=int, help="topic: number of topics (default 16).")
 @click.option("--sample", type=int, help="topic: corpus documents to fit on (default 20000).")
 @click.option("--method", help="topic: tfidf (default) or minilm, the representation k-means clusters.")
@@ -229,6 +252,13 @@ def agent() -> None:
 @click.option("--dtype", help="hf-classifier: auto (default: bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.")
 @click.option("--device", help="hf-classifier: auto (default), cpu or cuda.")
 @click.option("--trust-remote-code", is_flag=True, help="hf-classifier: allow the model's own code to run.")
+@click.option(
+    "--option",
+    "extra_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any option of the kind, e.g. one of a kind from another package (repeatable; VALUE is YAML).",
+)
 @click.option("--replace", is_flag=True, help="Redefine an existing agent (drops its scores).")
 @user_errors
 def agent_add(
@@ -237,6 +267,7 @@ def agent_add(
     kind: str | None,
     pipeline: str | None,
     overrides: tuple[str, ...],
+    extra_options: tuple[str, ...],
     replace: bool,
     **options: Any,
 ) -> None:
@@ -251,12 +282,14 @@ def agent_add(
       corpus-agents agent add ws lang --kind fasttext --model lid.176.ftz
       corpus-agents agent add ws quality --kind fasttext --fit-positive ref.parquet
       corpus-agents agent add ws domain --kind metadata --column source
+      corpus-agents agent add ws edu --kind column --column score --bins 0,1,2,3,4,5
+      corpus-agents agent add ws qual --kind attributes --files 'attributes/*.jsonl.gz' --field attributes.quality
       corpus-agents agent add ws topic --kind topic --topics 16
       corpus-agents agent add ws edu --kind hf-classifier --model HuggingFaceFW/fineweb-edu-classifier
       corpus-agents agent add ws noise1 --kind noise --labels 4 --seed 1
       corpus-agents agent add ws --pipeline pipelines/slimpajama-1.3b.yaml --set agents.quality.device=cpu
     """
-    from corpus_agents.config import AgentSpec, ConfigError, load_config
+    from corpus_agents.config import AgentSpec, ConfigError, load_config, parse_override
     from corpus_agents.scoring.agents import agent_class, make_options
     from corpus_agents.workspace import Workspace
 
@@ -266,6 +299,9 @@ def agent_add(
         for option, value in options.items()
         if ctx.get_parameter_source(option) == click.core.ParameterSource.COMMANDLINE
     }
+    for item in extra_options:
+        keys, value = parse_override(item)
+        given[".".join(keys).replace("-", "_")] = value
     if pipeline:
         if kind or given:
             raise CorpusAgentsError(

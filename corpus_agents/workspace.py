@@ -19,7 +19,13 @@ from corpus_agents import storage
 from corpus_agents.errors import CorpusAgentsError, WorkspaceError
 from corpus_agents.scoring.agents import Agent, AgentContext, AgentOptions, agent_class
 from corpus_agents.scoring.catalog import CATALOG_FILE, LOCK_FILE, Catalog
-from corpus_agents.scoring.corpus import RegisterReport, distinct_values, register_corpus, sample_texts
+from corpus_agents.scoring.corpus import (
+    RegisterReport,
+    column_types,
+    distinct_values,
+    register_corpus,
+    sample_texts,
+)
 from corpus_agents.scoring.driver import RunSummary, remove_stale_files, run_scoring
 from corpus_agents.scoring.hub import HubSource, MaterializeReport, materialize_into_workspace
 
@@ -175,6 +181,8 @@ class Workspace:
             models_dir=self.catalog.models_dir,
             sample_texts=lambda n, seed=0: sample_texts(self.catalog, n, seed),
             distinct_values=lambda column: distinct_values(self.catalog, column),
+            column_types=lambda column: column_types(self.catalog, column),
+            column_quantiles=self.catalog.column_quantiles,
         )
 
     def add_agent(

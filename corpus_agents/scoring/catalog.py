@@ -42,6 +42,8 @@ LOCK_FILE = "catalog.lock"
 _PARAM = re.compile(r"\$(\w+)")
 #: How a stored agent config marks a path relative to the workspace (e.g. "$WS/models/quality.fasttext.bin").
 WS_PREFIX = "$WS/"
+#: Agent config keys holding a list of files (the attributes agent's side files), stored like single paths.
+PATH_LISTS = frozenset({"files"})
 
 
 @dataclass(frozen=True)
@@ -297,20 +299,31 @@ class Catalog(_Sql):
 
     def _stored_config(self, config: dict[str, Any], roots: Sequence[Path] = ()) -> dict[str, Any]:
         """An agent config with absolute paths inside the workspace written as `$WS/<relative path>`."""
-        out = {}
-        for key, value in config.items():
+
+        def stored(value: Any) -> Any:
             if isinstance(value, str) and Path(value).is_absolute():
                 rel = self.stored_path(value, roots=roots)
-                value = value if rel == value else WS_PREFIX + rel
-            out[key] = value
-        return out
+                return value if rel == value else WS_PREFIX + rel
+            return value
+
+        return {
+            key: [stored(v) for v in value]
+            if key in PATH_LISTS and isinstance(value, list)
+            else stored(value)
+            for key, value in config.items()
+        }
 
     def _resolved_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        def resolved(value: Any) -> Any:
+            if isinstance(value, str) and value.startswith(WS_PREFIX):
+                return str(self.dir / value.removeprefix(WS_PREFIX))
+            return value
+
         return {
-            k: str(self.dir / v.removeprefix(WS_PREFIX))
-            if isinstance(v, str) and v.startswith(WS_PREFIX)
-            else v
-            for k, v in config.items()
+            key: [resolved(v) for v in value]
+            if key in PATH_LISTS and isinstance(value, list)
+            else resolved(value)
+            for key, value in config.items()
         }
 
     def _relocate(self) -> None:
@@ -408,6 +421,25 @@ class Catalog(_Sql):
     def sample_documents(self, n: int, seed: int) -> list[tuple[int, int]]:
         """(shard_id, row_idx) of a seeded uniform sample of n documents with text."""
         return self.execute(fragment("catalog.sql", "sample_rows").format(rows=int(n), seed=int(seed)))
+
+    def column_quantiles(self, column: str, fractions: list[float]) -> tuple[list[float], int]:
+        """(quantiles at `fractions`, documents with a value) of a numeric column (dots address nested
+        fields) over every registered shard, computed by DuckDB in one pass; each shard's footer is checked
+        against its registration first."""
+        shards = self.shards()
+        for shard in shards:
+            shard.check().check_footer()
+        self.register_filesystems()
+        uris = "[" + ", ".join(quote_literal(s.uri.removeprefix("file://")) for s in shards) + "]"
+        path = ".".join(quote_ident(c) for c in column.split("."))
+        sql = fragment("catalog.sql", "column_quantiles").format(uris=uris, column=path)
+        try:
+            ((edges, n),) = self.execute(sql, {"fractions": list(fractions)})
+        except duckdb.Error as exc:
+            raise CorpusAgentsError(
+                f"cannot compute quantiles of column {column!r}: {one_line(exc)}"
+            ) from None
+        return list(edges or []), int(n)
 
     # ----- agents ------------------------------------------------------------------------------------
     def agent_rows(self) -> list[tuple[str, str, dict[str, Any]]]:

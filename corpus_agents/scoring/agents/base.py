@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from corpus_agents.config import ConfigError, Section
+from corpus_agents.config import ConfigError, Section, key_path
 from corpus_agents.errors import AgentError
 
 if TYPE_CHECKING:
@@ -83,6 +83,22 @@ def bin_labels(edges: list[float]) -> list[str]:
         return f"{x:g}"
 
     return [f"{fmt(a)}-{fmt(b)}" for a, b in zip(edges, edges[1:])]
+
+
+def quantile_edges(quantiles: list[float], key: str) -> list[float]:
+    """Bin edges from a column's quantiles at 0, 1/q, ..., 1: rounded to 6 significant digits (so each bin's
+    name states its edges exactly) with repeated edges merged, which a column with few distinct values has."""
+    edges = sorted({float(f"{q:.6g}") for q in quantiles})
+    if len(edges) < 2:
+        raise AgentError(f"{key}: the values are all equal ({edges[0] if edges else 'none'}); give --bins")
+    return edges
+
+
+def check_binning(bins: list[float] | None, quantiles: int | None, where: str) -> None:
+    """`bins` (edges) or `quantiles` (a count), not both (neither: the kind's default quantiles)."""
+    check_bins(bins, key_path(where, "bins"))
+    if bins is not None and quantiles is not None:
+        raise ConfigError(f"give {key_path(where, 'bins')} or {key_path(where, 'quantiles')}, not both")
 
 
 def digitize(values: np.ndarray, edges: list[float]) -> np.ndarray:
@@ -198,4 +214,6 @@ class AgentContext:
     sample_texts: Any = None  # callable (n, seed) -> list[str]: a seeded random sample of corpus texts
     sample_columns: Any = None  # callable (columns, n, seed) -> pa.Table: sample of metadata columns
     distinct_values: Any = None  # callable (column) -> list of distinct values over the whole corpus
+    column_types: Any = None  # callable (column) -> {shard uri: Arrow type of the column}
+    column_quantiles: Any = None  # callable (column, fractions) -> (quantiles over the corpus, values)
     extra: dict[str, Any] = field(default_factory=dict)
