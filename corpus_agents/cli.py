@@ -12,12 +12,13 @@ from typing import Any
 
 import click
 
-from corpus_agents.errors import CorpusAgentsError
+from corpus_agents.errors import EXTRAS, CorpusAgentsError, install_hint
 from corpus_agents.names import check_agent_name, check_run_id
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Print user-facing errors as one line (`error: ...`) and exit 2 instead of a traceback."""
+    """Print user-facing errors as one line (`error: ...`) and exit 2 instead of a traceback; a missing
+    optional package names the extra that brings it."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -25,6 +26,12 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except CorpusAgentsError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] not in EXTRAS:
+                raise
+            command = click.get_current_context().command_path
+            click.echo(f"error: {install_hint(exc.name or '', command)}", err=True)
             sys.exit(2)
 
     return wrapper

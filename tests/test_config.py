@@ -202,7 +202,7 @@ ENUMS = [
     ("model.preset=huge", "model.preset must be one of tiny, small, 125m, 373m, 1.3b, got 'huge'"),
     (
         "agents.x={kind: lda}",
-        "agents.x.kind must be one of fasttext, hf-classifier, metadata, noise, topic, got 'lda'",
+        "agents.x.kind must be one of attributes, column, fasttext, hf-classifier, metadata, noise, topic, got 'lda'",
     ),
     ("agents.x={kind: topic, method: lda}", "agents.x.method must be one of tfidf, minilm, got 'lda'"),
     (

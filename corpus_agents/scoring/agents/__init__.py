@@ -44,8 +44,8 @@ def plugin_kinds() -> dict[str, importlib.metadata.EntryPoint]:
 
 
 def kinds() -> list[str]:
-    """Every agent kind: the built-in ones, then those of installed packages."""
-    return [*REGISTRY, *sorted(plugin_kinds())]
+    """Every agent kind: the built-in ones, then those of installed packages (each sorted)."""
+    return [*sorted(REGISTRY), *sorted(plugin_kinds())]
 
 
 @functools.cache

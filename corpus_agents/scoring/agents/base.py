@@ -120,6 +120,8 @@ class Agent:
     kind: ClassVar[str] = ""
     #: Python modules this agent needs beyond the core dependencies, with the pip package to install.
     requires: ClassVar[dict[str, str]] = {}
+    #: The extra of corpus-agents that brings them (`pip install 'corpus-agents[EXTRA]'`), if any.
+    extra: ClassVar[str | None] = None
     #: True if the agent benefits from a GPU (executors place it accordingly).
     uses_gpu: ClassVar[bool] = False
     #: Config keys that change how fast an agent runs, not what it outputs: left out of the fingerprint.
@@ -195,9 +197,10 @@ class Agent:
 
         for module, package in cls.requires.items():
             if importlib.util.find_spec(module) is None:
-                raise AgentError(
-                    f"agent kind {cls.kind!r} needs the package {package!r}: pip install {package}"
+                install = (
+                    f"pip install 'corpus-agents[{cls.extra}]'" if cls.extra else f"pip install {package}"
                 )
+                raise AgentError(f"agent kind {cls.kind!r} needs the package {package!r}: {install}")
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

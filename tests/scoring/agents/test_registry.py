@@ -116,7 +116,9 @@ def test_a_broken_entry_point_is_one_line(monkeypatch: pytest.MonkeyPatch) -> No
             agent_class("notagent")
         with pytest.raises(AgentError, match="must set kind = 'wrongkind'"):
             agent_class("wrongkind")
-        with pytest.raises(AgentError, match="unknown agent kind 'nope'; known kinds: fasttext, "):
+        with pytest.raises(
+            AgentError, match="unknown agent kind 'nope'; known kinds: attributes, column, fasttext, "
+        ):
             agent_class("nope")
     finally:
         agent_class.cache_clear()
