@@ -373,7 +373,7 @@ def run_jobs(
             if other:  # a killed run resumes in the lane that holds its checkpoints
                 todo.insert(0, (config, seed))
                 continue
-            cmd = cli("train", str(lane), "--config", str(config_file), "--run", run,
+            cmd = cli("train", str(lane), "--pipeline", str(config_file), "--run", run,
                       "--set", f"train.seed={seed}", "--set", f"console.seed={seed}",
                       *[a for o in config_overrides(config, args.s["steps"], real) for a in ("--set", o)])  # fmt: skip
             if started:

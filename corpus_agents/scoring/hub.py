@@ -70,7 +70,7 @@ class HubSource:
 
     def describe(self) -> str:
         parts = [self.name]
-        parts += [f"--config {self.config}"] if self.config else []
+        parts += [f"--hub-config {self.config}"] if self.config else []
         parts += [f"--split {self.split}"]
         parts += [f"--max-rows {self.max_rows}"] if self.max_rows else []
         parts += (

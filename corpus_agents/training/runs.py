@@ -274,10 +274,17 @@ def read_run_log(path: Path) -> RunLog:
 
 
 # ----- what users ask of runs --------------------------------------------------------------------------
-def ensure_schema(catalog: Catalog) -> None:
-    """The console's and the trainer's tables, created on first use."""
+def ensure_schema(catalog: Catalog) -> bool:
+    """The console's and the trainer's tables, created on first use; returns whether they exist (a read-only
+    catalog cannot create them: it has none when no run has used the workspace)."""
+    if catalog.read_only:
+        return {
+            "runs",
+            "round_compute",
+        } <= catalog.table_names()  # the first of console.sql's, the last of runs.sql's
     catalog.run("console.sql", "schema")
     catalog.run("runs.sql", "schema")
+    return True
 
 
 def record_compute(
@@ -296,15 +303,17 @@ def record_compute(
 def list_runs(catalog: Catalog) -> pa.Table:
     """One row per run: rounds, training steps and tokens, total compute (training, probes and reference
     gradients, in FLOPs) and the share of it spent on rewards, held-out loss of its last evaluation and the
-    latest theta per agent."""
-    ensure_schema(catalog)
+    latest theta per agent. A read-only catalog of a workspace that never trained: no rows, no columns."""
+    if not ensure_schema(catalog):
+        return pa.table({})
     return catalog.arrow("runs.sql", "list_runs")
 
 
 def selection_path(catalog: Catalog, run_id: str, round_: int | None) -> tuple[int, Path]:
     """(round, snapshot path) of a run's selection at `round_`, or at its last round when None."""
-    ensure_schema(catalog)
-    rows = catalog.run("runs.sql", "selection_of", run_id=run_id, round=round_)
+    rows = (
+        catalog.run("runs.sql", "selection_of", run_id=run_id, round=round_) if ensure_schema(catalog) else []
+    )
     if not rows:
         at = f"round {round_}" if round_ is not None else "any round"
         raise CorpusAgentsError(f"run {run_id!r} has no selection at {at} (see `corpus-agents runs`)")
@@ -319,6 +328,7 @@ def static_selection(
     from corpus_agents.training.console import Console, ConsoleConfig
 
     paths = RunPaths.of(catalog.dir, run_id)  # the run id is checked before the run is recorded
+    ensure_schema(catalog)
     with Console(catalog, run_id, ConsoleConfig.from_dict({**console, "mode": mode})) as con:
         con.start(init_from=init_from)
         return con.select(0, tokens, paths.selection(0))
