@@ -762,7 +762,7 @@ def export(
     seed: int,
 ) -> None:
     """Write a round's selected documents for any trainer: Parquet (text, labels and scores), pre-tokenised
-    token files in datatrove's format (read by DatatroveFolderDataset and nanotron), or a `datasets` dataset
+    token files in datatrove's format (read by its DatatroveFolderDataset), or a `datasets` dataset
     (load_from_disk). Tokens are the run's tokenizer's (or --tokenizer's), each document followed by EOS.
     A re-run after a kill finishes the same export.
 

@@ -2,11 +2,11 @@
 datatrove's format, or a `datasets` dataset on disk.
 
 Token files (`--format tokens`) follow datatrove's tokenizer output, which its own
-`datatrove.utils.dataset.DatatroveFolderDataset` and nanotron read directly: `part-NNNNN.ds` holds the
+`datatrove.utils.dataset.DatatroveFolderDataset` reads directly: `part-NNNNN.ds` holds the
 documents' tokens back to back (little-endian uint16 when the vocabulary has at most 65,536 entries, else
 uint32), each document followed by the EOS token; `part-NNNNN.ds.index` the end of each document in tokens
 (uint64, exclusive, EOS included); `part-NNNNN.ds.metadata` three lines: `tokenizer|token bytes`, the token
-count and the count in words. `part-NNNNN.ds.doc_ids` (int64, one per document, in file order) is ours:
+count and the count with an SI prefix. `part-NNNNN.ds.doc_ids` (int64, one per document, in file order) is ours:
 datatrove ignores it, and it joins a document back to the catalog. Megatron's indexed dataset (.bin/.idx)
 was the other candidate; it is read through megatron-core's compiled helpers, while datatrove's format is
 plain arrays that numpy writes and any trainer memory-maps.
