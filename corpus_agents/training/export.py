@@ -24,6 +24,7 @@ export.json records the totals last. A `datasets` dataset is built beside OUT an
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
@@ -279,10 +280,10 @@ def _write_hf(
     OUT from an Arrow stream and published in one rename."""
     from datasets import Dataset
 
-    staging = out.with_name(f"{out.name}.arrow")
-    for stale in out.parent.glob(f".{out.name}.*tmp-*"):  # left by a killed export
-        remove_path(stale)
-    staging = temp_path(staging)
+    staging = temp_path(out.with_name(f"{out.name}.arrow"))
+    for pattern in (f".{out.name}.tmp-*", f".{out.name}.arrow.tmp-*"):  # left by a killed export
+        for stale in out.parent.glob(glob.escape(pattern[:-1]) + "*"):
+            remove_path(stale)
     tokens = 0
     try:
         writer: pa.ipc.RecordBatchStreamWriter | None = None
