@@ -871,22 +871,71 @@ def select_cmd(
 @click.option("--round", "round_", type=NON_NEGATIVE, help="The round (default: the run's last).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option(
-    "--shard-docs", type=POSITIVE, default=100_000, show_default=True, help="Documents per output shard."
+    "--format",
+    "format_",
+    type=click.Choice(["parquet", "tokens", "hf"]),
+    default="parquet",
+    show_default=True,
+    help="parquet: text, labels and scores; tokens: datatrove .ds token files; hf: a datasets dataset.",
+)
+@click.option(
+    "--tokenizer", help="Tokenizer directory or hub name to count and write tokens (default: the run's)."
+)
+@click.option(
+    "--shard-docs", type=POSITIVE, default=100_000, show_default=True, help="Documents per Parquet file."
+)
+@click.option(
+    "--shard-tokens",
+    type=POSITIVE,
+    default=100_000_000,
+    show_default=True,
+    help="Tokens per .ds file (--format tokens; a document is never split).",
+)
+@click.option(
+    "--seed",
+    type=NON_NEGATIVE,
+    default=0,
+    show_default=True,
+    help="Shuffle of documents inside each .ds file.",
 )
 @user_errors
-def export(workspace: str, run_id: str, round_: int | None, out: str, shard_docs: int) -> None:
-    """Write a round's selected documents (text, labels and scores) as Parquet, for any trainer.
+def export(
+    workspace: str,
+    run_id: str,
+    round_: int | None,
+    out: str,
+    format_: str,
+    tokenizer: str | None,
+    shard_docs: int,
+    shard_tokens: int,
+    seed: int,
+) -> None:
+    """Write a round's selected documents for any trainer: Parquet (text, labels and scores), pre-tokenised
+    token files in datatrove's format (read by its DatatroveFolderDataset), or a `datasets` dataset
+    (load_from_disk). Tokens are the run's tokenizer's (or --tokenizer's), each document followed by EOS.
+    A re-run after a kill finishes the same export.
 
     \b
     Example:
       corpus-agents export ws --run demo --round 3 --out subset/
+      corpus-agents export ws --run demo --format tokens --out tokens/
     """
     from corpus_agents.scoring.catalog import Catalog
-    from corpus_agents.training.runs import export_selection
+    from corpus_agents.training.export import export_run
 
     with Catalog(workspace) as cat:
-        paths, docs = export_selection(cat, run_id, round_, Path(out), shard_docs)
-    click.echo(f"wrote {docs:,} documents to {len(paths)} shards in {out}")
+        summary = export_run(
+            cat,
+            run_id,
+            round_,
+            Path(out),
+            format_,
+            tokenizer=tokenizer,
+            shard_docs=shard_docs,
+            shard_tokens=shard_tokens,
+            seed=seed,
+        )
+    click.echo(summary.line())
 
 
 @main.command()

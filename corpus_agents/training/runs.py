@@ -1,5 +1,5 @@
 """A training run's directory and log, and what users ask of runs: list them, make a static selection,
-summarise one, export it as Parquet.
+summarise one (training/export.py exports one).
 
 `RunPaths` is where a run keeps its files (WS/runs/<run_id>/); `LogWriter` appends the records of
 `log.jsonl` (`StepRecord`, `RoundRecord`, `ResumeRecord`, the one definition of their fields) and
@@ -18,13 +18,10 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from corpus_agents.errors import CorpusAgentsError
 from corpus_agents.names import check_run_id
 from corpus_agents.scoring.catalog import Catalog
-from corpus_agents.scoring.corpus import iter_doc_batches, pack_doc_ids
 from corpus_agents.training.compute import KINDS, Compute
 from corpus_agents.training.selection import read_snapshot
 
@@ -354,41 +351,3 @@ def summarize_selection(catalog: Catalog, run_id: str, round_: int | None) -> st
         shares = ", ".join(f"{label} {share:.0%}" for label, share in rows[:8])
         lines.append(f"  {name}: {shares}{', ...' if len(rows) > 8 else ''}")
     return "\n".join(lines)
-
-
-def export_selection(
-    catalog: Catalog, run_id: str, round_: int | None, out: Path, shard_docs: int
-) -> tuple[list[Path], int]:
-    """Write a round's selected documents (text, doc_id, every agent's label and score) as Parquet shards."""
-    round_, path = selection_path(catalog, run_id, round_)
-    table, shards = read_snapshot(path)
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    buffer: list[pa.Table] = []
-    pending = 0
-
-    def flush() -> None:
-        nonlocal buffer, pending
-        if buffer:
-            target = out / f"part-{len(written):05d}.parquet"
-            pq.write_table(pa.concat_tables(buffer).combine_chunks(), target)
-            written.append(target)
-        buffer, pending = [], 0
-
-    total = 0
-    for shard_id in sorted(shards):
-        rows = table.filter(pc.equal(table["shard_id"], shard_id))
-        row_idx = np.sort(rows["row_idx"].to_numpy().astype(np.int64))
-        ref = shards[shard_id]
-        for batch_rows, batch in iter_doc_batches(ref.uri, ref.text_column, [], 8192, row_idx, ref.check()):
-            doc_ids = pa.array(pack_doc_ids(shard_id, batch_rows), pa.int64())
-            with catalog.registered("exported", pa.table({"doc_id": doc_ids})):
-                labels = catalog.arrow("runs.sql", "export_labels")
-            part = labels.append_column("text", pa.array(batch.texts, pa.string()))
-            buffer.append(part)
-            pending += part.num_rows
-            total += part.num_rows
-            if pending >= shard_docs:
-                flush()
-    flush()
-    return written, total
