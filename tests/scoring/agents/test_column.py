@@ -85,7 +85,7 @@ def test_a_column_with_few_values_merges_repeated_quantiles(edu_ws) -> None:
     out = invoke(
         "agent", "add", ws, "iscore", "--kind", "column", "--column", "int_score", "--quantiles", "20"
     )
-    labels = out.stdout.split("labels: ")[1].strip().split(", ")
+    labels = out.stdout.split("labels: ")[1].splitlines()[0].strip().split(", ")
     edges = [float(x) for x in labels[0].split("-")] + [float(label.split("-")[1]) for label in labels[1:]]
     assert edges == sorted(set(edges)) and len(labels) <= 5  # int_score takes at most 6 values
 
