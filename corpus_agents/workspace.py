@@ -1,7 +1,14 @@
-"""A workspace and what one does with it: register a corpus, add agents, score, summarise, query.
+"""A workspace and what one does with it: register a corpus, add agents, score, summarise, query, look at
+training runs and their selections.
 
-The `corpus-agents` commands and the demo are thin layers over these operations, so a notebook can do the
-same: `with Workspace.create("ws") as ws: ws.add_corpus(["shards/*.parquet"]); ws.add_agent(...)`.
+This is the Python API (`corpus_agents.open`); the `corpus-agents` commands and the demo are thin layers
+over the same operations:
+
+    import corpus_agents
+    with corpus_agents.open("ws", read_only=False) as ws:
+        ws.add_agent("domain", "metadata", column="source")
+        ws.score()
+        df = ws.sql("SELECT domain, count(*) AS n FROM doc_labels GROUP BY ALL").pl()
 """
 
 from __future__ import annotations
@@ -9,19 +16,29 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from corpus_agents import storage
 from corpus_agents.errors import CorpusAgentsError, WorkspaceError
-from corpus_agents.scoring.agents import Agent, AgentContext, AgentOptions, agent_class
+from corpus_agents.names import check_run_id
+from corpus_agents.scoring.agents import Agent, AgentContext, AgentOptions, agent_class, make_options
 from corpus_agents.scoring.catalog import CATALOG_FILE, LOCK_FILE, Catalog
-from corpus_agents.scoring.corpus import RegisterReport, distinct_values, register_corpus, sample_texts
+from corpus_agents.scoring.corpus import (
+    RegisterReport,
+    column_types,
+    distinct_values,
+    register_corpus,
+    sample_texts,
+)
 from corpus_agents.scoring.driver import RunSummary, model_hashes, remove_stale_files, run_scoring
 from corpus_agents.scoring.hub import HubSource, MaterializeReport, materialize_into_workspace
+
+if TYPE_CHECKING:
+    import duckdb
 
 
 @dataclass(frozen=True)
@@ -53,17 +70,48 @@ class WorkspaceStatus:
     agents: list[AgentStatus]
     failures: list[tuple[str, int, str]]  # (agent, shard_id, error) of the parts that failed last
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (`status --json`): the directory as a string, failures as objects."""
+        out = asdict(self)
+        out["directory"] = str(self.directory)
+        out["failures"] = [{"agent": a, "shard_id": s, "error": e} for a, s, e in self.failures]
+        return out
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    """A registered agent: its kind, label names and stored config (paths inside the workspace written as
+    `$WS/...`; the labels are not repeated in `config`)."""
+
+    name: str
+    kind: str
+    labels: list[str]
+    config: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def open_workspace(path: str | os.PathLike, read_only: bool = True) -> Workspace:
+    """`corpus_agents.open`: an existing workspace. Read-only by default: no lock is taken, so several
+    readers (notebooks, `query`) can share it, and every write is refused; `read_only=False` locks it for
+    this process (add agents, score). Close it (or use `with`) to let a writer in."""
+    return Workspace.open(path, read_only=read_only, command="python: corpus_agents.open")
+
 
 class Workspace:
-    """An open workspace: its catalog, locked while open. Use as a context manager or call `close()`."""
+    """An open workspace: its catalog, locked while open unless read-only. Use as a context manager or call
+    `close()`."""
 
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, command: str | None = None) -> Workspace:
-        """Open an existing workspace."""
-        return cls(Catalog(path, command=command))
+    def open(
+        cls, path: str | os.PathLike, *, read_only: bool = False, command: str | None = None
+    ) -> Workspace:
+        """Open an existing workspace (locked for writing, or `read_only`)."""
+        return cls(Catalog(path, command=command, read_only=read_only))
 
     @classmethod
     def create(
@@ -128,6 +176,20 @@ class Workspace:
         return self.catalog.dir
 
     @property
+    def read_only(self) -> bool:
+        return self.catalog.read_only
+
+    def _check_writable(self, action: str) -> None:
+        if self.read_only:
+            raise WorkspaceError(
+                f"workspace {self.dir} is open read-only; open it with "
+                f"corpus_agents.open(path, read_only=False) to {action}"
+            )
+
+    def __repr__(self) -> str:
+        return f"<Workspace {self.dir}{' (read-only)' if self.read_only else ''}>"
+
+    @property
     def text_column(self) -> str:
         return self.catalog.get_meta("text_column") or "text"
 
@@ -145,6 +207,7 @@ class Workspace:
         """Register the Parquet shards that `patterns` (paths, globs, URLs) match; known ones are skipped.
         With `refresh`, known shards are checked byte for byte and changed ones re-registered (their parts are
         rescored by the next `score`); no patterns then means every known shard."""
+        self._check_writable("register shards")
         if refresh and not patterns:
             patterns = [s.uri for s in self.catalog.shards()]
         return register_corpus(self.catalog, list(patterns), self.text_column, threads, refresh=refresh)
@@ -152,6 +215,7 @@ class Workspace:
     def stream_from_hub(self, source: HubSource, *, show_progress: bool = True) -> MaterializeReport:
         """Stream a dataset into Parquet shards under WS/corpus/ (a re-run resumes after the last complete
         shard); register them with `add_corpus([str(report.directory)])`."""
+        self._check_writable("stream a dataset into it")
         return materialize_into_workspace(self.catalog, source, self.text_column, show_progress=show_progress)
 
     def missing_shards(self) -> list[str]:
@@ -165,6 +229,16 @@ class Workspace:
         return CorpusSize(*self.catalog.corpus_size())
 
     # ----- agents ------------------------------------------------------------------------------------
+    @property
+    def agents(self) -> dict[str, AgentInfo]:
+        """The registered agents by name, in the order they were added."""
+        return {
+            name: AgentInfo(
+                name, kind, list(config.get("labels", [])), {k: v for k, v in config.items() if k != "labels"}
+            )
+            for name, kind, config in self.catalog.agent_rows()
+        }
+
     def agent_names(self) -> list[str]:
         return [name for name, _, _ in self.catalog.agent_rows()]
 
@@ -175,15 +249,32 @@ class Workspace:
             models_dir=self.catalog.models_dir,
             sample_texts=lambda n, seed=0: sample_texts(self.catalog, n, seed),
             distinct_values=lambda column: distinct_values(self.catalog, column),
+            column_types=lambda column: column_types(self.catalog, column),
+            column_quantiles=self.catalog.column_quantiles,
         )
 
     def add_agent(
-        self, name: str, kind: str, options: AgentOptions | Mapping[str, Any], *, replace: bool = False
+        self,
+        name: str,
+        kind: str,
+        options: AgentOptions | Mapping[str, Any] | None = None,
+        *,
+        replace: bool = False,
+        **values: Any,
     ) -> Agent:
         """Create an agent (fitting what needs fitting, discovering its labels) and register it; an existing
-        agent of that name is an error unless `replace` (its scores are then dropped)."""
+        agent of that name is an error unless `replace` (its scores are then dropped). Options are an
+        `AgentOptions`, or a mapping and/or keywords named as `agent add`'s flags with underscores
+        (`ws.add_agent("quality", "fasttext", fit_positive="ref.parquet")`), checked against the kind."""
+        self._check_writable("add an agent")
+        cls = agent_class(kind)
+        if options is None or isinstance(options, Mapping):
+            options = make_options(kind, {**(options or {}), **values}, where="")
+        elif values:
+            raise TypeError("give the options as an AgentOptions or as keywords, not both")
+        cls.check_requirements()
         self.catalog.check_agent_name(name, replace=replace)
-        agent = agent_class(kind).create(name, options, self.agent_context())
+        agent = cls.create(name, options, self.agent_context())
         self.catalog.add_agent(agent, replace=replace)
         hashes = model_hashes(self.catalog)  # its model files hashed now, not by the first `score`
         self.catalog.agents([name])[0].fingerprint(hashes)
@@ -192,6 +283,7 @@ class Workspace:
 
     def remove_agent(self, name: str) -> None:
         """Remove an agent, its scores and its part files."""
+        self._check_writable("remove an agent")
         self.catalog.remove_agent(name)
         remove_stale_files(self.catalog, keep_uncommitted=False)
 
@@ -205,7 +297,9 @@ class Workspace:
         **options: Any,
     ) -> RunSummary:
         """Score every pending (agent, shard) part (all agents, or the named ones). `workers` defaults to the
-        CPU cores (local) or the cluster's CPUs (ray); `options` are those of `driver.run_scoring`."""
+        CPU cores (local) or the cluster's CPUs (ray); `options` are those of `driver.run_scoring` (limit,
+        sample: a fraction of each shard, seed, batch_rows, show_progress, address)."""
+        self._check_writable("score")
         if executor == "local":
             workers = workers or os.cpu_count() or 1
         return run_scoring(self.catalog, agents, workers=workers, executor=executor, **options)
@@ -235,3 +329,54 @@ class Workspace:
     def query(self, sql: str) -> pa.Table:
         """Run SQL on the catalog (tables, and the `doc_labels` and `documents` views); the result as Arrow."""
         return self.catalog.query(sql)
+
+    def sql(self, query: str, **tables: Any) -> duckdb.DuckDBPyRelation | None:
+        """SQL on the catalog as a lazy DuckDB relation: `.pl()` (Polars), `.df()` (pandas), `.arrow()`, or
+        more relational calls (`.filter`, `.aggregate`, `.limit`). It runs on the workspace's connection, so
+        read it before the workspace is closed. Keywords name Arrow tables or data frames the query may join
+        (`ws.sql("SELECT ... JOIN picked USING (doc_id)", picked=ws.selection("demo"))`). A statement without
+        a result runs now and gives None."""
+        return self.catalog.relation(query, tables)
+
+    # ----- training runs -----------------------------------------------------------------------------
+    def runs(self) -> pa.Table:
+        """One row per training run: rounds, steps, training tokens, compute, held-out loss, theta, and
+        whether each agent carries signal (the `runs` command)."""
+        from corpus_agents.training.runs import list_runs
+
+        return list_runs(self.catalog)
+
+    def selection(self, run: str, round: int | None = None) -> pa.Table:
+        """The documents a run selected at a round (default: its last): the selection snapshot, one row per
+        document (`doc_id`, `shard_id`, `row_idx`, ...). Join it to `doc_labels` or `documents` by doc_id."""
+        from corpus_agents.training.runs import selection_path
+        from corpus_agents.training.selection import read_snapshot
+
+        _, path = selection_path(self.catalog, check_run_id(run), round)
+        return read_snapshot(path)[0]
+
+    def describe_selection(self, run: str, round: int | None = None) -> str:
+        """A round's selection in words: documents, and each agent's label shares (the `select` command)."""
+        from corpus_agents.training.runs import summarize_selection
+
+        return summarize_selection(self.catalog, check_run_id(run), round)
+
+    def static_selection(
+        self,
+        run: str,
+        tokens: int,
+        *,
+        mode: str = "topk",
+        console: Mapping[str, Any] | None = None,
+        init_from: str | None = None,
+    ) -> Path:
+        """Fuse the agents with the console's round-0 state (the `console` section of a pipeline, or the
+        learnt weights of run `init_from`) and select `tokens` without training: round 0 of run `run`.
+        Returns the snapshot's path; `selection(run, 0)` reads it."""
+        from corpus_agents.training.runs import static_selection
+
+        self._check_writable("make a selection")
+        check_run_id(run)
+        if init_from is not None:
+            check_run_id(init_from)
+        return static_selection(self.catalog, run, tokens, mode, dict(console or {}), init_from)

@@ -170,3 +170,10 @@ JOIN (VALUES {shard_uris}) s(shard_id, uri) ON s.uri = p.filename;
 CREATE OR REPLACE VIEW documents AS
 SELECT NULL::BIGINT AS doc_id, NULL::INTEGER AS shard_id, NULL::INTEGER AS row_idx, NULL::VARCHAR AS text
 WHERE false;
+
+-- name: column_quantiles
+-- The `column` agent's --quantiles: quantiles (linear interpolation) of a numeric corpus column over every
+-- shard at the fractions $fractions, and how many documents have a value (NULL and NaN have none).
+SELECT quantile_cont(v, $fractions) AS edges, count(v) AS n
+FROM (SELECT CAST(p.{column} AS DOUBLE) AS v FROM read_parquet({uris}, union_by_name = true) p)
+WHERE NOT isnan(v);

@@ -316,7 +316,7 @@ def train(ws: Path, config: Path, run: str, *extra: str) -> subprocess.Popen:
         "corpus_agents.cli",
         "train",
         str(ws),
-        "--config",
+        "--pipeline",
         str(config),
         "--run",
         run,

@@ -333,7 +333,7 @@ def test_the_progress_bar_names_the_agents(ws: Path) -> None:
 def test_a_config_typo_fails_before_training(ws: Path, root: Path, yaml_text: str, message: str) -> None:
     config = root / "bad.yaml"
     config.write_text(yaml_text)
-    result = invoke("train", ws, "--config", config, code=2)
+    result = invoke("train", ws, "--pipeline", config, code=2)
     assert error_line(result).startswith(f"error: {message}")
     assert not (ws / "runs").exists()
 
@@ -350,8 +350,8 @@ def test_a_config_typo_fails_before_training(ws: Path, root: Path, yaml_text: st
         ("--workers", "-1"),
         ("--agents", ",,"),
         ("--agents", "domain,,"),
-        ("--sample", "0"),
-        ("--sample", "1.5"),
+        ("--sample-fraction", "0"),
+        ("--sample-fraction", "1.5"),
         ("--seed", "-1"),
     ],
 )
@@ -365,7 +365,7 @@ def test_score_options_out_of_range_are_refused(ws: Path, args: tuple[str, str])
     "args",
     [
         ("init", "{ws}", "--corpus", "x", "--threads", "0"),
-        ("query", "{ws}", "SELECT 1", "--max-rows", "-1"),
+        ("query", "{ws}", "SELECT 1", "--show-rows", "-1"),
         ("select", "{ws}", "--run", "r", "--static", "--tokens", "0"),
         ("select", "{ws}", "--run", "r", "--round", "-1"),
         ("export", "{ws}", "--run", "r", "--out", "{ws}/o", "--shard-docs", "0"),
@@ -446,7 +446,7 @@ def test_property_score_options_keep_the_catalog_consistent(
     outside = tree(tmp_path, skip=ws)
     args = ["score", ws, "--quiet", "--batch-rows", batch_rows, "--workers", workers]
     args += ["--limit", limit] if limit is not None else []
-    args += ["--sample", sample] if sample is not None else []
+    args += ["--sample-fraction", sample] if sample is not None else []
     args += ["--agents", agents] if agents is not None else []
     result = invoke(*args, code=None)
     valid = (

@@ -1,4 +1,5 @@
-"""The CLI end to end on a small real-text corpus: init, agent add/list/remove, score, status, query."""
+"""The CLI end to end on a small real-text corpus: init, agent add/list/remove, score, status, query; every
+command's help has an example, `--json` output, `next:` hints and the old spellings of renamed options."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import pydoc_data.topics
 import sysconfig
 from pathlib import Path
 
+import click
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from corpus_agents.cli import main
 
@@ -123,7 +125,7 @@ def test_limit_and_sample_make_partial_parts_that_a_full_run_completes(corpus: P
     run("score", str(ws), "--limit", "30", "--quiet")
     assert scalar(ws, "SELECT count(*) FROM scores") == 30
     assert scalar(ws, "SELECT bool_and(NOT complete) FROM score_parts") is True
-    run("score", str(ws), "--sample", "0.5", "--quiet")
+    run("score", str(ws), "--sample-fraction", "0.5", "--quiet")
     sampled = scalar(ws, "SELECT count(*) FROM scores")
     assert 0 < sampled < len(PROSE) + len(CODE)
     run("score", str(ws), "--quiet")
@@ -174,3 +176,90 @@ def test_text_column_option_and_nested_metadata(tmp_path: Path) -> None:
         ("a", 20),
         ("b", 20),
     ]
+
+
+def invoke(*args: str, code: int = 0) -> Result:
+    """The CLI with stdout and stderr apart."""
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == code, (result.output, result.exception)
+    return result
+
+
+def commands(cmd: click.Command, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and group under `cmd`, as the words that invoke it."""
+    found = [path]
+    if isinstance(cmd, click.Group):
+        for name, sub in sorted(cmd.commands.items()):
+            found += commands(sub, (*path, name))
+    return found
+
+
+@pytest.mark.parametrize("path", commands(main), ids=lambda p: " ".join(p) or "corpus-agents")
+def test_every_command_has_an_example_in_its_help(path: tuple[str, ...]) -> None:
+    out = run(*path, "--help")
+    assert "Example" in out and "corpus-agents " in out.split("Example", 1)[1]
+
+
+def test_json_output_of_status_runs_and_agent_list(corpus: Path) -> None:
+    ws = corpus / "ws"
+    run("init", str(ws), "--corpus", str(corpus / "shard-*.parquet"), "--quiet")
+    run("agent", "add", str(ws), "domain", "--kind", "metadata", "--column", "source")
+    assert json.loads(invoke("runs", ws, "--json").stdout) == []
+    run("score", str(ws), "--workers", "1", "--quiet")
+    status = json.loads(invoke("status", ws, "--json").stdout)
+    assert {"directory", "corpus", "agents", "failures"} <= set(status) and status["failures"] == []
+    assert status["corpus"] == {
+        "shards": 3,
+        "documents": len(PROSE) + len(CODE),
+        "bytes": status["corpus"]["bytes"],
+    }
+    (domain,) = status["agents"]
+    assert {"name", "kind", "labels", "committed", "partial", "pending", "failed", "docs_scored"} <= set(
+        domain
+    )
+    assert (domain["name"], domain["committed"], domain["pending"]) == ("domain", 3, 0)
+    assert json.loads(invoke("agent", "list", ws, "--json").stdout) == [
+        {"name": "domain", "kind": "metadata", "labels": ["code", "docs", "(other)"], "config": {"column": "source"}}
+    ]  # fmt: skip
+    run("select", str(ws), "--run", "static", "--static", "--tokens", "20000")
+    (row,) = json.loads(invoke("runs", ws, "--json").stdout)
+    assert set(row) == {
+        "run_id", "init_from", "rounds", "steps", "train_tokens", "compute_flops", "probe_share",
+        "heldout_loss", "theta", "signal",
+    }  # fmt: skip
+    assert (row["run_id"], row["rounds"]) == ("static", 0)
+
+
+def test_next_hints_after_commands_that_change_the_workspace(corpus: Path) -> None:
+    ws = corpus / "my ws"
+    out = invoke("init", ws, "--corpus", corpus / "shard-0.parquet", "--quiet").stdout
+    assert f"next: corpus-agents agent add '{ws}' NAME --kind KIND" in out
+    out = invoke("agent", "add", ws, "domain", "--kind", "metadata", "--column", "source").stdout
+    assert out.splitlines()[-1] == f"next: corpus-agents score '{ws}'"
+    out = invoke("score", ws, "--workers", "1", "--quiet").stdout
+    assert out.splitlines()[-1].startswith(f"next: corpus-agents query '{ws}' \"SELECT * FROM doc_labels")
+    out = invoke("init", ws, "--corpus", corpus / "shard-1.parquet", "--quiet").stdout  # agents: score next
+    assert out.splitlines()[-1] == f"next: corpus-agents score '{ws}'"
+
+
+def test_old_option_spellings_work_for_a_release_with_one_deprecation_line(corpus: Path) -> None:
+    ws = corpus / "ws"
+    result = invoke("init", ws, "--corpus", corpus / "shard-*.parquet", "--config", "en", "--quiet")
+    assert result.stderr.splitlines() == [
+        "warning: --config is deprecated, use --hub-config (--config goes in the next release)"
+    ]
+    run("agent", "add", str(ws), "domain", "--kind", "metadata", "--column", "source")
+    result = invoke("score", ws, "--sample", "0.5", "--workers", "1", "--quiet")
+    assert result.stderr.count("deprecated") == 1 and "use --sample-fraction" in result.stderr
+    assert scalar(ws, "SELECT bool_and(NOT complete) FROM score_parts") is True  # the old spelling's value
+    result = invoke("query", ws, "SELECT * FROM range(5)", "--max-rows", "2")
+    assert "(5 rows, 2 shown; --show-rows" in result.stdout and "use --show-rows" in result.stderr
+    result = invoke("query", ws, "SELECT 1", "--max-rows", "2", "--show-rows", "3", code=2)
+    assert "--max-rows is the old spelling of --show-rows; give --show-rows only" in result.stderr
+    pipeline = Path(__file__).resolve().parent.parent / "pipelines" / "demo.yaml"
+    for command in ("train", "select"):
+        extra = ["--run", "r"] if command == "select" else []
+        old = invoke(command, ws, *extra, "--config", pipeline, "--print-config")
+        new = invoke(command, ws, *extra, "--pipeline", pipeline, "--print-config")
+        assert old.stdout == new.stdout and "use --pipeline" in old.stderr and not new.stderr
+        assert "--config" not in invoke(command, "--help").stdout  # hidden

@@ -202,7 +202,7 @@ ENUMS = [
     ("model.preset=huge", "model.preset must be one of tiny, small, 125m, 373m, 1.3b, got 'huge'"),
     (
         "agents.x={kind: lda}",
-        "agents.x.kind must be one of fasttext, hf-classifier, metadata, noise, topic, got 'lda'",
+        "agents.x.kind must be one of attributes, column, fasttext, hf-classifier, metadata, noise, topic, got 'lda'",
     ),
     ("agents.x={kind: topic, method: lda}", "agents.x.method must be one of tfidf, minilm, got 'lda'"),
     (
@@ -258,7 +258,7 @@ def test_inherited_values_are_checked_with_the_child(tmp_path: Path) -> None:
 # ----- the command line ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("path", SHIPPED, ids=shipped)
 def test_print_config_round_trips_through_the_loader(tmp_path: Path, path: Path) -> None:
-    out = cli("train", str(tmp_path), "--config", str(path), "--set", "train.steps=17", "--print-config")
+    out = cli("train", str(tmp_path), "--pipeline", str(path), "--set", "train.steps=17", "--print-config")
     assert yaml.safe_load(out)["train"]["steps"] == 17 and "dtype: auto" in out  # fully defaulted
     printed = tmp_path / "printed.yaml"
     printed.write_text(out)
@@ -268,7 +268,7 @@ def test_print_config_round_trips_through_the_loader(tmp_path: Path, path: Path)
 
 
 def test_select_prints_its_effective_config(tmp_path: Path) -> None:
-    args = ["select", str(tmp_path), "--run", "r", "--config", str(PIPELINES / "demo.yaml")]
+    args = ["select", str(tmp_path), "--run", "r", "--pipeline", str(PIPELINES / "demo.yaml")]
     out = cli(*args, "--mode", "gumbel", "--print-config")
     assert yaml.safe_load(out)["console"]["mode"] == "gumbel"
     assert list(tmp_path.iterdir()) == []

@@ -42,6 +42,8 @@ LOCK_FILE = "catalog.lock"
 _PARAM = re.compile(r"\$(\w+)")
 #: How a stored agent config marks a path relative to the workspace (e.g. "$WS/models/quality.fasttext.bin").
 WS_PREFIX = "$WS/"
+#: Agent config keys holding a list of files (the attributes agent's side files), stored like single paths.
+PATH_LISTS = frozenset({"files"})
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,33 @@ def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def _holder_name(record: str) -> str:
+    """Who holds a workspace, from the record its lock file holds."""
+    try:
+        info = json.loads(record)
+        return f"pid {info['pid']} ({info['command']}, since {info['since']})"
+    except (ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def lock_holder(path: Path) -> str | None:
+    """Who holds the workspace lock at `path` now, or None when nobody does (checked with a shared lock
+    taken and released at once, never held)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder_name(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 class WorkspaceLock:
     """Exclusive, non-blocking advisory lock naming its holder."""
 
@@ -78,13 +107,8 @@ class WorkspaceLock:
         except BlockingIOError:
             holder = os.pread(self.fd, 4096, 0).decode("utf-8", "replace")
             os.close(self.fd)
-            try:
-                info = json.loads(holder)
-                who = f"pid {info['pid']} ({info['command']}, since {info['since']})"
-            except (ValueError, KeyError):
-                who = "another process"
             raise WorkspaceBusyError(
-                f"workspace {path.parent} is in use by {who}; wait for it to finish or stop it"
+                f"workspace {path.parent} is in use by {_holder_name(holder)}; wait for it to finish or stop it"
             ) from None
         record = json.dumps({"pid": os.getpid(), "command": command, "since": time.strftime("%H:%M:%S")})
         os.ftruncate(self.fd, 0)
@@ -103,6 +127,7 @@ class _Sql:
     transactions, Arrow tables registered for a statement's duration."""
 
     _con: duckdb.DuckDBPyConnection
+    _user_tables: set[str]  # names `relation` registered for the user's queries
 
     def run(self, file: str, name: str, /, **params: Any) -> list[tuple[Any, ...]]:
         """Run every statement of the block `-- name: <name>` of `sql/<file>`, each with the `$params` it
@@ -125,17 +150,39 @@ class _Sql:
         return self._con.execute(sql, params).fetchall()
 
     def query(self, sql: str) -> pa.Table:
-        """The user's SQL (the `query` command, a notebook): one statement, its result as Arrow (empty for
-        a statement without one); a DuckDB error becomes a one-line CorpusAgentsError. A statement that names
-        the `documents` view first checks every shard's size and footer against its registration (DuckDB reads
-        the pages itself, so row-group hashes are not checked there)."""
+        """The user's SQL (the `query` command): one statement, its result as Arrow (empty for a statement
+        without one); a DuckDB error becomes a one-line CorpusAgentsError (see `relation`)."""
+        try:
+            rel = self.relation(sql)
+            return rel.to_arrow_table() if rel is not None else pa.table({})
+        except duckdb.Error as exc:
+            raise CorpusAgentsError(f"SQL error: {one_line(exc)}") from None
+
+    def relation(self, sql: str, tables: Mapping[str, Any] | None = None) -> duckdb.DuckDBPyRelation | None:
+        """The user's SQL (a notebook) as a lazy DuckDB relation, read with `.pl()`, `.df()`, `.arrow()` or
+        refined with more relational calls; it runs on this connection, so it is valid while the catalog is
+        open. `tables` (Arrow tables, Polars or pandas frames) are visible to it under their names; they stay
+        registered on this connection (the relation reads them when it runs), each replacing an earlier one of
+        its name, and may not hide a catalog table. A statement without a result runs now and gives None; an
+        error in it is a one-line CorpusAgentsError. A statement that names the `documents` view first checks
+        every shard's size and footer against its registration (DuckDB reads the pages itself, so row-group
+        hashes are not checked there)."""
         if isinstance(self, Catalog) and re.search(r"\bdocuments\b", sql, re.IGNORECASE):
             for shard in self.shards():
                 with contextlib.suppress(OSError):  # a missing shard: DuckDB's error names it
                     shard.check().check_footer()
+        if tables:
+            catalog_tables = {r[0] for r in self.run("catalog.sql", "table_names")} - self._user_tables
+            taken = sorted(set(tables) & catalog_tables)
+            if taken:
+                raise CorpusAgentsError(
+                    f"{taken[0]!r} names a catalog table or view; pass the table as another name"
+                )
+            for name, table in tables.items():
+                self._con.register(name, table)
+                self._user_tables.add(name)
         try:
-            rel = self._con.sql(sql)
-            return rel.to_arrow_table() if rel is not None else pa.table({})
+            return self._con.sql(sql)
         except duckdb.Error as exc:
             raise CorpusAgentsError(f"SQL error: {one_line(exc)}") from None
 
@@ -166,6 +213,7 @@ class CatalogCursor(_Sql):
 
     def __init__(self, con: duckdb.DuckDBPyConnection):
         self._con = con.cursor()
+        self._user_tables = set()
 
     def __enter__(self) -> CatalogCursor:
         return self
@@ -179,15 +227,33 @@ class CatalogCursor(_Sql):
 
 
 class Catalog(_Sql):
-    """Open (and lock) a workspace's catalog. Use as a context manager or call `close()`."""
+    """Open (and lock) a workspace's catalog. Use as a context manager or call `close()`.
 
-    def __init__(self, workspace: str | os.PathLike, *, create: bool = False, command: str | None = None):
+    With `read_only`, the catalog is opened without the workspace lock and DuckDB refuses every write:
+    several readers may share a workspace, but not with a writer (DuckDB locks the file)."""
+
+    def __init__(
+        self,
+        workspace: str | os.PathLike,
+        *,
+        create: bool = False,
+        command: str | None = None,
+        read_only: bool = False,
+    ):
         self.dir = Path(workspace).expanduser().resolve()
+        self.read_only = read_only
+        self.lock: WorkspaceLock | None = None
+        self._user_tables = set()
         db_path = self.dir / CATALOG_FILE
+        if read_only and create:
+            raise ValueError("a read-only catalog cannot be created")
         if not db_path.exists() and not create:
             raise WorkspaceError(
                 f"{self.dir} is not a workspace (no {CATALOG_FILE}); create it with `corpus-agents init`"
             )
+        if read_only:
+            self._open_read_only(db_path)
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         self.parts_dir.mkdir(exist_ok=True)
         self.models_dir.mkdir(exist_ok=True)
@@ -196,12 +262,45 @@ class Catalog(_Sql):
             if not db_path.exists():
                 self._create_database(db_path)
             self._con = duckdb.connect(str(db_path))
-        except duckdb.IOException as exc:
+        except duckdb.Error as exc:  # IOException: another process; ConnectionException: this one
             self.lock.release()
-            raise WorkspaceError(f"cannot open {db_path}: {one_line(exc)}") from None
+            held = "lock" in str(exc) or isinstance(exc, duckdb.ConnectionException)
+            readers = "; a reader (corpus_agents.open) must close it first" if held else ""
+            raise WorkspaceError(f"cannot open {db_path}: {one_line(exc)}{readers}") from None
         self._init_schema()
         self.register_filesystems()  # views over shards on object storage are read through fsspec
         self._relocate()
+
+    def _open_read_only(self, db_path: Path) -> None:
+        """Connect read-only; nothing is written, so a workspace that needs its schema created or its paths
+        rewritten (moved, or written by an older version) is refused until a writer has opened it once."""
+        try:
+            self._con = duckdb.connect(str(db_path), read_only=True)
+        except duckdb.Error as exc:  # IOException: a writer in another process; ConnectionException: this one
+            holder = lock_holder(self.dir / LOCK_FILE)
+            if holder:
+                raise WorkspaceBusyError(
+                    f"workspace {self.dir} is in use by {holder}; wait for it to finish or stop it"
+                ) from None
+            raise WorkspaceError(f"cannot open {db_path}: {one_line(exc)}") from None
+        try:
+            version = self.get_meta("schema_version")
+            opened_at = self.get_meta("workspace_dir")
+        except duckdb.Error:
+            version = opened_at = None
+        if version and version != SCHEMA_VERSION:
+            self.close()
+            raise WorkspaceError(
+                f"{self.dir} has catalog schema version {version}; this corpus-agents uses {SCHEMA_VERSION}"
+            )
+        if opened_at != str(self.dir):  # moved, or last opened by a version that stored absolute paths
+            self.close()
+            raise WorkspaceError(
+                f"workspace {self.dir} was last opened at {opened_at or 'another place'}; open it once for "
+                f"writing (any corpus-agents command, or corpus_agents.open(path, read_only=False)) to update "
+                f"its paths, then read-only"
+            )
+        self.register_filesystems()
 
     def _create_database(self, db_path: Path) -> None:
         """Create an empty database under a temporary name, then rename it: a kill -9 while DuckDB writes
@@ -246,7 +345,8 @@ class Catalog(_Sql):
         if getattr(self, "_con", None) is not None:
             self._con.close()
             self._con = None
-        self.lock.release()
+        if self.lock is not None:
+            self.lock.release()
 
     def cursor(self) -> CatalogCursor:
         """A cursor with its own transactions and temp tables on this catalog's connection."""
@@ -254,7 +354,7 @@ class Catalog(_Sql):
 
     # ----- schema ------------------------------------------------------------------------------------
     def _init_schema(self) -> None:
-        tables = {r[0] for r in self.run("catalog.sql", "table_names")}
+        tables = self.table_names()
         if "meta" in tables:
             version = self.get_meta("schema_version")
             if version and version != SCHEMA_VERSION:
@@ -267,6 +367,10 @@ class Catalog(_Sql):
             self.run("catalog.sql", "init_meta", version=SCHEMA_VERSION)
         if "doc_labels" not in tables:
             self.refresh_views()
+
+    def table_names(self) -> set[str]:
+        """The catalog's tables and views."""
+        return {r[0] for r in self.run("catalog.sql", "table_names")}
 
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         rows = self.run("catalog.sql", "get_meta", key=key)
@@ -297,20 +401,31 @@ class Catalog(_Sql):
 
     def _stored_config(self, config: dict[str, Any], roots: Sequence[Path] = ()) -> dict[str, Any]:
         """An agent config with absolute paths inside the workspace written as `$WS/<relative path>`."""
-        out = {}
-        for key, value in config.items():
+
+        def stored(value: Any) -> Any:
             if isinstance(value, str) and Path(value).is_absolute():
                 rel = self.stored_path(value, roots=roots)
-                value = value if rel == value else WS_PREFIX + rel
-            out[key] = value
-        return out
+                return value if rel == value else WS_PREFIX + rel
+            return value
+
+        return {
+            key: [stored(v) for v in value]
+            if key in PATH_LISTS and isinstance(value, list)
+            else stored(value)
+            for key, value in config.items()
+        }
 
     def _resolved_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        def resolved(value: Any) -> Any:
+            if isinstance(value, str) and value.startswith(WS_PREFIX):
+                return str(self.dir / value.removeprefix(WS_PREFIX))
+            return value
+
         return {
-            k: str(self.dir / v.removeprefix(WS_PREFIX))
-            if isinstance(v, str) and v.startswith(WS_PREFIX)
-            else v
-            for k, v in config.items()
+            key: [resolved(v) for v in value]
+            if key in PATH_LISTS and isinstance(value, list)
+            else resolved(value)
+            for key, value in config.items()
         }
 
     def _relocate(self) -> None:
@@ -331,7 +446,7 @@ class Catalog(_Sql):
                 and (rel := self.stored_path(stored_parts_url, roots=roots)) != stored_parts_url
             ):
                 self.set_meta("parts_url", rel)
-            tables = {r[0] for r in self.run("catalog.sql", "table_names")}
+            tables = self.table_names()
             if "selections" in tables:
                 for run_id, round_, path in self.run("catalog.sql", "selection_paths"):
                     if (rel := self.stored_path(path, roots=roots)) != path:
@@ -408,6 +523,25 @@ class Catalog(_Sql):
     def sample_documents(self, n: int, seed: int) -> list[tuple[int, int]]:
         """(shard_id, row_idx) of a seeded uniform sample of n documents with text."""
         return self.execute(fragment("catalog.sql", "sample_rows").format(rows=int(n), seed=int(seed)))
+
+    def column_quantiles(self, column: str, fractions: list[float]) -> tuple[list[float], int]:
+        """(quantiles at `fractions`, documents with a value) of a numeric column (dots address nested
+        fields) over every registered shard, computed by DuckDB in one pass; each shard's footer is checked
+        against its registration first."""
+        shards = self.shards()
+        for shard in shards:
+            shard.check().check_footer()
+        self.register_filesystems()
+        uris = "[" + ", ".join(quote_literal(s.uri.removeprefix("file://")) for s in shards) + "]"
+        path = ".".join(quote_ident(c) for c in column.split("."))
+        sql = fragment("catalog.sql", "column_quantiles").format(uris=uris, column=path)
+        try:
+            ((edges, n),) = self.execute(sql, {"fractions": list(fractions)})
+        except duckdb.Error as exc:
+            raise CorpusAgentsError(
+                f"cannot compute quantiles of column {column!r}: {one_line(exc)}"
+            ) from None
+        return list(edges or []), int(n)
 
     # ----- agents ------------------------------------------------------------------------------------
     def agent_rows(self) -> list[tuple[str, str, dict[str, Any]]]:

@@ -517,6 +517,19 @@ def distinct_values(catalog: Any, column: str) -> list[Any]:
     return sorted(values, key=lambda v: (v is None, str(v)))
 
 
+def column_types(catalog: Any, column: str) -> dict[str, pa.DataType]:
+    """The Arrow type of a (possibly dotted) column in each registered shard, from the footers alone."""
+    types: dict[str, pa.DataType] = {}
+    for shard in catalog.shards():
+        shard.check().check_footer()
+        try:
+            schema = open_parquet(shard.uri).schema_arrow
+        except (OSError, pa.ArrowException) as exc:
+            raise _read_error(shard.uri, f"column {column!r}", exc) from None
+        types[shard.uri] = check_column(schema, column, shard.uri)
+    return types
+
+
 def _python_values(arr: pa.Array) -> list[Any]:
     """Python values of an array; strings that are not valid UTF-8 are decoded with replacement characters."""
     try:
@@ -531,6 +544,7 @@ __all__ = [
     "RegisterReport",
     "ShardChangedError",
     "ShardCheck",
+    "column_types",
     "decode_texts",
     "distinct_values",
     "expand_patterns",

@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from corpus_agents.errors import CorpusError, one_line
+from corpus_agents.errors import CorpusError, one_line, require
 from corpus_agents.storage import publish
 
 #: Rows of a Parquet row group (fewer when a shard is smaller): the unit scoring reads, a few tens of MB of
@@ -70,7 +70,7 @@ class HubSource:
 
     def describe(self) -> str:
         parts = [self.name]
-        parts += [f"--config {self.config}"] if self.config else []
+        parts += [f"--hub-config {self.config}"] if self.config else []
         parts += [f"--split {self.split}"]
         parts += [f"--max-rows {self.max_rows}"] if self.max_rows else []
         parts += (
@@ -124,6 +124,7 @@ def complete_shards(directory: Path) -> list[tuple[Path, int]]:
 
 def open_stream(source: HubSource) -> Any:
     """The dataset as a streaming `IterableDataset`, or a one-line CorpusError (unknown dataset, bad split)."""
+    require("datasets", "init --from-hub", extra="hf")
     import datasets
 
     name, kwargs = source.name, {}

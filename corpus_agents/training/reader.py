@@ -311,18 +311,7 @@ class SelectionReader(IterableDataset):
         return entry.take(rows)
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
-        """Token ids of each text, no special tokens added; special-token strings in a text are plain text."""
-        if isinstance(self.tokenizer, Tokenizer):
-            self.tokenizer.encode_special_tokens = True  # a setting that pickling to workers does not keep
-            return [e.ids for e in self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
-        out = self.tokenizer(
-            texts,
-            add_special_tokens=False,
-            split_special_tokens=True,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
-        return out["input_ids"]
+        return encode_texts(self.tokenizer, texts)
 
     def _token_batches(
         self, worker: int, num_workers: int, start_doc: int
@@ -444,6 +433,22 @@ def pack(
         pending, ends, pending_ids = pending[cuts[-1] :], ends[done[-1] :] - cuts[-1], pending_ids[done[-1] :]
 
 
+def encode_texts(tokenizer: Tokenizer | PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text as the trainer reads documents: no special tokens added, and special-token
+    strings inside a text stay plain text (the reader appends the EOS itself)."""
+    if isinstance(tokenizer, Tokenizer):
+        tokenizer.encode_special_tokens = True  # a setting that pickling to workers does not keep
+        return [e.ids for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+    out = tokenizer(
+        texts,
+        add_special_tokens=False,
+        split_special_tokens=True,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )
+    return out["input_ids"]
+
+
 def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Default collation, with doc_ids cut to the longest list in the batch (smaller batches between processes)."""
     doc_ids = torch.stack([item["doc_ids"] for item in items])
@@ -467,4 +472,4 @@ def _own_tokenizer(tokenizer: Tokenizer | PreTrainedTokenizerBase) -> Tokenizer 
     return tokenizer
 
 
-__all__ = ["POSITION_FIELDS", "Flat", "SelectionReader", "collate", "flatten", "pack"]
+__all__ = ["POSITION_FIELDS", "Flat", "SelectionReader", "collate", "encode_texts", "flatten", "pack"]

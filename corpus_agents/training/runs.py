@@ -1,5 +1,5 @@
 """A training run's directory and log, and what users ask of runs: list them, make a static selection,
-summarise one, export it as Parquet.
+summarise one (training/export.py exports one).
 
 `RunPaths` is where a run keeps its files (WS/runs/<run_id>/); `LogWriter` appends the records of
 `log.jsonl` (`StepRecord`, `RoundRecord`, `ResumeRecord`, the one definition of their fields) and
@@ -18,13 +18,10 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from corpus_agents.errors import CorpusAgentsError
 from corpus_agents.names import check_run_id
 from corpus_agents.scoring.catalog import Catalog
-from corpus_agents.scoring.corpus import iter_doc_batches, pack_doc_ids
 from corpus_agents.training.compute import KINDS, Compute
 from corpus_agents.training.selection import read_snapshot
 
@@ -274,10 +271,17 @@ def read_run_log(path: Path) -> RunLog:
 
 
 # ----- what users ask of runs --------------------------------------------------------------------------
-def ensure_schema(catalog: Catalog) -> None:
-    """The console's and the trainer's tables, created on first use."""
+def ensure_schema(catalog: Catalog) -> bool:
+    """The console's and the trainer's tables, created on first use; returns whether they exist (a read-only
+    catalog cannot create them: it has none when no run has used the workspace)."""
+    if catalog.read_only:
+        return {
+            "runs",
+            "round_compute",
+        } <= catalog.table_names()  # the first of console.sql's, the last of runs.sql's
     catalog.run("console.sql", "schema")
     catalog.run("runs.sql", "schema")
+    return True
 
 
 def record_compute(
@@ -296,15 +300,17 @@ def record_compute(
 def list_runs(catalog: Catalog) -> pa.Table:
     """One row per run: rounds, training steps and tokens, total compute (training, probes and reference
     gradients, in FLOPs) and the share of it spent on rewards, held-out loss of its last evaluation and the
-    latest theta per agent."""
-    ensure_schema(catalog)
+    latest theta per agent. A read-only catalog of a workspace that never trained: no rows, no columns."""
+    if not ensure_schema(catalog):
+        return pa.table({})
     return catalog.arrow("runs.sql", "list_runs")
 
 
 def selection_path(catalog: Catalog, run_id: str, round_: int | None) -> tuple[int, Path]:
     """(round, snapshot path) of a run's selection at `round_`, or at its last round when None."""
-    ensure_schema(catalog)
-    rows = catalog.run("runs.sql", "selection_of", run_id=run_id, round=round_)
+    rows = (
+        catalog.run("runs.sql", "selection_of", run_id=run_id, round=round_) if ensure_schema(catalog) else []
+    )
     if not rows:
         at = f"round {round_}" if round_ is not None else "any round"
         raise CorpusAgentsError(f"run {run_id!r} has no selection at {at} (see `corpus-agents runs`)")
@@ -319,6 +325,7 @@ def static_selection(
     from corpus_agents.training.console import Console, ConsoleConfig
 
     paths = RunPaths.of(catalog.dir, run_id)  # the run id is checked before the run is recorded
+    ensure_schema(catalog)
     with Console(catalog, run_id, ConsoleConfig.from_dict({**console, "mode": mode})) as con:
         con.start(init_from=init_from)
         return con.select(0, tokens, paths.selection(0))
@@ -344,41 +351,3 @@ def summarize_selection(catalog: Catalog, run_id: str, round_: int | None) -> st
         shares = ", ".join(f"{label} {share:.0%}" for label, share in rows[:8])
         lines.append(f"  {name}: {shares}{', ...' if len(rows) > 8 else ''}")
     return "\n".join(lines)
-
-
-def export_selection(
-    catalog: Catalog, run_id: str, round_: int | None, out: Path, shard_docs: int
-) -> tuple[list[Path], int]:
-    """Write a round's selected documents (text, doc_id, every agent's label and score) as Parquet shards."""
-    round_, path = selection_path(catalog, run_id, round_)
-    table, shards = read_snapshot(path)
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    buffer: list[pa.Table] = []
-    pending = 0
-
-    def flush() -> None:
-        nonlocal buffer, pending
-        if buffer:
-            target = out / f"part-{len(written):05d}.parquet"
-            pq.write_table(pa.concat_tables(buffer).combine_chunks(), target)
-            written.append(target)
-        buffer, pending = [], 0
-
-    total = 0
-    for shard_id in sorted(shards):
-        rows = table.filter(pc.equal(table["shard_id"], shard_id))
-        row_idx = np.sort(rows["row_idx"].to_numpy().astype(np.int64))
-        ref = shards[shard_id]
-        for batch_rows, batch in iter_doc_batches(ref.uri, ref.text_column, [], 8192, row_idx, ref.check()):
-            doc_ids = pa.array(pack_doc_ids(shard_id, batch_rows), pa.int64())
-            with catalog.registered("exported", pa.table({"doc_id": doc_ids})):
-                labels = catalog.arrow("runs.sql", "export_labels")
-            part = labels.append_column("text", pa.array(batch.texts, pa.string()))
-            buffer.append(part)
-            pending += part.num_rows
-            total += part.num_rows
-            if pending >= shard_docs:
-                flush()
-    flush()
-    return written, total

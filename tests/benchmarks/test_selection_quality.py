@@ -92,6 +92,8 @@ def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
     assert table["table"]["random"]["n"] == 2 and table["table"]["random"]["secondary"]
     assert set(table["table"]["fixed-noise"]["noise_theta"]) == {"noise1", "noise2"}
     assert table["meta"]["unigram_entropy"]["lambada"] > 0
+    # the corpus-frequency baseline is above the in-sample entropy (that one is a lower bound)
+    assert table["meta"]["unigram_corpus"]["pooled"] > table["meta"]["unigram_entropy"]["pooled"]
     text = (out / f"{sq.NAME}.md").read_text()
     assert "*secondary*" in text and "| method | random |" in text
     assert sq.NOT_DISTINGUISHABLE in text  # two seeds are never enough to state a difference

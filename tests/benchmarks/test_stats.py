@@ -17,6 +17,7 @@ from stats import (  # noqa: E402
     loss_at,
     paired,
     reach,
+    unigram_cross_entropy,
     unigram_entropy,
 )
 
@@ -78,3 +79,14 @@ def test_unigram_entropy() -> None:
     assert unigram_entropy([1, 2, 3, 4]) == pytest.approx(math.log(4))
     assert unigram_entropy([7, 7, 7]) == pytest.approx(0.0)
     assert unigram_entropy([1, 1, 2, 2]) == pytest.approx(math.log(2))
+
+
+def test_unigram_cross_entropy_is_add_one_smoothed_corpus_frequencies() -> None:
+    # train counts 3,1,0,0 over a vocabulary of 4: p = (4, 2, 1, 1) / 8
+    assert unigram_cross_entropy([0, 0, 0, 1], [0, 1], 4) == pytest.approx(
+        -(math.log(0.5) + math.log(0.25)) / 2
+    )
+    assert unigram_cross_entropy([0, 0, 0, 1], [3], 4) == pytest.approx(math.log(8))
+    # never below the evaluated tokens' own entropy
+    train, held = [0, 1, 2, 2, 3, 3, 3], [2, 3, 3, 1]
+    assert unigram_cross_entropy(train, held, 4) >= unigram_entropy(held)

@@ -1,5 +1,5 @@
 """The scoring driver on a real catalog: which parts `plan_tasks` plans (done, stale, partial with --limit or
---sample), and what committing a part records (its per-stage times)."""
+--sample-fraction), and what committing a part records (its per-stage times)."""
 
 from __future__ import annotations
 

@@ -378,7 +378,7 @@ def test_train_with_a_pipeline_naming_reference_tasks_from_a_bare_clone(
         "train.steps=4", "train.batch_size=2", "train.warmup_steps=1", "train.log_every=2", "rounds.every=2",
         "rewards.max_tokens=32", "console.probes_per_label=2", "console.agents=[domain, kind]",
     ]  # fmt: skip
-    args = ["train", str(ws), "--config", "pipelines/reference-tasks.yaml", "--run", "paper-tasks"]
+    args = ["train", str(ws), "--pipeline", "pipelines/reference-tasks.yaml", "--run", "paper-tasks"]
     proc = cli_offline(clone, *args, *[a for item in tiny for a in ("--set", item)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     records = [

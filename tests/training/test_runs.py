@@ -8,7 +8,6 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from corpus_agents.errors import CorpusAgentsError
@@ -20,7 +19,6 @@ from corpus_agents.training.runs import (
     RoundRecord,
     RunPaths,
     StepRecord,
-    export_selection,
     label_shares,
     list_runs,
     logged_runs,
@@ -202,26 +200,3 @@ def test_a_static_selection_is_listed_summarised_and_shared_by_label(static_run:
         assert sum(s for *_, s in rows) == pytest.approx(1.0)
         assert f"  {agent}: " + ", ".join(f"{label} {share:.0%}" for label, _, share in rows) in summary
     assert summary.startswith(f"run static round 0: {len(doc_ids):,} documents in {path}")
-
-
-def test_export_writes_the_selected_documents_with_labels_and_text(
-    static_run: tuple[Path, Path], tmp_path: Path
-) -> None:
-    ws, path = static_run
-    doc_ids = sorted(read_snapshot(path)[0]["doc_id"].to_pylist())
-    with Catalog(ws) as cat:
-        written, total = export_selection(cat, "static", None, tmp_path / "out", shard_docs=40)
-    assert total == len(doc_ids) and len(written) > 1
-    exported = pa.concat_tables(pq.read_table(p) for p in written)
-    assert sorted(exported["doc_id"].to_pylist()) == doc_ids
-    assert {"text", "domain", "domain_score", "kind", "kind_score"} <= set(exported.column_names)
-    con = duckdb.connect(str(ws / "catalog.duckdb"), read_only=True)
-    try:
-        texts = dict(
-            con.execute(
-                "SELECT doc_id, text FROM documents WHERE list_contains(?, doc_id)", [doc_ids]
-            ).fetchall()
-        )
-    finally:
-        con.close()
-    assert dict(zip(exported["doc_id"].to_pylist(), exported["text"].to_pylist())) == texts

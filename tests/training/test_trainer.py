@@ -78,6 +78,10 @@ def test_random_selection_measures_no_rewards(workspace: tuple[Path, Path]) -> N
     proc = train(ws, config, "random", "--set", "console.mode=random")
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
+    assert (
+        f"next: corpus-agents runs {ws}; corpus-agents report {ws}; corpus-agents export {ws} --run random"
+        in out
+    )
     tables = console_tables(ws, "random")
     assert tables["probes"] == [] and len(tables["selections"]) == 3
     assert {r for r, _, _ in tables["theta"]} == {0, 1, 2}

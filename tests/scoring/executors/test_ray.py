@@ -1,5 +1,5 @@
 """The Ray executor (`score --executor ray`) against the local one: identical parts and catalogs on the same
-corpus, with partial (--sample) runs, after a Ray worker is killed mid-shard, and after the driver is killed.
+corpus, with partial (--sample-fraction) runs, after a Ray worker is killed mid-shard, and after the driver is killed.
 Ray runs as a small local instance; without Ray installed only the install-hint test runs."""
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ def score_ray(ws: Path, *extra: str) -> None:
 
 def test_ray_executor_matches_local(tmp_path, make_corpus, fasttext_model, ray_instance):
     local, on_ray = workspaces(tmp_path, make_corpus, fasttext_model, "local", "ray")
-    # Partial parts first (--sample), then the full run that replaces them.
-    for extra in (("--sample", "0.3", "--seed", "7"), ()):
+    # Partial parts first (--sample-fraction), then the full run that replaces them.
+    for extra in (("--sample-fraction", "0.3", "--seed", "7"), ()):
         score_local(local, *extra)
         score_ray(on_ray, *extra)
         assert part_contents(on_ray) == part_contents(local)
