@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class WorkspaceStatus:
     corpus: CorpusSize
     agents: list[AgentStatus]
     failures: list[tuple[str, int, str]]  # (agent, shard_id, error) of the parts that failed last
+    inconsistent: list[tuple[str, int, str]] = field(default_factory=list)  # rescored by `score`
 
 
 class Workspace:
@@ -61,9 +62,12 @@ class Workspace:
         self.catalog = catalog
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, command: str | None = None) -> Workspace:
-        """Open an existing workspace."""
-        return cls(Catalog(path, command=command))
+    def open(
+        cls, path: str | os.PathLike, *, command: str | None = None, read_only: bool = False
+    ) -> Workspace:
+        """Open an existing workspace: to change it (locked while open), or `read_only` to look at it, also
+        while a run is going (`status`, `query`)."""
+        return cls(Catalog(path, command=command, read_only=read_only))
 
     @classmethod
     def create(
@@ -226,8 +230,11 @@ class Workspace:
             except CorpusAgentsError as exc:
                 error = str(exc)
             agents.append(AgentStatus(name, kind, labels, committed, partial, pending, failed, scored, error))
-        return WorkspaceStatus(self.dir, corpus, agents, self.catalog.failures())
+        return WorkspaceStatus(
+            self.dir, corpus, agents, self.catalog.failures(), self.catalog.inconsistent_parts()
+        )
 
     def query(self, sql: str) -> pa.Table:
-        """Run SQL on the catalog (tables, and the `doc_labels` and `documents` views); the result as Arrow."""
+        """Run SQL on the catalog (tables, and the `doc_labels` and `documents` views); the result as Arrow.
+        A read-only workspace runs only statements that read (SELECT, EXPLAIN, ...)."""
         return self.catalog.query(sql)

@@ -8,8 +8,18 @@ snapshots) are stored relative to it and resolved against where it is now, so a 
 reads its own files; paths outside it stay absolute. Opening a workspace rewrites absolute paths that point
 into it, or into where it was last opened, as relative ones (idempotent).
 
-The owner holds an advisory lock on `WS/catalog.lock` (released by the kernel even on kill -9) that records
-its pid and command, so a second process is told who holds the workspace instead of getting a traceback.
+The owner (a writer) holds an advisory lock on `WS/catalog.lock` (released by the kernel even on kill -9)
+that records its pid and command, so a second writer is told who holds the workspace instead of getting a
+traceback. Readers (`Catalog(ws, read_only=True)`: query, status, runs, report) never take it.
+
+DuckDB lets one process open the file read-write, or any number read-only, never both at once. So a writer
+opens its DuckDB connection only while it works on the catalog (`release()` closes it, the next statement
+reopens it; long commands release it between commits and rounds), and a second flock, `WS/catalog.gate`,
+orders the two: a writer holds it exclusively while its connection is open (so a waiting writer is not
+starved by new readers), a reader holds it shared only while it opens its connection. A reader that finds the
+writer inside waits for it (briefly: writers commit in short batches) and then reads a consistent snapshot;
+a writer that finds readers inside waits until their queries end (docs/architecture.md, "Reading while a
+run is going").
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import os
 import re
 import sys
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +40,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from corpus_agents import storage
 from corpus_agents.errors import AgentError, CorpusAgentsError, WorkspaceBusyError, WorkspaceError, one_line
 from corpus_agents.names import check_agent_name
 from corpus_agents.scoring.agents import Agent, build_agent
@@ -39,6 +51,13 @@ from corpus_agents.storage import atomic_path, temp_path
 SCHEMA_VERSION = "1"
 CATALOG_FILE = "catalog.duckdb"
 LOCK_FILE = "catalog.lock"
+GATE_FILE = "catalog.gate"
+#: How long a reader waits for a writer's connection to close, and a writer for readers' queries to end.
+READ_WAIT_S = 10.0
+WRITE_WAIT_S = 600.0
+#: The statements a read-only `query` runs (`duckdb.StatementType` names); everything else is refused.
+READ_ONLY_STATEMENTS = frozenset({"SELECT", "EXPLAIN", "PRAGMA", "CALL"})
+_STATEMENT_NAMES = {"COPY": "file copy (COPY)", "LOAD": "extension (INSTALL, LOAD)"}
 _PARAM = re.compile(r"\$(\w+)")
 #: How a stored agent config marks a path relative to the workspace (e.g. "$WS/models/quality.fasttext.bin").
 WS_PREFIX = "$WS/"
@@ -98,6 +117,49 @@ class WorkspaceLock:
             self.fd = -1
 
 
+class _Gate:
+    """A flock on `WS/catalog.gate` taken with a deadline: exclusive by a writer while its DuckDB connection is
+    open, shared by a reader while it opens one."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd = -1
+
+    def acquire(self, *, exclusive: bool, wait_s: float) -> bool:
+        """Take the gate, polling until `wait_s` has passed; False if it is still held then. A workspace this
+        process cannot write (a reader of someone else's) has no gate to take: True."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return True
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+                self.fd = fd
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(0.005)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _holder(lock_path: Path) -> str:
+    """Who holds the workspace lock, as its record names it."""
+    try:
+        info = json.loads(lock_path.read_text())
+        return f"pid {info['pid']} ({info['command']}, since {info['since']})"
+    except (OSError, ValueError, KeyError):
+        return "another process"
+
+
 class _Sql:
     """The one way to run SQL on a catalog connection: named blocks of `sql/` with `$name` parameters,
     transactions, Arrow tables registered for a statement's duration."""
@@ -134,6 +196,15 @@ class _Sql:
                 with contextlib.suppress(OSError):  # a missing shard: DuckDB's error names it
                     shard.check().check_footer()
         try:
+            if isinstance(self, Catalog) and self.read_only:
+                for stmt in self._con.extract_statements(sql):
+                    kind = stmt.type.name
+                    if kind not in READ_ONLY_STATEMENTS:
+                        shown = _STATEMENT_NAMES.get(kind, kind)
+                        raise CorpusAgentsError(
+                            f"query is read-only: {shown} statements are refused "
+                            "(`query --writable` runs statements that change the catalog)"
+                        )
             rel = self._con.sql(sql)
             return rel.to_arrow_table() if rel is not None else pa.table({})
         except duckdb.Error as exc:
@@ -162,10 +233,24 @@ class _Sql:
 
 class CatalogCursor(_Sql):
     """A cursor of a catalog's connection: the same database, its own transactions and temp tables (the
-    console keeps its caches there). Close it when done."""
+    console keeps its caches there). Close it when done.
 
-    def __init__(self, con: duckdb.DuckDBPyConnection):
-        self._con = con.cursor()
+    When the catalog releases its connection the cursor goes with it; its next statement opens a new cursor
+    on the reopened connection, without the old one's temp tables: `generation` (the catalog's connection
+    count) tells a user of temp tables that they must be made again."""
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self._cur: duckdb.DuckDBPyConnection | None = None
+        self.generation = 0
+        self.closed = False
+
+    @property
+    def _con(self) -> duckdb.DuckDBPyConnection:  # type: ignore[override]
+        if self._cur is None or self.generation != self.catalog.generation:
+            con = self.catalog._con  # reopens a released catalog
+            self._cur, self.generation = con.cursor(), self.catalog.generation
+        return self._cur
 
     def __enter__(self) -> CatalogCursor:
         return self
@@ -173,21 +258,51 @@ class CatalogCursor(_Sql):
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def drop(self) -> None:
+        """Close the current cursor (the catalog is releasing its connection); the next statement reopens."""
+        if self._cur is not None:
+            with contextlib.suppress(duckdb.ConnectionException):  # the catalog closed its connection first
+                self._cur.close()
+            self._cur = None
+
     def close(self) -> None:
-        with contextlib.suppress(duckdb.ConnectionException):  # the catalog closed its connection first
-            self._con.close()
+        self.drop()
+        self.closed = True
+        self.catalog._cursors.discard(self)
 
 
 class Catalog(_Sql):
-    """Open (and lock) a workspace's catalog. Use as a context manager or call `close()`."""
+    """Open a workspace's catalog. Use as a context manager or call `close()`.
 
-    def __init__(self, workspace: str | os.PathLike, *, create: bool = False, command: str | None = None):
+    A writer (the default) locks the workspace for its lifetime and holds a read-write DuckDB connection
+    while it works; `release()` closes the connection between pieces of work so readers can look, and the
+    next statement reopens it. A reader (`read_only=True`) takes no lock, opens the file read-only (waiting
+    up to READ_WAIT_S for a writer's commit) and runs `query` sandboxed: no catalog changes, no files
+    written, no ATTACH, no extension installs."""
+
+    def __init__(
+        self,
+        workspace: str | os.PathLike,
+        *,
+        create: bool = False,
+        command: str | None = None,
+        read_only: bool = False,
+    ):
         self.dir = Path(workspace).expanduser().resolve()
+        self.read_only = read_only
+        self.generation = 0
+        self._conn: duckdb.DuckDBPyConnection | None = None
+        self._cursors: weakref.WeakSet[CatalogCursor] = weakref.WeakSet()
+        self._gate = _Gate(self.dir / GATE_FILE)
+        self.lock: WorkspaceLock | None = None
         db_path = self.dir / CATALOG_FILE
         if not db_path.exists() and not create:
             raise WorkspaceError(
                 f"{self.dir} is not a workspace (no {CATALOG_FILE}); create it with `corpus-agents init`"
             )
+        if read_only:
+            self._open_reader()
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         self.parts_dir.mkdir(exist_ok=True)
         self.models_dir.mkdir(exist_ok=True)
@@ -195,13 +310,135 @@ class Catalog(_Sql):
         try:
             if not db_path.exists():
                 self._create_database(db_path)
-            self._con = duckdb.connect(str(db_path))
+            self.connect()
         except duckdb.IOException as exc:
             self.lock.release()
             raise WorkspaceError(f"cannot open {db_path}: {one_line(exc)}") from None
+        except BaseException:
+            self.lock.release()
+            raise
         self._init_schema()
         self.register_filesystems()  # views over shards on object storage are read through fsspec
         self._relocate()
+
+    @property
+    def _con(self) -> duckdb.DuckDBPyConnection:  # type: ignore[override]
+        if self._conn is None:
+            if self.lock is None and not self.read_only:
+                raise WorkspaceError(f"the catalog of {self.dir} is closed")
+            self.connect()
+        assert self._conn is not None
+        return self._conn
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    def connect(self, wait_s: float | None = None) -> bool:
+        """Open the DuckDB connection if it is not open (statements do this themselves). A writer waits up
+        to `wait_s` (default WRITE_WAIT_S) for readers inside to finish: False if they are still there then
+        (with wait_s=0: a try that never blocks), WorkspaceBusyError when waiting the default."""
+        if self._conn is not None:
+            return True
+        db_path = self.dir / CATALOG_FILE
+        if self.read_only:
+            wait = READ_WAIT_S if wait_s is None else wait_s
+            if not self._gate.acquire(exclusive=False, wait_s=wait):
+                raise WorkspaceBusyError(
+                    f"workspace {self.dir} is in use by {_holder(self.dir / LOCK_FILE)}, which has held its "
+                    f"catalog for over {wait:g}s; try again"
+                )
+            try:
+                self._conn = self._open_duckdb(db_path, read_only=True, wait_s=wait)
+            finally:
+                self._gate.release()
+        else:
+            wait = WRITE_WAIT_S if wait_s is None else wait_s
+            if not self._gate.acquire(exclusive=True, wait_s=wait):
+                if wait_s is not None:
+                    return False
+                raise WorkspaceBusyError(f"readers of the catalog of {self.dir} did not finish in {wait:g}s")
+            try:
+                con = self._open_duckdb(db_path, read_only=False, wait_s=wait)
+            except BaseException:
+                self._gate.release()
+                raise
+            if con is None:
+                self._gate.release()
+                if wait_s is not None:
+                    return False
+                raise WorkspaceBusyError(f"readers of the catalog of {self.dir} did not finish in {wait:g}s")
+            self._conn = con
+        self.generation += 1
+        if self.read_only:
+            self.register_filesystems()
+            self._sandbox()
+        return True
+
+    def _open_duckdb(self, db_path: Path, *, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnection:
+        """Connect, retrying while another process holds a conflicting DuckDB lock (a reader that opened
+        before a writer took the gate, or a process that does not use the gate); a reader gets a one-line
+        error after `wait_s`, a writer None."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return duckdb.connect(str(db_path), read_only=read_only)
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower():
+                    raise WorkspaceError(f"cannot open {db_path}: {one_line(exc)}") from None
+                if time.monotonic() >= deadline:
+                    if read_only:
+                        raise WorkspaceBusyError(
+                            f"cannot open {db_path} to read it: {one_line(exc)}"
+                        ) from None
+                    return None  # type: ignore[return-value]
+                time.sleep(0.005)
+            except duckdb.ConnectionException as exc:  # this process has it open the other way
+                raise WorkspaceBusyError(
+                    f"cannot open {db_path} {'read-only' if read_only else 'to write'} in this process: "
+                    f"{one_line(exc)}; close the other catalog first"
+                ) from None
+
+    def release(self) -> None:
+        """Close the DuckDB connection (and its cursors), keeping the workspace lock: readers may open the
+        catalog until the next statement reopens it. Temp tables do not survive this."""
+        for cur in list(self._cursors):
+            cur.drop()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+            if not self.read_only:
+                self._gate.release()
+
+    def _open_reader(self) -> None:
+        """Open read-only and sandbox the connection. A workspace that was moved (its views hold the old
+        absolute paths) is first brought up to date by a brief writable open, if no writer holds it now."""
+        self.connect()
+        if self.get_meta("workspace_dir") not in (None, str(self.dir)):
+            self.upgrade(lambda writer: None)  # opening relocates; a running writer has done so already
+            self.connect()
+
+    def has_table(self, name: str) -> bool:
+        return name in {r[0] for r in self.run("catalog.sql", "table_names")}
+
+    def upgrade(self, fn: Any) -> None:
+        """For a reader: run `fn(writable catalog)` (creating tables it needs) on a brief writable open of
+        the workspace, if no writer holds it now; nothing otherwise. The reader reconnects afterwards."""
+        self.release()
+        with contextlib.suppress(WorkspaceBusyError):
+            with Catalog(self.dir, command="corpus-agents (schema for a reader)") as writer:
+                fn(writer)
+
+    def _sandbox(self) -> None:
+        """No file writes, ATTACH or extension installs from the user's SQL: external access off, except
+        reading the shards' and parts' directories (the views read them), and the settings locked. Shards or
+        parts on object storage are read through fsspec, which needs external access: then only the lock."""
+        urls = [s.uri for s in self.shards()] + [self.parts_url]
+        if any(storage.is_url(u) for u in urls):
+            self.run("catalog.sql", "lock_settings")
+            return
+        dirs = sorted({str(Path(u).parent) + os.sep for u in urls[:-1]} | {urls[-1].rstrip(os.sep) + os.sep})
+        self.run("catalog.sql", "sandbox", dirs=dirs)
 
     def _create_database(self, db_path: Path) -> None:
         """Create an empty database under a temporary name, then rename it: a kill -9 while DuckDB writes
@@ -243,14 +480,17 @@ class Catalog(_Sql):
         self.close()
 
     def close(self) -> None:
-        if getattr(self, "_con", None) is not None:
-            self._con.close()
-            self._con = None
-        self.lock.release()
+        self.release()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        self.read_only = False  # a closed reader does not reopen either
 
     def cursor(self) -> CatalogCursor:
         """A cursor with its own transactions and temp tables on this catalog's connection."""
-        return CatalogCursor(self._con)
+        cur = CatalogCursor(self)
+        self._cursors.add(cur)
+        return cur
 
     # ----- schema ------------------------------------------------------------------------------------
     def _init_schema(self) -> None:
@@ -521,6 +761,34 @@ class Catalog(_Sql):
         with self.transaction():
             for agent, shard_ids in by_agent.items():
                 self.run("catalog.sql", "drop_parts", agent=agent, shard_ids=sorted(shard_ids))
+
+    def repoint_parts(self, agent: str, shard_ids: list[int], path: str) -> None:
+        """Name `path` (a compacted file holding these parts' rows) as the file of an agent's parts, in one
+        transaction (`compaction.compact_parts`)."""
+        with self.transaction():
+            rows = self.run(
+                "catalog.sql", "repoint_parts", agent=agent, shard_ids=shard_ids, path=self.stored_path(path)
+            )
+            if rows[0][0] != len(shard_ids):
+                raise WorkspaceError(
+                    f"agent {agent}: {rows[0][0]} of {len(shard_ids)} parts to compact exist"
+                )
+
+    def inconsistent_parts(self) -> list[tuple[str, int, str]]:
+        """(agent, shard_id, what is wrong) of every part whose manifest row, scores and file disagree: its
+        scores rows are not the part's documents, scores exist without a part, or the part's file is gone
+        (local parts; deleted behind the catalog's back). `score` rescores these (`drop_parts` first)."""
+        found = {}
+        for agent, shard_id, num_rows, scored in self.run("catalog.sql", "part_consistency"):
+            found[agent, shard_id] = (
+                f"{scored:,} scores without a committed part"
+                if num_rows is None
+                else f"{scored:,} rows of scores for a part of {num_rows:,} documents"
+            )
+        for key, part in self.parts().items():
+            if key not in found and not storage.is_url(part.path) and not os.path.exists(part.path):
+                found[key] = f"its part file is missing ({part.path})"
+        return [(agent, shard_id, why) for (agent, shard_id), why in sorted(found.items())]
 
     def record_failure(self, agent: str, shard_id: int, error: str) -> None:
         self.run("catalog.sql", "record_failure", agent=agent, shard_id=shard_id, error=error[:2000])

@@ -275,7 +275,15 @@ def read_run_log(path: Path) -> RunLog:
 
 # ----- what users ask of runs --------------------------------------------------------------------------
 def ensure_schema(catalog: Catalog) -> None:
-    """The console's and the trainer's tables, created on first use."""
+    """The console's and the trainer's tables, created on first use. A reader cannot create them: it has
+    them made by a brief writable open when no writer holds the workspace (a running `train` made them)."""
+    if catalog.read_only:
+        needed = ("selections", "round_compute")
+        if not all(map(catalog.has_table, needed)):
+            catalog.upgrade(ensure_schema)
+        if not all(map(catalog.has_table, needed)):
+            raise CorpusAgentsError(f"no training runs in {catalog.dir} yet")
+        return
     catalog.run("console.sql", "schema")
     catalog.run("runs.sql", "schema")
 
