@@ -18,7 +18,7 @@ import pyarrow as pa
 from corpus_agents import storage
 from corpus_agents.errors import CorpusAgentsError, WorkspaceError
 from corpus_agents.scoring.agents import Agent, AgentContext, AgentOptions, agent_class
-from corpus_agents.scoring.catalog import CATALOG_FILE, LOCK_FILE, Catalog
+from corpus_agents.scoring.catalog import CATALOG_FILE, GATE_FILE, LOCK_FILE, Catalog
 from corpus_agents.scoring.corpus import RegisterReport, distinct_values, register_corpus, sample_texts
 from corpus_agents.scoring.driver import RunSummary, remove_stale_files, run_scoring
 from corpus_agents.scoring.hub import HubSource, MaterializeReport, materialize_into_workspace
@@ -121,7 +121,7 @@ class Workspace:
                 registered = bool(ws.catalog.shards())
             ws.close()
             if not registered and not (target / "corpus").exists():
-                for name in (CATALOG_FILE, f"{CATALOG_FILE}.wal", LOCK_FILE, "parts", "models"):
+                for name in (CATALOG_FILE, f"{CATALOG_FILE}.wal", LOCK_FILE, GATE_FILE, "parts", "models"):
                     if name not in before:
                         storage.remove_path(target / name)
                 if not existed and not any(target.iterdir()):

@@ -373,6 +373,10 @@ class Catalog(_Sql):
         if self.read_only:
             self.register_filesystems()
             self._sandbox()
+        elif (
+            self.generation > 1
+        ):  # a reopened writer (the first open registers them once the schema is there)
+            self.register_filesystems()
         return True
 
     def _open_duckdb(self, db_path: Path, *, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnection:
