@@ -361,6 +361,7 @@ class Trainer:
             random_mode = self.console.config.mode == "random"
             probes = None if random_mode else self.console.draw_probes(round_)
             doc_ids = np.asarray([] if probes is None else probes["doc_id"].to_numpy(), dtype=np.int64)
+            self._release_catalog()  # readers may look while the probes are rewarded
         doc_ids = self.dist.broadcast(doc_ids)
         if len(doc_ids) == 0:
             return {}
@@ -447,6 +448,7 @@ class Trainer:
             self.select(0)
             self._round_log(model, step, 0)
             self.save_checkpoint(model, optimizer, scheduler, step, 0)
+        self._release_catalog()  # readers may look while the round trains
         self.dist.barrier()  # the round's selection is on disk
         # `net` trains (it all-reduces the gradients under torchrun); probes, evaluation and checkpoints
         # use the bare `model`.
@@ -469,6 +471,7 @@ class Trainer:
                     self.select(round_)
                     self._round_log(model, step, round_)
                     self.save_checkpoint(model, optimizer, scheduler, step, round_)
+                    self._release_catalog()
                 self.dist.barrier()  # the round's selection is on disk
                 data = self.batches(self.paths.selection(round_), round_)
             loss_sum = 0.0
@@ -502,6 +505,12 @@ class Trainer:
             self.save_checkpoint(model, optimizer, scheduler, step, round_)
             final["seconds"] = round(time.perf_counter() - started, 1)
         return self.dist.broadcast(final)
+
+    def _release_catalog(self) -> None:
+        """Close the catalog's DuckDB connection (rank 0) until the next round's work reopens it, so that
+        `query`, `status`, `runs` and `report` can read it while this run trains (the workspace stays locked)."""
+        if self.catalog is not None:
+            self.catalog.release()
 
     def _record_consumed(self, consumed: list[np.ndarray], round_: int) -> None:
         """Add the round's consumed doc ids of every rank to the seen counts (on rank 0)."""
