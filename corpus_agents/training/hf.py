@@ -45,6 +45,7 @@ class SelectionCallback(TrainerCallback):
         self.selector = selector
         self._last_log = time.perf_counter()
         self._logged_step = 0
+        self._trained_round = 0
 
     def _check(self, args: TrainingArguments) -> None:
         sel = self.selector
@@ -99,11 +100,11 @@ class SelectionCallback(TrainerCallback):
         """Count the step's sequences as consumed; at a round boundary, run the round on the live model."""
         sel = self.selector
         sel.consumed(args.per_device_train_batch_size * args.gradient_accumulation_steps)
+        self._trained_round = sel.round  # the step's log record names the round it trained in
         if sel.due(state.global_step) and state.global_step < state.max_steps:
+            # The torch optimizer inside accelerate's wrapper (one_step rewards step and restore it).
             optimizer = kwargs.get("optimizer")
-            optimizer = getattr(
-                optimizer, "optimizer", optimizer
-            )  # accelerate's wrapper: the torch optimizer
+            optimizer = getattr(optimizer, "optimizer", optimizer)
             sel.advance(kwargs["model"], optimizer, state.global_step)
 
     def on_save(
@@ -132,9 +133,8 @@ class SelectionCallback(TrainerCallback):
         now = time.perf_counter()
         tokens = (state.global_step - self._logged_step) * self.selector.tokens_per_step
         speed = round(tokens / max(now - self._last_log, 1e-9))
-        self.selector.log_step(
-            state.global_step, float(logs["loss"]), float(logs.get("learning_rate", 0)), speed
-        )
+        lr = float(logs.get("learning_rate", 0))
+        self.selector.log_step(state.global_step, float(logs["loss"]), lr, speed, round_=self._trained_round)
         self._last_log, self._logged_step = now, state.global_step
 
     def on_train_end(

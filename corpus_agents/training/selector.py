@@ -546,18 +546,19 @@ class Selector:
         )
         return self.log_record(record)
 
-    def log_step(self, step: int, loss: float, lr: float, tokens_per_s: int) -> dict[str, Any]:
-        """Log a training step (rank 0 only)."""
-        return self.log_record(
-            StepRecord(
-                step=step,
-                round=self.round,
-                loss=round(loss, 5),
-                lr=lr,
-                tokens=step * self.tokens_per_step,
-                tokens_per_s=tokens_per_s,
-            )  # fmt: skip
+    def log_step(
+        self, step: int, loss: float, lr: float, tokens_per_s: int, round_: int | None = None
+    ) -> dict[str, Any]:
+        """Log a training step of round `round_` (default: the current round) (rank 0 only)."""
+        record = StepRecord(
+            step=step,
+            round=self.round if round_ is None else round_,
+            loss=round(loss, 5),
+            lr=lr,
+            tokens=step * self.tokens_per_step,
+            tokens_per_s=tokens_per_s,
         )
+        return self.log_record(record)
 
     def log_record(self, record: Record) -> dict[str, Any]:
         """Append a record to the run's log.jsonl and print a one-line summary of it (rank 0 only); returns

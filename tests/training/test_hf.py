@@ -47,7 +47,7 @@ def test_hf_trainer_runs_rounds_and_resumes_mid_round_after_kill_9(
     assert tables["seen"] and all(count >= 1 for _, count in tables["seen"])
     log = read_run_log(RunPaths.of(ws, "clean").log)
     assert [r.round for r in log.rounds] == [0, 1, 2, 2] and log.finished
-    assert [s.step for s in log.steps] == list(range(1, 11))
+    assert [(s.step, s.round) for s in log.steps] == [(i, (i - 1) // 4) for i in range(1, 11)]
 
     # Killed with SIGKILL at the end of step 7: the latest checkpoint is step 6, in the middle of round 1.
     killed = hf_train(ws, config, tmp_path / "killed", "killed", "--kill-at", "7")
