@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from corpus_agents.errors import CorpusAgentsError
+from corpus_agents.errors import CorpusAgentsError, require
 from corpus_agents.storage import atomic_path
 from corpus_agents.training.selector import Selector
 
@@ -42,6 +42,7 @@ class SelectionCallback(TrainerCallback):
     """Runs a `Selector`'s rounds inside a `transformers.Trainer` (see the module's doc for the setup)."""
 
     def __init__(self, selector: Selector):
+        require("accelerate", "a transformers.Trainer", extra="hf-trainer")
         self.selector = selector
         self._last_log = time.perf_counter()
         self._logged_step = 0
