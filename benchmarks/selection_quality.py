@@ -439,7 +439,7 @@ def collect(
         "run": run_dir.name, "config": config, "seed": seed, "curve": curve,
         "selection": [{"round": r, "cell_entropy": e, "top_cell_share": t} for r, e, t in spread],
         "final_compute": rounds[-1].get("compute_total"), "wall_s": None if wall_s is None else round(wall_s),
-        **evaluate_run(run_dir, args.tasks),
+        "git": args.git, **evaluate_run(run_dir, args.tasks),
     }  # fmt: skip
     atomic_json(result_path(args, run_dir.name), result)
     return result
@@ -847,6 +847,7 @@ def main(argv: list[str] | None = None) -> None:
     meta["unigram_entropy"], meta["unigram_corpus"] = baseline_entropy(refs, tokenizer, ws)
     if not args.summary_only:
         args.tasks = load_tasks(refs)
+        args.git = meta["versions"]["git"]  # the code each run was made with, recorded in its result
         # Selection first: the single agents on their own seeds; best-single then runs on the main seeds.
         singles = [(f"single-{a}", s) for a in real for s in args.selection_seeds]
         if "best-single" in args.configs:

@@ -548,7 +548,7 @@ def status(workspace: str, as_json: bool) -> None:
     from corpus_agents.query import make_console, text_table
     from corpus_agents.workspace import Workspace
 
-    with Workspace.open(workspace) as ws:
+    with Workspace.open(workspace, read_only=True) as ws:
         summary = ws.status()
     if as_json:
         echo_json(summary.to_dict())
@@ -577,6 +577,42 @@ def status(workspace: str, as_json: bool) -> None:
     console.print(text_table(header, rows))
     for agent_name, shard_id, error in summary.failures:
         console.print(Text.assemble(("failed", "red"), f" {agent_name} shard {shard_id}: {error}"))
+    for agent_name, shard_id, why in summary.inconsistent:
+        console.print(
+            Text.assemble(
+                ("inconsistent", "red"), f" {agent_name} shard {shard_id}: {why}; `score` rescores it"
+            )
+        )
+
+
+@main.command()
+@click.argument("workspace", type=click.Path(exists=True, file_okay=False))
+@click.option("--agents", type=AGENT_LIST, help="Comma-separated agents to compact (default: all).")
+@click.option(
+    "--target-rows",
+    type=POSITIVE,
+    default=1_000_000,
+    show_default=True,
+    help="Parts under this many documents are tiny; a compacted file holds up to this many.",
+)
+@user_errors
+def compact(workspace: str, agents: list[str] | None, target_rows: int) -> None:
+    """Rewrite an agent's many tiny score parts (thousands of small shards) as a few files, so readers of
+    part files do not pay per part. Safe to kill and re-run; the scores do not change.
+
+    \b
+    Example:
+      corpus-agents compact ws --agents quality,domain
+    """
+    from corpus_agents.scoring.compaction import compact_parts
+    from corpus_agents.workspace import Workspace
+
+    with Workspace.open(workspace) as ws:
+        summary = compact_parts(ws.catalog, agents, target_rows=target_rows)
+    click.echo(
+        f"compacted {summary.parts_compacted} parts into {summary.files_written} files; "
+        f"removed {summary.files_removed} files"
+    )
 
 
 @main.command()
@@ -594,9 +630,19 @@ def status(workspace: str, as_json: bool) -> None:
     "--show-rows", type=NON_NEGATIVE, default=100, show_default=True, help="Rows shown by --format table."
 )
 @renamed("--max-rows", "--show-rows", "show_rows", type=NON_NEGATIVE)
+@click.option(
+    "--writable",
+    is_flag=True,
+    help="Allow statements that change the catalog (repairs); waits for no run, refused while one holds it.",
+)
 @user_errors
-def query(workspace: str, sql: str, fmt: str, output: str | None, show_rows: int) -> None:
+def query(workspace: str, sql: str, fmt: str, output: str | None, show_rows: int, writable: bool) -> None:
     """Run SQL on the catalog (tables: shards, docs, agents, agent_labels, scores, score_parts; view: doc_labels).
+
+    Read-only, also while `score` or `train` runs: statements that change the catalog, write files (COPY),
+    ATTACH databases or INSTALL extensions are refused; --format/--output write the result. `--writable`
+    runs any statement on a locked catalog: deleting or editing rows of scores or score_parts can leave
+    them disagreeing (`status` names that, `score` rescores such parts).
 
     \b
     Example:
@@ -605,7 +651,7 @@ def query(workspace: str, sql: str, fmt: str, output: str | None, show_rows: int
     from corpus_agents.query import write_result
     from corpus_agents.workspace import Workspace
 
-    with Workspace.open(workspace) as ws:
+    with Workspace.open(workspace, read_only=not writable) as ws:
         table = ws.query(sql)
     write_result(table, fmt, output, show_rows)
 
@@ -753,7 +799,7 @@ def runs(workspace: str, as_json: bool) -> None:
     from corpus_agents.query import write_result
     from corpus_agents.workspace import Workspace
 
-    with Workspace.open(workspace) as ws:
+    with Workspace.open(workspace, read_only=True) as ws:
         table = ws.runs()
     if as_json:
         echo_json(table.to_pylist())

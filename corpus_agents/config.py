@@ -257,6 +257,9 @@ class TrainConfig(Section):
     dtype: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     log_every: int = bounded(10, gt=0)
     num_workers: int = bounded(0, ge=0)  # DataLoader workers of the streaming reader
+    # Steps between checkpoints inside a round (None: at round boundaries and the end only); a checkpoint
+    # keeps the reader's position, so --resume continues at its step.
+    checkpoint_every: int | None = bounded(None, gt=0)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,7 @@ from corpus_agents import storage
 from corpus_agents.errors import CorpusAgentsError, WorkspaceError
 from corpus_agents.names import check_run_id
 from corpus_agents.scoring.agents import Agent, AgentContext, AgentOptions, agent_class, make_options
-from corpus_agents.scoring.catalog import CATALOG_FILE, LOCK_FILE, Catalog
+from corpus_agents.scoring.catalog import CATALOG_FILE, GATE_FILE, LOCK_FILE, Catalog
 from corpus_agents.scoring.corpus import (
     RegisterReport,
     column_types,
@@ -69,12 +69,14 @@ class WorkspaceStatus:
     corpus: CorpusSize
     agents: list[AgentStatus]
     failures: list[tuple[str, int, str]]  # (agent, shard_id, error) of the parts that failed last
+    inconsistent: list[tuple[str, int, str]] = field(default_factory=list)  # rescored by `score`
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values (`status --json`): the directory as a string, failures as objects."""
         out = asdict(self)
         out["directory"] = str(self.directory)
         out["failures"] = [{"agent": a, "shard_id": s, "error": e} for a, s, e in self.failures]
+        out["inconsistent"] = [{"agent": a, "shard_id": s, "why": w} for a, s, w in self.inconsistent]
         return out
 
 
@@ -108,9 +110,10 @@ class Workspace:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike, *, read_only: bool = False, command: str | None = None
+        cls, path: str | os.PathLike, *, command: str | None = None, read_only: bool = False
     ) -> Workspace:
-        """Open an existing workspace (locked for writing, or `read_only`)."""
+        """Open an existing workspace: to change it (locked while open), or `read_only` to look at it, also
+        while a run is going (`status`, `query`)."""
         return cls(Catalog(path, command=command, read_only=read_only))
 
     @classmethod
@@ -165,7 +168,7 @@ class Workspace:
                 registered = bool(ws.catalog.shards())
             ws.close()
             if not registered and not (target / "corpus").exists():
-                for name in (CATALOG_FILE, f"{CATALOG_FILE}.wal", LOCK_FILE, "parts", "models"):
+                for name in (CATALOG_FILE, f"{CATALOG_FILE}.wal", LOCK_FILE, GATE_FILE, "parts", "models"):
                     if name not in before:
                         storage.remove_path(target / name)
                 if not existed and not any(target.iterdir()):
@@ -324,10 +327,13 @@ class Workspace:
             except CorpusAgentsError as exc:
                 error = str(exc)
             agents.append(AgentStatus(name, kind, labels, committed, partial, pending, failed, scored, error))
-        return WorkspaceStatus(self.dir, corpus, agents, self.catalog.failures())
+        return WorkspaceStatus(
+            self.dir, corpus, agents, self.catalog.failures(), self.catalog.inconsistent_parts()
+        )
 
     def query(self, sql: str) -> pa.Table:
-        """Run SQL on the catalog (tables, and the `doc_labels` and `documents` views); the result as Arrow."""
+        """Run SQL on the catalog (tables, and the `doc_labels` and `documents` views); the result as Arrow.
+        A read-only workspace runs only statements that read (SELECT, EXPLAIN, ...)."""
         return self.catalog.query(sql)
 
     def sql(self, query: str, **tables: Any) -> duckdb.DuckDBPyRelation | None:

@@ -177,3 +177,39 @@ WHERE false;
 SELECT quantile_cont(v, $fractions) AS edges, count(v) AS n
 FROM (SELECT CAST(p.{column} AS DOUBLE) AS v FROM read_parquet({uris}, union_by_name = true) p)
 WHERE NOT isnan(v);
+-- name: sandbox
+-- A reader's connection (`query`): only the shards' and parts' directories can be read, no file written
+-- (COPY ... TO is refused before it gets here), nothing attached or installed, and the settings locked so
+-- that the user's SQL cannot undo them.
+SET allowed_directories = $dirs;
+SET enable_external_access = false;
+SET lock_configuration = true;
+
+-- name: settings_locked
+-- Whether this database instance's settings are locked already (DuckDB shares one instance between the
+-- connections of a process to one file: a second reader finds the first one's sandbox in place).
+SELECT current_setting('lock_configuration');
+
+-- name: lock_settings
+-- A reader's connection when shards or parts are on object storage (fsspec needs external access).
+SET lock_configuration = true;
+
+-- name: part_consistency
+-- Where the manifest and the scores disagree: committed parts without exactly their rows of scores (rows
+-- deleted or added behind the catalog's back, e.g. by `query --writable`), and scores without a part.
+WITH counted AS (
+    SELECT agent, CAST(doc_id >> 32 AS INTEGER) AS shard_id, count(*) AS scored FROM scores GROUP BY ALL
+)
+SELECT p.agent, p.shard_id, p.num_rows, coalesce(c.scored, 0) AS scored
+FROM score_parts p LEFT JOIN counted c ON c.agent = p.agent AND c.shard_id = p.shard_id
+WHERE coalesce(c.scored, 0) <> p.num_rows
+UNION ALL
+SELECT c.agent, c.shard_id, NULL, c.scored
+FROM counted c ANTI JOIN score_parts p ON c.agent = p.agent AND c.shard_id = p.shard_id
+ORDER BY 1, 2;
+
+-- name: repoint_parts
+-- Compaction: the parts of these shards now live in one file (`scoring/compaction.py`); the number of rows
+-- repointed comes back so that the caller can check none vanished meanwhile.
+UPDATE score_parts SET path = $path WHERE agent = $agent AND shard_id IN (SELECT unnest($shard_ids));
+SELECT count(*) FROM score_parts WHERE agent = $agent AND path = $path;

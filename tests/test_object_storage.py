@@ -87,13 +87,13 @@ def test_a_part_left_renamed_but_uncommitted_is_reused(tmp_path, make_corpus, mo
 
     monkeypatch.setattr(catalog.Catalog, "commit_part", crash)
     CliRunner().invoke(main, ["score", ws, "--workers", "1", "--quiet"])
-    published = sorted(parts.rglob("*.parquet"))
-    assert len(published) == 1
-    before = published[0].stat().st_mtime_ns
+    published = sorted(parts.rglob("*.parquet"))  # commits come in batches: both parts may be published
+    assert len(published) >= 1
+    before = [p.stat().st_mtime_ns for p in published]
     monkeypatch.undo()
     out = run("score", ws, "--workers", "1", "--quiet")
     assert "committed 2 parts" in out
-    assert published[0].stat().st_mtime_ns == before  # committed as it was, not rescored
+    assert [p.stat().st_mtime_ns for p in published] == before  # committed as they were, not rescored
     out = run("query", ws, "SELECT count(domain) AS n FROM doc_labels", "--format", "json")
     assert rows(out) == [{"n": 60}]
 

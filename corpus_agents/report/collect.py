@@ -132,7 +132,7 @@ def collect(
     """Everything the report plots, for `run_ids` (default: every run of the workspace)."""
     ws = Path(workspace).expanduser().resolve()
     try:
-        catalog = Catalog(ws, command="corpus-agents report")
+        catalog = Catalog(ws, read_only=True)
     except WorkspaceBusyError as exc:
         return _collect_from_logs(ws, run_ids, group, str(exc))
     with catalog:

@@ -8,8 +8,18 @@ snapshots) are stored relative to it and resolved against where it is now, so a 
 reads its own files; paths outside it stay absolute. Opening a workspace rewrites absolute paths that point
 into it, or into where it was last opened, as relative ones (idempotent).
 
-The owner holds an advisory lock on `WS/catalog.lock` (released by the kernel even on kill -9) that records
-its pid and command, so a second process is told who holds the workspace instead of getting a traceback.
+The owner (a writer) holds an advisory lock on `WS/catalog.lock` (released by the kernel even on kill -9)
+that records its pid and command, so a second writer is told who holds the workspace instead of getting a
+traceback. Readers (`Catalog(ws, read_only=True)`: query, status, runs, report) never take it.
+
+DuckDB lets one process open the file read-write, or any number read-only, never both at once. So a writer
+opens its DuckDB connection only while it works on the catalog (`release()` closes it, the next statement
+reopens it; long commands release it between commits and rounds), and a second flock, `WS/catalog.gate`,
+orders the two: a writer holds it exclusively while its connection is open (so a waiting writer is not
+starved by new readers), a reader holds it shared only while it opens its connection. A reader that finds the
+writer inside waits for it (briefly: writers commit in short batches) and then reads a consistent snapshot;
+a writer that finds readers inside waits until their queries end (docs/architecture.md, "Reading while a
+run is going").
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import os
 import re
 import sys
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +40,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from corpus_agents import storage
 from corpus_agents.errors import AgentError, CorpusAgentsError, WorkspaceBusyError, WorkspaceError, one_line
 from corpus_agents.names import check_agent_name
 from corpus_agents.scoring.agents import Agent, build_agent
@@ -39,6 +51,13 @@ from corpus_agents.storage import atomic_path, temp_path
 SCHEMA_VERSION = "1"
 CATALOG_FILE = "catalog.duckdb"
 LOCK_FILE = "catalog.lock"
+GATE_FILE = "catalog.gate"
+#: How long a reader waits for a writer's connection to close, and a writer for readers' queries to end.
+READ_WAIT_S = 10.0
+WRITE_WAIT_S = 600.0
+#: The statements a read-only `query` runs (`duckdb.StatementType` names); everything else is refused.
+READ_ONLY_STATEMENTS = frozenset({"SELECT", "EXPLAIN", "PRAGMA", "CALL"})
+_STATEMENT_NAMES = {"COPY": "file copy (COPY)", "LOAD": "extension (INSTALL, LOAD)"}
 _PARAM = re.compile(r"\$(\w+)")
 #: How a stored agent config marks a path relative to the workspace (e.g. "$WS/models/quality.fasttext.bin").
 WS_PREFIX = "$WS/"
@@ -122,6 +141,48 @@ class WorkspaceLock:
             self.fd = -1
 
 
+class _Gate:
+    """A flock on `WS/catalog.gate` taken with a deadline: exclusive by a writer while its DuckDB connection is
+    open, shared by a reader while it opens one."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd = -1
+
+    def acquire(self, *, exclusive: bool, wait_s: float) -> bool:
+        """Take the gate, polling until `wait_s` has passed; False if it is still held then. A workspace this
+        process cannot write (a reader of someone else's) has no gate to take: True."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return True
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+                self.fd = fd
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(0.005)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _holder(lock_path: Path) -> str:
+    """Who holds the workspace lock, as its record names it."""
+    try:
+        return _holder_name(lock_path.read_text())
+    except OSError:
+        return "another process"
+
+
 class _Sql:
     """The one way to run SQL on a catalog connection: named blocks of `sql/` with `$name` parameters,
     transactions, Arrow tables registered for a statement's duration."""
@@ -149,6 +210,10 @@ class _Sql:
         templates (`sqlfiles.fragment`), or SQL of tests and benchmarks. Package code runs named blocks."""
         return self._con.execute(sql, params).fetchall()
 
+    def table_names(self) -> set[str]:
+        """The catalog's tables and views."""
+        return {r[0] for r in self.run("catalog.sql", "table_names")}
+
     def query(self, sql: str) -> pa.Table:
         """The user's SQL (the `query` command): one statement, its result as Arrow (empty for a statement
         without one); a DuckDB error becomes a one-line CorpusAgentsError (see `relation`)."""
@@ -172,7 +237,7 @@ class _Sql:
                 with contextlib.suppress(OSError):  # a missing shard: DuckDB's error names it
                     shard.check().check_footer()
         if tables:
-            catalog_tables = {r[0] for r in self.run("catalog.sql", "table_names")} - self._user_tables
+            catalog_tables = self.table_names() - self._user_tables
             taken = sorted(set(tables) & catalog_tables)
             if taken:
                 raise CorpusAgentsError(
@@ -182,6 +247,15 @@ class _Sql:
                 self._con.register(name, table)
                 self._user_tables.add(name)
         try:
+            if isinstance(self, Catalog) and self.read_only:
+                for stmt in self._con.extract_statements(sql):
+                    kind = stmt.type.name
+                    if kind not in READ_ONLY_STATEMENTS:
+                        shown = _STATEMENT_NAMES.get(kind, kind)
+                        raise CorpusAgentsError(
+                            f"query is read-only: {shown} statements are refused "
+                            "(`query --writable` runs statements that change the catalog)"
+                        )
             return self._con.sql(sql)
         except duckdb.Error as exc:
             raise CorpusAgentsError(f"SQL error: {one_line(exc)}") from None
@@ -209,11 +283,25 @@ class _Sql:
 
 class CatalogCursor(_Sql):
     """A cursor of a catalog's connection: the same database, its own transactions and temp tables (the
-    console keeps its caches there). Close it when done."""
+    console keeps its caches there). Close it when done.
 
-    def __init__(self, con: duckdb.DuckDBPyConnection):
-        self._con = con.cursor()
+    When the catalog releases its connection the cursor goes with it; its next statement opens a new cursor
+    on the reopened connection, without the old one's temp tables: `generation` (the catalog's connection
+    count) tells a user of temp tables that they must be made again."""
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self._cur: duckdb.DuckDBPyConnection | None = None
+        self.generation = 0
+        self.closed = False
         self._user_tables = set()
+
+    @property
+    def _con(self) -> duckdb.DuckDBPyConnection:  # type: ignore[override]
+        if self._cur is None or self.generation != self.catalog.generation:
+            con = self.catalog._con  # reopens a released catalog
+            self._cur, self.generation = con.cursor(), self.catalog.generation
+        return self._cur
 
     def __enter__(self) -> CatalogCursor:
         return self
@@ -221,16 +309,27 @@ class CatalogCursor(_Sql):
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def drop(self) -> None:
+        """Close the current cursor (the catalog is releasing its connection); the next statement reopens."""
+        if self._cur is not None:
+            with contextlib.suppress(duckdb.ConnectionException):  # the catalog closed its connection first
+                self._cur.close()
+            self._cur = None
+
     def close(self) -> None:
-        with contextlib.suppress(duckdb.ConnectionException):  # the catalog closed its connection first
-            self._con.close()
+        self.drop()
+        self.closed = True
+        self.catalog._cursors.discard(self)
 
 
 class Catalog(_Sql):
-    """Open (and lock) a workspace's catalog. Use as a context manager or call `close()`.
+    """Open a workspace's catalog. Use as a context manager or call `close()`.
 
-    With `read_only`, the catalog is opened without the workspace lock and DuckDB refuses every write:
-    several readers may share a workspace, but not with a writer (DuckDB locks the file)."""
+    A writer (the default) locks the workspace for its lifetime and holds a read-write DuckDB connection
+    while it works; `release()` closes the connection between pieces of work so readers can look, and the
+    next statement reopens it. A reader (`read_only=True`) takes no lock, opens the file read-only (waiting
+    up to READ_WAIT_S for a writer's commit) and runs `query` sandboxed: no catalog changes, no files
+    written, no ATTACH, no extension installs."""
 
     def __init__(
         self,
@@ -242,6 +341,10 @@ class Catalog(_Sql):
     ):
         self.dir = Path(workspace).expanduser().resolve()
         self.read_only = read_only
+        self.generation = 0
+        self._conn: duckdb.DuckDBPyConnection | None = None
+        self._cursors: weakref.WeakSet[CatalogCursor] = weakref.WeakSet()
+        self._gate = _Gate(self.dir / GATE_FILE)
         self.lock: WorkspaceLock | None = None
         self._user_tables = set()
         db_path = self.dir / CATALOG_FILE
@@ -252,7 +355,7 @@ class Catalog(_Sql):
                 f"{self.dir} is not a workspace (no {CATALOG_FILE}); create it with `corpus-agents init`"
             )
         if read_only:
-            self._open_read_only(db_path)
+            self._open_reader()
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         self.parts_dir.mkdir(exist_ok=True)
@@ -261,46 +364,144 @@ class Catalog(_Sql):
         try:
             if not db_path.exists():
                 self._create_database(db_path)
-            self._con = duckdb.connect(str(db_path))
-        except duckdb.Error as exc:  # IOException: another process; ConnectionException: this one
+            self.connect()
+        except duckdb.IOException as exc:
             self.lock.release()
-            held = "lock" in str(exc) or isinstance(exc, duckdb.ConnectionException)
-            readers = "; a reader (corpus_agents.open) must close it first" if held else ""
-            raise WorkspaceError(f"cannot open {db_path}: {one_line(exc)}{readers}") from None
+            raise WorkspaceError(f"cannot open {db_path}: {one_line(exc)}") from None
+        except BaseException:
+            self.lock.release()
+            raise
         self._init_schema()
         self.register_filesystems()  # views over shards on object storage are read through fsspec
         self._relocate()
 
-    def _open_read_only(self, db_path: Path) -> None:
-        """Connect read-only; nothing is written, so a workspace that needs its schema created or its paths
-        rewritten (moved, or written by an older version) is refused until a writer has opened it once."""
-        try:
-            self._con = duckdb.connect(str(db_path), read_only=True)
-        except duckdb.Error as exc:  # IOException: a writer in another process; ConnectionException: this one
-            holder = lock_holder(self.dir / LOCK_FILE)
-            if holder:
+    @property
+    def _con(self) -> duckdb.DuckDBPyConnection:  # type: ignore[override]
+        if self._conn is None:
+            if self.lock is None and not self.read_only:
+                raise WorkspaceError(f"the catalog of {self.dir} is closed")
+            self.connect()
+        assert self._conn is not None
+        return self._conn
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    def connect(self, wait_s: float | None = None) -> bool:
+        """Open the DuckDB connection if it is not open (statements do this themselves). A writer waits up
+        to `wait_s` (default WRITE_WAIT_S) for readers inside to finish: False if they are still there then
+        (with wait_s=0: a try that never blocks), WorkspaceBusyError when waiting the default."""
+        if self._conn is not None:
+            return True
+        db_path = self.dir / CATALOG_FILE
+        if self.read_only:
+            wait = READ_WAIT_S if wait_s is None else wait_s
+            if not self._gate.acquire(exclusive=False, wait_s=wait):
                 raise WorkspaceBusyError(
-                    f"workspace {self.dir} is in use by {holder}; wait for it to finish or stop it"
+                    f"workspace {self.dir} is in use by {_holder(self.dir / LOCK_FILE)}, which has held its "
+                    f"catalog for over {wait:g}s; try again"
+                )
+            try:
+                self._conn = self._open_duckdb(db_path, read_only=True, wait_s=wait)
+            finally:
+                self._gate.release()
+        else:
+            wait = WRITE_WAIT_S if wait_s is None else wait_s
+            if not self._gate.acquire(exclusive=True, wait_s=wait):
+                if wait_s is not None:
+                    return False
+                raise WorkspaceBusyError(f"readers of the catalog of {self.dir} did not finish in {wait:g}s")
+            try:
+                con = self._open_duckdb(db_path, read_only=False, wait_s=wait)
+            except BaseException:
+                self._gate.release()
+                raise
+            if con is None:
+                self._gate.release()
+                if wait_s is not None:
+                    return False
+                raise WorkspaceBusyError(f"readers of the catalog of {self.dir} did not finish in {wait:g}s")
+            self._conn = con
+        self.generation += 1
+        if self.read_only:
+            self.register_filesystems()
+            self._sandbox()
+        elif (
+            self.generation > 1
+        ):  # a reopened writer (the first open registers them once the schema is there)
+            self.register_filesystems()
+        return True
+
+    def _open_duckdb(self, db_path: Path, *, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnection:
+        """Connect, retrying while another process holds a conflicting DuckDB lock (a reader that opened
+        before a writer took the gate, or a process that does not use the gate); a reader gets a one-line
+        error after `wait_s`, a writer None."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return duckdb.connect(str(db_path), read_only=read_only)
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower():
+                    raise WorkspaceError(f"cannot open {db_path}: {one_line(exc)}") from None
+                if time.monotonic() >= deadline:
+                    if read_only:
+                        raise WorkspaceBusyError(
+                            f"cannot open {db_path} to read it: {one_line(exc)}"
+                        ) from None
+                    return None  # type: ignore[return-value]
+                time.sleep(0.005)
+            except duckdb.ConnectionException as exc:  # this process has it open the other way
+                raise WorkspaceBusyError(
+                    f"cannot open {db_path} {'read-only' if read_only else 'to write'} in this process: "
+                    f"{one_line(exc)}; close the other catalog first"
                 ) from None
-            raise WorkspaceError(f"cannot open {db_path}: {one_line(exc)}") from None
-        try:
-            version = self.get_meta("schema_version")
-            opened_at = self.get_meta("workspace_dir")
-        except duckdb.Error:
-            version = opened_at = None
+
+    def release(self) -> None:
+        """Close the DuckDB connection (and its cursors), keeping the workspace lock: readers may open the
+        catalog until the next statement reopens it. Temp tables do not survive this."""
+        for cur in list(self._cursors):
+            cur.drop()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+            if not self.read_only:
+                self._gate.release()
+
+    def _open_reader(self) -> None:
+        """Open read-only and sandbox the connection. A workspace that was moved (its views hold the old
+        absolute paths) is first brought up to date by a brief writable open, if no writer holds it now."""
+        self.connect()
+        version = self.get_meta("schema_version") if "meta" in self.table_names() else None
         if version and version != SCHEMA_VERSION:
             self.close()
             raise WorkspaceError(
                 f"{self.dir} has catalog schema version {version}; this corpus-agents uses {SCHEMA_VERSION}"
             )
-        if opened_at != str(self.dir):  # moved, or last opened by a version that stored absolute paths
-            self.close()
-            raise WorkspaceError(
-                f"workspace {self.dir} was last opened at {opened_at or 'another place'}; open it once for "
-                f"writing (any corpus-agents command, or corpus_agents.open(path, read_only=False)) to update "
-                f"its paths, then read-only"
-            )
-        self.register_filesystems()
+        if self.get_meta("workspace_dir") not in (None, str(self.dir)):
+            self.upgrade(lambda writer: None)  # opening relocates; a running writer has done so already
+            self.connect()
+
+    def upgrade(self, fn: Any) -> None:
+        """For a reader: run `fn(writable catalog)` (creating tables it needs) on a brief writable open of
+        the workspace, if no writer holds it now; nothing otherwise. The reader reconnects afterwards."""
+        self.release()
+        with contextlib.suppress(WorkspaceBusyError):
+            with Catalog(self.dir, command="corpus-agents (schema for a reader)") as writer:
+                fn(writer)
+
+    def _sandbox(self) -> None:
+        """No file writes, ATTACH or extension installs from the user's SQL: external access off, except
+        reading the shards' and parts' directories (the views read them), and the settings locked. Shards or
+        parts on object storage are read through fsspec, which needs external access: then only the lock."""
+        if self.run("catalog.sql", "settings_locked")[0][0]:
+            return  # another reader of this process sandboxed the shared instance
+        urls = [s.uri for s in self.shards()] + [self.parts_url]
+        if any(storage.is_url(u) for u in urls):
+            self.run("catalog.sql", "lock_settings")
+            return
+        dirs = sorted({str(Path(u).parent) + os.sep for u in urls[:-1]} | {urls[-1].rstrip(os.sep) + os.sep})
+        self.run("catalog.sql", "sandbox", dirs=dirs)
 
     def _create_database(self, db_path: Path) -> None:
         """Create an empty database under a temporary name, then rename it: a kill -9 while DuckDB writes
@@ -342,15 +543,17 @@ class Catalog(_Sql):
         self.close()
 
     def close(self) -> None:
-        if getattr(self, "_con", None) is not None:
-            self._con.close()
-            self._con = None
+        self.release()
         if self.lock is not None:
             self.lock.release()
+            self.lock = None
+        self.read_only = False  # a closed reader does not reopen either
 
     def cursor(self) -> CatalogCursor:
         """A cursor with its own transactions and temp tables on this catalog's connection."""
-        return CatalogCursor(self._con)
+        cur = CatalogCursor(self)
+        self._cursors.add(cur)
+        return cur
 
     # ----- schema ------------------------------------------------------------------------------------
     def _init_schema(self) -> None:
@@ -367,10 +570,6 @@ class Catalog(_Sql):
             self.run("catalog.sql", "init_meta", version=SCHEMA_VERSION)
         if "doc_labels" not in tables:
             self.refresh_views()
-
-    def table_names(self) -> set[str]:
-        """The catalog's tables and views."""
-        return {r[0] for r in self.run("catalog.sql", "table_names")}
 
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         rows = self.run("catalog.sql", "get_meta", key=key)
@@ -656,6 +855,34 @@ class Catalog(_Sql):
             for agent, shard_ids in by_agent.items():
                 self.run("catalog.sql", "drop_parts", agent=agent, shard_ids=sorted(shard_ids))
 
+    def repoint_parts(self, agent: str, shard_ids: list[int], path: str) -> None:
+        """Name `path` (a compacted file holding these parts' rows) as the file of an agent's parts, in one
+        transaction (`compaction.compact_parts`)."""
+        with self.transaction():
+            rows = self.run(
+                "catalog.sql", "repoint_parts", agent=agent, shard_ids=shard_ids, path=self.stored_path(path)
+            )
+            if rows[0][0] != len(shard_ids):
+                raise WorkspaceError(
+                    f"agent {agent}: {rows[0][0]} of {len(shard_ids)} parts to compact exist"
+                )
+
+    def inconsistent_parts(self) -> list[tuple[str, int, str]]:
+        """(agent, shard_id, what is wrong) of every part whose manifest row, scores and file disagree: its
+        scores rows are not the part's documents, scores exist without a part, or the part's file is gone
+        (local parts; deleted behind the catalog's back). `score` rescores these (`drop_parts` first)."""
+        found = {}
+        for agent, shard_id, num_rows, scored in self.run("catalog.sql", "part_consistency"):
+            found[agent, shard_id] = (
+                f"{scored:,} scores without a committed part"
+                if num_rows is None
+                else f"{scored:,} rows of scores for a part of {num_rows:,} documents"
+            )
+        for key, part in self.parts().items():
+            if key not in found and not storage.is_url(part.path) and not os.path.exists(part.path):
+                found[key] = f"its part file is missing ({part.path})"
+        return [(agent, shard_id, why) for (agent, shard_id), why in sorted(found.items())]
+
     def record_failure(self, agent: str, shard_id: int, error: str) -> None:
         self.run("catalog.sql", "record_failure", agent=agent, shard_id=shard_id, error=error[:2000])
 
@@ -680,6 +907,8 @@ class Catalog(_Sql):
         """Let DuckDB read non-local shards through fsspec (needed by the `documents` view)."""
         import fsspec
 
+        if self.run("catalog.sql", "settings_locked")[0][0]:
+            return  # another reader of this process sandboxed the shared instance
         urls = [s.uri for s in self.shards()] + [self.parts_url]
         protocols = {u.split("://", 1)[0] for u in urls if "://" in u}
         for protocol in sorted(protocols - {"file"}):

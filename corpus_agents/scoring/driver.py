@@ -4,6 +4,11 @@ Workers (`parts.score_shard`) never open the catalog: they write parts under tem
 rename when complete, and return results. Only the catalog owner, this driver, commits a part (its rows and
 manifest row in one transaction), so a crash at any moment leaves either a committed part or nothing that
 counts; a renamed but uncommitted part is reused by the next run.
+
+While the workers score, the driver does not hold the catalog's DuckDB connection: it commits finished parts
+in batches at most every COMMIT_EVERY_S, each batch at most COMMIT_BATCH_S long, then releases the
+connection, so `query`, `status` and `runs` can read the catalog meanwhile. A batch whose turn comes while a
+reader is inside waits for the next one (the workers keep scoring); the last batch waits for the readers.
 """
 
 from __future__ import annotations
@@ -27,6 +32,12 @@ from corpus_agents.scoring.parts import (
     part_path,
     score_shard,
 )
+
+#: Seconds between commit batches, and the longest a batch holds the catalog before it lets readers in.
+COMMIT_EVERY_S = 1.0
+COMMIT_BATCH_S = 0.5
+#: The pause between two batches of the final commits, for readers waiting to open the catalog.
+READER_TURN_S = 0.05
 
 
 @dataclass
@@ -168,6 +179,29 @@ def model_hashes(catalog: Catalog) -> FileHashes:
     return FileHashes(Path(catalog.dir) / "cache" / "model-hashes.json", root=catalog.dir)
 
 
+def commit_batch(
+    catalog: Catalog,
+    results: list[PartResult],
+    summary: RunSummary,
+    expected_rows: dict[tuple[str, int], int] | None,
+    *,
+    max_s: float,
+) -> list[PartResult]:
+    """Commit results (`commit_results`, one part at a time) until `max_s` has passed, then release the
+    catalog's connection; returns the results left for the next batch (at least one is committed)."""
+    started = time.monotonic()
+    done = 0
+    try:
+        for r in results:
+            commit_results(catalog, [r], summary, expected_rows)
+            done += 1
+            if time.monotonic() - started >= max_s:
+                break
+    finally:
+        catalog.release()
+    return results[done:]
+
+
 def remove_stale_files(catalog: Catalog, keep_uncommitted: bool) -> int:
     """Delete temporary files of crashed runs and part files no committed part refers to.
 
@@ -247,9 +281,12 @@ def run_scoring(
     fingerprints = {a.name: a.fingerprint(hashes) for a in agents}
     hashes.save()
     # Scores of a changed agent (model file or config) go before its new ones come: a run that fails or is
-    # killed half-way leaves some documents without its scores, never old and new scores mixed.
+    # killed half-way leaves some documents without its scores, never old and new scores mixed. Parts whose
+    # scores or file disagree with the manifest (`Catalog.inconsistent_parts`) are dropped and rescored too.
+    names = {a.name for a in agents}
     catalog.drop_parts(
         [k for k, p in catalog.parts().items() if p.fingerprint != fingerprints.get(k[0], p.fingerprint)]
+        + [(a, shard_id) for a, shard_id, _ in catalog.inconsistent_parts() if a in names]
     )
     tasks, skipped = plan_tasks(
         catalog,
@@ -286,8 +323,18 @@ def run_scoring(
             stream = run_ray(tasks, score_shard, on_progress, address=address, workers=workers)
         else:
             stream = run_local(tasks, score_shard, on_progress, workers=min(workers or 1, max(1, len(tasks))))
+        catalog.release()  # planned: readers may look while the workers score
+        pending: list[PartResult] = []
+        last_commit = time.monotonic()
         for results in stream:
-            commit_results(catalog, results, summary, expected_rows)
+            pending += results
+            if time.monotonic() - last_commit >= COMMIT_EVERY_S and catalog.connect(wait_s=0):
+                pending = commit_batch(catalog, pending, summary, expected_rows, max_s=COMMIT_BATCH_S)
+                last_commit = time.monotonic()
+        while pending:  # the rest, waiting for readers if need be, and letting waiting ones in between
+            pending = commit_batch(catalog, pending, summary, expected_rows, max_s=COMMIT_BATCH_S)
+            if pending:
+                time.sleep(READER_TURN_S)
     summary.docs = total
     summary.seconds = time.perf_counter() - started
     if not summary.failed and limit is None and sample is None:

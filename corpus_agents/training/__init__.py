@@ -5,6 +5,8 @@
 - `console`: agent memory and collaboration weights; fuses agents' labels into a selection by cells.
 - `selection`: the selection snapshot (Parquet) a run reads.
 - `reader`: streams a snapshot's documents as packed token blocks to the trainer.
-- `models`, `distributed`, `trainer`: the causal LM, DDP, and the round loop.
+- `selector`: the rounds for any training loop (probes, rewards, console, the resumable selection stream);
+  `hf`: a Hugging Face `Trainer` callback built on it.
+- `models`, `distributed`, `trainer`: the causal LM, DDP, and the built-in training loop (on the selector).
 - `runs`: a run's directory, log and catalog tables.
 """

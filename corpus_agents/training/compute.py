@@ -24,12 +24,20 @@ KINDS: tuple[Kind, ...] = (*COST_KINDS, "eval")
 def flop_params(model: Any) -> int:
     """N of the 6·N·tokens rule: the model's parameters without the input embedding table, whose lookup
     costs no multiplications. The output projection is counted (a tied one once): it is a matmul on every
-    token, and at the small vocabularies used here a large share of the model."""
-    embedding = model.get_input_embeddings().weight
-    head = model.get_output_embeddings()
+    token, and at the small vocabularies used here a large share of the model. A model without Hugging
+    Face's `get_input_embeddings` leaves out every `nn.Embedding` table that no layer reuses as a weight."""
+    import torch
+
     total = sum(p.numel() for p in model.parameters())  # a tied head is one parameter, counted once
-    tied = head is not None and head.weight is embedding
-    return int(total - embedding.numel() + (embedding.numel() if tied else 0))
+    if hasattr(model, "get_input_embeddings"):
+        embedding = model.get_input_embeddings().weight
+        head = model.get_output_embeddings()
+        tied = head is not None and head.weight is embedding
+        return int(total - embedding.numel() + (embedding.numel() if tied else 0))
+    tables = {id(m.weight): m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    reused = {id(m.weight) for m in model.modules() if not isinstance(m, torch.nn.Embedding)
+              and isinstance(getattr(m, "weight", None), torch.Tensor)}  # fmt: skip
+    return int(total - sum(w.numel() for key, w in tables.items() if key not in reused))
 
 
 def batch_tokens(batches: Any) -> int:

@@ -357,6 +357,7 @@ class Console:
             )
             raise ConsoleError(f"run {run_id!r} exists with another config ({diff}); use a new run id")
         self.db.run(SQL_FILE, "agents_table", agents=self.config.agents)
+        self._temp_generation = catalog.generation  # the connection its temp tables live on
         self.agent_labels: list[tuple[str, int, int]] = self.db.run(SQL_FILE, "agent_strides")
         _, num_labels, stride = self.agent_labels[-1]
         if stride * (num_labels + 1) > _MAX_CELLS:
@@ -647,6 +648,7 @@ class Console:
         every few hundred steps: each call is one statement over the run's seen counts. With `round`, the
         round's consumption is recorded once: a crashed run that replays the round does not count it twice."""
         self._require_started()
+        self._ensure_temp_tables()
         if (
             round is not None
             and self.db.run(SQL_FILE, "round_consumed", run_id=self.run_id, round=round)[0][0]
@@ -827,9 +829,19 @@ class Console:
                 raise ConsoleError(f"the prior of agent {agent!r} names unknown labels {unknown}")
         return dataclasses.replace(config, agents=agents)
 
+    def _ensure_temp_tables(self) -> None:
+        """The catalog releases its connection between rounds (so readers can look), which drops the temp
+        tables: on a new connection make `console_agents` again and forget the `console_docs` cache."""
+        self.catalog.connect()
+        if self.catalog.generation != self._temp_generation:
+            self.db.run(SQL_FILE, "agents_table", agents=self.config.agents)
+            self._docs_key = self._seen_key = None
+            self._temp_generation = self.catalog.generation
+
     def _ensure_docs(self) -> None:
         """Make `console_docs` current: rebuilt if documents or scores changed, seen counts resynced if they
         changed behind this console (record_consumed keeps them in step otherwise)."""
+        self._ensure_temp_tables()
         key = self.db.run(SQL_FILE, "cache_fingerprint")[0]
         if key != self._docs_key:
             self._docs_key = self._seen_key = None

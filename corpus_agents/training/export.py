@@ -46,7 +46,7 @@ from corpus_agents.training.models import load_tokenizer
 from corpus_agents.training.reader import encode_texts
 from corpus_agents.training.runs import RunPaths, selection_path
 from corpus_agents.training.selection import ShardRef, read_snapshot
-from corpus_agents.training.trainer import read_run_record
+from corpus_agents.training.selector import read_run_record
 
 FORMATS = ("parquet", "tokens", "hf")
 MANIFEST = "export.json"  # in OUT: the export's settings, then its totals once complete

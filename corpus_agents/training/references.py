@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import string
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,16 +172,42 @@ def encode_examples(
     return batches
 
 
+def _accepts(model: torch.nn.Module, name: str) -> bool:
+    """Whether the model's forward takes keyword `name` (by name or through **kwargs)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # a builtin or C forward: assume the Hugging Face signature
+        return True
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def lm_inputs(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
 ) -> dict[str, Any]:
-    """Keyword arguments for a Hugging Face style causal LM call; no KV cache (it is never reused here)."""
+    """Keyword arguments for a causal LM call: `input_ids`, the `attention_mask` if the model's forward takes
+    one (batches here are right-padded, so a causal model that takes none still sees every real token right),
+    and no KV cache for a model whose config uses one (it is never reused here)."""
     kwargs: dict[str, Any] = {"input_ids": input_ids}
-    if attention_mask is not None:
+    if attention_mask is not None and _accepts(model, "attention_mask"):
         kwargs["attention_mask"] = attention_mask
     if getattr(getattr(model, "config", None), "use_cache", False):
         kwargs["use_cache"] = False
     return kwargs
+
+
+def lm_logits(output: Any) -> torch.Tensor:
+    """The [batch, seq, vocab] logits of a causal LM's output: an object with `.logits` (Hugging Face), a
+    mapping with "logits", a tuple whose first tensor is them, or the logits tensor itself."""
+    if torch.is_tensor(output):
+        return output
+    logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
+    if logits is None and isinstance(output, tuple) and output and torch.is_tensor(output[0]):
+        logits = output[0]
+    if not torch.is_tensor(logits):
+        raise TypeError(
+            f"the model returned {type(output).__name__}: expected logits, or an output with .logits"
+        )
+    return logits
 
 
 def token_loss_sums(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,7 +249,7 @@ def reference_loss(model: torch.nn.Module, batches: Iterable[Batch]) -> float:
         for batch in batches:
             labels = batch["labels"].to(device)
             inputs = lm_inputs(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
-            sums, counts = token_loss_sums(model(**inputs).logits, labels)
+            sums, counts = token_loss_sums(lm_logits(model(**inputs)), labels)
             total += sums.sum().double()
             count += counts.sum().double()
     if count.item() == 0:

@@ -19,6 +19,7 @@ from corpus_agents.training.references import (
     ReferenceSetError,
     eval_mode,
     lm_inputs,
+    lm_logits,
     model_device,
     reference_loss,
     token_loss_sums,
@@ -54,7 +55,7 @@ def doc_loss(model: torch.nn.Module, token_ids: Sequence[int], max_length: int =
     if len(token_ids) < 2:
         raise ValueError("a document needs at least two tokens to have a next-token loss")
     ids = torch.tensor([list(token_ids)[:max_length]], dtype=torch.long, device=model_device(model))
-    sums, counts = token_loss_sums(model(**lm_inputs(model, ids)).logits, ids)
+    sums, counts = token_loss_sums(lm_logits(model(**lm_inputs(model, ids))), ids)
     return sums[0] / counts[0]
 
 
@@ -84,7 +85,7 @@ def per_example_gradients(
 
     def loss(p: Grads, one_ids: torch.Tensor, one_labels: torch.Tensor) -> torch.Tensor:
         out = functional_call(model, (p, frozen), args=(), kwargs=lm_inputs(model, one_ids.unsqueeze(0)))
-        sums, counts = token_loss_sums(out.logits, one_labels.unsqueeze(0))
+        sums, counts = token_loss_sums(lm_logits(out), one_labels.unsqueeze(0))
         return sums[0] / counts[0].clamp(min=1)
 
     with eval_mode(model), sdpa_kernel(SDPBackend.MATH):
@@ -101,7 +102,7 @@ def _reference_gradient(model: torch.nn.Module, batches: Sequence[Batch]) -> Gra
     out = {name: torch.zeros_like(p) for name, p in params.items()}
     for batch in batches:
         inputs = lm_inputs(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        sums, _ = token_loss_sums(model(**inputs).logits, batch["labels"].to(device))
+        sums, _ = token_loss_sums(lm_logits(model(**inputs)), batch["labels"].to(device))
         for acc, g in zip(out.values(), torch.autograd.grad(sums.sum() / total, list(params.values()))):
             acc += g
     return out

@@ -272,13 +272,14 @@ def read_run_log(path: Path) -> RunLog:
 
 # ----- what users ask of runs --------------------------------------------------------------------------
 def ensure_schema(catalog: Catalog) -> bool:
-    """The console's and the trainer's tables, created on first use; returns whether they exist (a read-only
-    catalog cannot create them: it has none when no run has used the workspace)."""
+    """The console's and the trainer's tables, created on first use; returns whether they exist. A reader
+    cannot create them: it has them made by a brief writable open when no writer holds the workspace (a
+    running `train` made them already); it has none when no run has used the workspace."""
     if catalog.read_only:
-        return {
-            "runs",
-            "round_compute",
-        } <= catalog.table_names()  # the first of console.sql's, the last of runs.sql's
+        needed = {"runs", "round_compute"}  # the first of console.sql's, the last of runs.sql's
+        if not needed <= catalog.table_names():
+            catalog.upgrade(ensure_schema)
+        return needed <= catalog.table_names()
     catalog.run("console.sql", "schema")
     catalog.run("runs.sql", "schema")
     return True

@@ -159,8 +159,10 @@ def test_report_writes_a_page_whose_images_are_valid_pngs(trained: Path, tmp_pat
     assert f"<td>{runs['method-seed0']['compute_flops']:.3g}</td>" in page
 
 
-def test_report_of_a_busy_workspace_reads_the_run_logs(trained: Path, tmp_path: Path) -> None:
-    with Catalog(trained):  # as a training run would hold it
+def test_report_of_a_busy_workspace_reads_the_run_logs(trained: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("corpus_agents.scoring.catalog.READ_WAIT_S", 0.2)
+    with Catalog(trained) as held:  # as a training run would hold it, longer than a reader waits
+        held.parts()
         index = write_report(trained, ["method-seed0", "method-seed1"], tmp_path / "busy")
     page = index.read_text(encoding="utf-8")
     assert "is in use by" in page and "selection shares need the catalog" in page

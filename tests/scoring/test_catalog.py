@@ -206,7 +206,8 @@ def test_busy_workspace_names_the_holder(tmp_path, make_corpus):
 
 
 def test_busy_workspace_during_a_hung_score(tmp_path, make_corpus, fasttext_model):
-    """A `score` stuck reading a shard (here: a FIFO nobody writes) holds the workspace; others are told so."""
+    """A `score` stuck reading a shard (here: a FIFO nobody writes) holds the workspace: another writer is
+    told so, while `status` reads the catalog (the stuck run does not hold its DuckDB connection)."""
     corpus = tmp_path / "corpus"
     (shard,) = make_corpus(corpus, num_shards=1, rows_per_shard=20)
     ws = tmp_path / "ws"
@@ -231,7 +232,9 @@ def test_busy_workspace_during_a_hung_score(tmp_path, make_corpus, fasttext_mode
             time.sleep(0.05)
         else:
             raise AssertionError("score never took the workspace lock")
-        assert_busy_message(run_cli("status", ws), proc.pid, f"corpus-agents score {ws}")
+        assert_busy_message(run_cli("score", ws, "--quiet"), proc.pid, f"corpus-agents score {ws}")
+        status = run_cli("status", ws)
+        assert status.returncode == 0 and "1 shards, 20 documents" in " ".join(status.stdout.split())
     finally:
         proc.kill()
         proc.wait()

@@ -16,7 +16,8 @@ from corpus_agents.scoring.agents.metadata import OTHER, MetadataAgent
 from corpus_agents.scoring.catalog import Catalog
 from corpus_agents.scoring.driver import run_scoring
 from corpus_agents.training.runs import RunPaths, read_run_log
-from corpus_agents.training.trainer import RUN_FILE, config_changes, lr_lambda
+from corpus_agents.training.selector import RUN_FILE, config_changes
+from corpus_agents.training.trainer import lr_lambda
 
 
 @pytest.fixture

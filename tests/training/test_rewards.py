@@ -234,3 +234,52 @@ def test_standardize() -> None:
     np.testing.assert_allclose(standardize(rewards * 1e-9 + 7), standardize(rewards), rtol=1e-6)  # scale-free
     with pytest.raises(ValueError, match="n_docs, n_tasks"):
         standardize(np.ones(3))
+
+
+class CumulativeLM(torch.nn.Module):
+    """A causal LM that is not a Hugging Face model: no config, a forward of `input_ids` only, and a logits
+    tensor as output (each position sees the mean embedding of itself and the positions before it)."""
+
+    def __init__(self, vocab_size: int, dim: int = 16):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab_size, dim)
+        self.mix = torch.nn.Linear(dim, dim)
+        self.head = torch.nn.Linear(dim, vocab_size, bias=False)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        h = self.embed(input_ids).cumsum(1)
+        h = h / torch.arange(1, input_ids.shape[1] + 1, dtype=h.dtype).view(1, -1, 1)
+        return self.head(torch.tanh(self.mix(h)))
+
+
+def test_rewards_work_on_any_causal_lm_module(prose, tokenizer, refs) -> None:
+    """Gradient rewards of a plain module equal <g_ref, g_doc> by plain autograd; the one-step oracle agrees
+    with lr x gradient and leaves the module as it was; FLOP params leave out its embedding table."""
+    from corpus_agents.training.compute import flop_params
+
+    torch.manual_seed(0)
+    model = CumulativeLM(len(tokenizer)).double()
+    docs = encode_documents(
+        tokenizer, [" ".join(prose[400 + 2 * i : 402 + 2 * i]) for i in range(5)], MAX_LEN
+    )
+    rewards = gradient_rewards(model, refs, docs, chunk_size=2)
+    for t, batches in enumerate(refs.values()):
+        total, count = 0.0, 0
+        for b in batches:  # the mean answer-token loss, padding right (no mask needed by a causal model)
+            logits = model(b["input_ids"])[:, :-1]
+            labels = b["labels"][:, 1:]
+            total = total + torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="sum")
+            count += int((labels != -100).sum())
+        g_ref = flat_grad(model, total / count)
+        for i, doc in enumerate(docs):
+            ids = torch.tensor([doc])
+            loss = torch.nn.functional.cross_entropy(model(ids)[0, :-1], ids[0, 1:])
+            assert rewards[i, t] == pytest.approx(float(g_ref @ flat_grad(model, loss)), rel=1e-9)
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lr = 1e-4
+    oracle = one_step_rewards(model, torch.optim.SGD(model.parameters(), lr=0.1), docs, refs, lr=lr)
+    np.testing.assert_allclose(oracle, lr * rewards, rtol=0.02)
+    assert all((v == before[k]).all() for k, v in model.state_dict().items())
+    total = sum(p.numel() for p in model.parameters())
+    assert flop_params(model) == total - model.embed.weight.numel()

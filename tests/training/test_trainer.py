@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from helpers import console_tables, final_weights, train
+from helpers import TINY, console_tables, final_weights, train
 
 from corpus_agents.scoring.catalog import Catalog
 from corpus_agents.training.runs import RunPaths, read_run_log
@@ -70,6 +73,50 @@ def test_training_rounds_move_the_console_and_resume_after_kill_9_matches(
     log = read_run_log(paths.log)  # the resumed run's records replace those the kill left behind
     assert [s.step for s in log.steps] == [3, 6, 9] and [r.round for r in log.rounds] == [0, 1, 2, 2]
     assert log.finished and len(log.resumes) == 1
+
+    # Checkpoints every 2 steps as well: killed with SIGKILL right after the step-4 checkpoint, in the middle
+    # of round 1 (steps 4-6), the run resumes at step 4 from the saved reader position, not at round 1's start.
+    mid = ["--set", "train.checkpoint_every=2"]
+    killed = train_killed_after_checkpoint(ws, config, "mid", 4, *mid)
+    assert killed.wait(timeout=600) == -signal.SIGKILL, killed.communicate()[0]
+    mid_paths = RunPaths.of(ws, "mid")
+    assert mid_paths.latest_checkpoint() == mid_paths.checkpoint(4)
+    resumed = train(ws, config, "mid", "--resume", *mid)
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    mid_log, clean_log = read_run_log(mid_paths.log), read_run_log(RunPaths.of(ws, "clean").log)
+    assert [r.step for r in mid_log.resumes] == [4]
+    assert [(s.step, s.loss) for s in mid_log.steps] == [(s.step, s.loss) for s in clean_log.steps]
+    assert mid_log.rounds[-1].heldout_loss == clean_log.rounds[-1].heldout_loss
+    assert console_tables(ws, "mid") == tables
+    mid_weights = final_weights(ws, "mid")
+    for name, tensor in clean_weights.items():
+        assert (tensor == mid_weights[name]).all(), name
+
+
+def train_killed_after_checkpoint(
+    ws: Path, config: Path, run: str, step: int, *extra: str
+) -> subprocess.Popen:
+    """`corpus-agents train` (TINY) that kills itself with SIGKILL once its checkpoint of `step` is written."""
+    code = (
+        "import os, signal, sys\n"
+        "from corpus_agents.training.trainer import Trainer\n"
+        "save = Trainer.save_checkpoint\n"
+        "def killing(self, *args):\n"
+        "    path = save(self, *args)\n"
+        f"    if args[-1] == {step}: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return path\n"
+        "Trainer.save_checkpoint = killing\n"
+        "from corpus_agents.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    args = [sys.executable, "-c", code, "train", str(ws), "--config", str(config), "--run", run]
+    for item in TINY:
+        args += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen(
+        [*args, *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def test_random_selection_measures_no_rewards(workspace: tuple[Path, Path]) -> None:

@@ -59,7 +59,10 @@ def test_two_ranks_share_probes_and_selection_and_rank_0_records_the_rounds(
     events = [json.loads(line)["event"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert events.count("final") == 1 and events.count("round") == 3  # logged by rank 0 alone
     state = torch.load(run / "checkpoints" / "step-00000009" / "trainer_state.pt", weights_only=True)
-    assert (state["step"], state["round"]) == (9, 2)
+    selector = state["selector"]
+    assert (state["step"], selector["round"]) == (9, 2)
+    # Each rank's stream position is kept: the two slices of round 2's selection, read 3 steps x 2 sequences.
+    assert [(s["reader"]["rank"], s["items"]) for s in selector["streams"]] == [(0, 6), (1, 6)]
     # Rank 0 counted both ranks' work: the probe tokens are those of every probe document, the training
     # tokens those of both ranks' batches.
     with Catalog(ws) as cat:
@@ -70,6 +73,6 @@ def test_two_ranks_share_probes_and_selection_and_rank_0_records_the_rounds(
             )
         ]
     probe_tokens = sum(map(len, encode_documents(tokenizer, texts, max_length=cfg.rewards.max_tokens)))
-    assert state["compute"]["probe_tokens"] == probe_tokens > 0
-    assert state["compute"]["train_tokens"] == 9 * cfg.train.batch_size * cfg.model.seq_len * 2
+    assert selector["compute"]["probe_tokens"] == probe_tokens > 0
+    assert selector["compute"]["train_tokens"] == 9 * cfg.train.batch_size * cfg.model.seq_len * 2
     assert all(torch.isfinite(t).all() for t in final_weights(ws, "ddp").values())
