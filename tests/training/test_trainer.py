@@ -32,6 +32,8 @@ def test_training_rounds_move_the_console_and_resume_after_kill_9_matches(
     assert any(abs(w) > 0 for r, _, _, w in tables["w"] if r == 2) and len(tables["probes"]) > 0
     assert all(count >= 1 for _, count in tables["seen"]) and tables["seen"]
     assert len(tables["selections"]) == 3 and all(n > 0 for _, n, _ in tables["selections"])
+    # The reader kept the tokens it read (runs with the same tokenizer read them); the runs below still match.
+    assert list((ws / "cache" / "tokens").rglob("rg-*.npz"))
 
     # The same run killed with SIGKILL in round 2's work (rewards, console update, selection), then resumed.
     # Its log shows step 6, the last step of round 1 (log_every = rounds.every = 3), once round 2 begins:
