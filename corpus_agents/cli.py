@@ -8,12 +8,14 @@ import json
 import os
 import shlex
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from corpus_agents.config import SelectionMode
 from corpus_agents.errors import EXTRAS, CorpusAgentsError, install_hint
 from corpus_agents.names import check_agent_name, check_run_id
 
@@ -858,7 +860,12 @@ def report(workspace: str, run_ids: tuple[str, ...], out: str | None, group: str
     show_default=True,
     help="Token budget of a --static selection.",
 )
-@click.option("--mode", type=click.Choice(["topk", "gumbel", "random"]), default="topk", show_default=True)
+@click.option(
+    "--mode",
+    type=click.Choice(typing.get_args(SelectionMode)),
+    help="How a --static selection turns priorities into documents (default: the console preset's, "
+    "`sample` for v2, `topk` for the paper's).",
+)
 @click.option(
     "--pipeline",
     "config_path",
@@ -879,7 +886,7 @@ def select_cmd(
     round_: int | None,
     static: bool,
     tokens: int,
-    mode: str,
+    mode: str | None,
     config_path: str | None,
     init_from: str | None,
     print_config: bool,
@@ -896,17 +903,16 @@ def select_cmd(
     from corpus_agents.config import dump_config, load_config
 
     config = load_config(config_path)
-    config.console = dataclasses.replace(config.console, mode=mode)
+    if mode is not None:
+        config.console = dataclasses.replace(config.console, mode=mode)
     if print_config:
         click.echo(dump_config(config), nl=False)
         return
     from corpus_agents.workspace import Workspace
 
-    with Workspace.open(workspace) as ws:
+    with Workspace.open(workspace, read_only=not static) as ws:
         if static:
-            ws.static_selection(
-                run_id, tokens, mode=mode, console=config.console.to_dict(), init_from=init_from
-            )
+            ws.static_selection(run_id, tokens, console=config.console.to_dict(), init_from=init_from)
             round_ = 0
         click.echo(ws.describe_selection(run_id, round_))
 

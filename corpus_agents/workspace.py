@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from corpus_agents import storage
+from corpus_agents.config import SelectionMode
 from corpus_agents.errors import CorpusAgentsError, WorkspaceError
 from corpus_agents.names import check_run_id
 from corpus_agents.scoring.agents import Agent, AgentContext, AgentOptions, agent_class, make_options
@@ -372,13 +373,14 @@ class Workspace:
         run: str,
         tokens: int,
         *,
-        mode: str = "topk",
+        mode: SelectionMode | None = None,
         console: Mapping[str, Any] | None = None,
         init_from: str | None = None,
     ) -> Path:
         """Fuse the agents with the console's round-0 state (the `console` section of a pipeline, or the
         learnt weights of run `init_from`) and select `tokens` without training: round 0 of run `run`.
-        Returns the snapshot's path; `selection(run, 0)` reads it."""
+        `mode` overrides the console's (default: its preset's, `sample` for v2). Returns the snapshot's
+        path; `selection(run, 0)` reads it."""
         from corpus_agents.training.runs import static_selection
 
         self._check_writable("make a selection")

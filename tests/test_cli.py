@@ -228,6 +228,11 @@ def test_json_output_of_status_runs_and_agent_list(corpus: Path) -> None:
         "heldout_loss", "theta", "signal",
     }  # fmt: skip
     assert (row["run_id"], row["rounds"]) == ("static", 0)
+    # a static selection uses the console preset's mode (v2: sample) unless --mode names another
+    run("select", str(ws), "--run", "static-topk", "--static", "--tokens", "20000", "--mode", "topk")
+    modes = invoke("query", ws, "SELECT run_id, mode FROM selections ORDER BY run_id", "--format", "json")
+    rows = [json.loads(line) for line in modes.stdout.splitlines()]  # JSON lines
+    assert [(r["run_id"], r["mode"]) for r in rows] == [("static", "sample"), ("static-topk", "topk")]
 
 
 def test_next_hints_after_commands_that_change_the_workspace(corpus: Path) -> None:

@@ -319,7 +319,7 @@ def selection_path(catalog: Catalog, run_id: str, round_: int | None) -> tuple[i
 
 
 def static_selection(
-    catalog: Catalog, run_id: str, tokens: int, mode: str, console: dict, init_from: str | None
+    catalog: Catalog, run_id: str, tokens: int, mode: str | None, console: dict, init_from: str | None
 ) -> Path:
     """Fuse the agents with the console's round-0 state (config prior, or a run's learnt w and theta) and
     select `tokens` without any training feedback: round 0 of run `run_id`."""
@@ -327,7 +327,8 @@ def static_selection(
 
     paths = RunPaths.of(catalog.dir, run_id)  # the run id is checked before the run is recorded
     ensure_schema(catalog)
-    with Console(catalog, run_id, ConsoleConfig.from_dict({**console, "mode": mode})) as con:
+    config = ConsoleConfig.from_dict({**console, **({"mode": mode} if mode else {})})
+    with Console(catalog, run_id, config) as con:
         con.start(init_from=init_from)
         return con.select(0, tokens, paths.selection(0))
 
