@@ -43,6 +43,7 @@ DELETE FROM score_parts WHERE shard_id = $shard_id;
 DELETE FROM part_failures WHERE shard_id = $shard_id;
 DELETE FROM docs WHERE shard_id = $shard_id;
 DELETE FROM shards WHERE shard_id = $shard_id;
+DELETE FROM cell_stats WHERE shard_id = $shard_id;
 
 -- name: shard_uris
 SELECT shard_id, uri FROM shards;
@@ -170,3 +171,57 @@ JOIN (VALUES {shard_uris}) s(shard_id, uri) ON s.uri = p.filename;
 CREATE OR REPLACE VIEW documents AS
 SELECT NULL::BIGINT AS doc_id, NULL::INTEGER AS shard_id, NULL::INTEGER AS row_idx, NULL::VARCHAR AS text
 WHERE false;
+
+-- ----- cell statistics (schema.sql: cell_stats, cell_agents) --------------------------------------------
+
+-- name: cell_strides
+-- Every agent's label count and stride as they should be now (agent order: added_at, name).
+WITH counted AS (
+    SELECT a.name AS agent, a.added_at, coalesce(max(l.label_id) + 1, 0) AS num_labels
+    FROM agents a LEFT JOIN agent_labels l ON l.agent = a.name GROUP BY a.name, a.added_at
+)
+SELECT agent, num_labels FROM counted ORDER BY added_at, agent;
+
+-- name: stored_strides
+SELECT agent, num_labels, stride FROM cell_agents;
+
+-- name: set_strides
+-- `new_strides` (agent, num_labels, stride) is registered by catalog.py.
+DELETE FROM cell_agents;
+INSERT INTO cell_agents SELECT agent, num_labels, CAST(stride AS HUGEINT) FROM new_strides;
+
+-- name: recount_shard
+-- One shard's cells from its documents and every agent's scores of it: the work is the shard's size.
+DELETE FROM cell_stats WHERE shard_id = $shard_id;
+INSERT INTO cell_stats
+SELECT $shard_id, coalesce(s.cell, 0), count(*), sum(greatest(1, CAST(ceil(d.text_bytes / $bytes_per_token) AS INTEGER)))
+FROM (SELECT doc_id, text_bytes FROM docs WHERE shard_id = $shard_id AND NOT text_null AND text_bytes > 0) d
+LEFT JOIN (
+    SELECT s.doc_id, sum(CAST(s.label + 1 AS HUGEINT) * a.stride) AS cell
+    FROM scores s JOIN cell_agents a ON a.agent = s.agent AND s.label BETWEEN 0 AND a.num_labels - 1
+    WHERE s.doc_id >= (CAST($shard_id AS BIGINT) << 32) AND s.doc_id < (CAST($shard_id + 1 AS BIGINT) << 32)
+    GROUP BY s.doc_id
+) s ON s.doc_id = d.doc_id
+GROUP BY ALL;
+
+-- name: recount_all
+-- Every shard's cells from scratch (a removed or replaced agent, or a catalog whose statistics are stale).
+DELETE FROM cell_stats;
+INSERT INTO cell_stats
+SELECT d.shard_id, coalesce(s.cell, 0), count(*), sum(greatest(1, CAST(ceil(d.text_bytes / $bytes_per_token) AS INTEGER)))
+FROM (SELECT doc_id, shard_id, text_bytes FROM docs WHERE NOT text_null AND text_bytes > 0) d
+LEFT JOIN (
+    SELECT s.doc_id, sum(CAST(s.label + 1 AS HUGEINT) * a.stride) AS cell
+    FROM scores s JOIN cell_agents a ON a.agent = s.agent AND s.label BETWEEN 0 AND a.num_labels - 1
+    GROUP BY s.doc_id
+) s ON s.doc_id = d.doc_id
+GROUP BY ALL;
+
+-- name: cells_key
+-- What the cell statistics were counted from: documents, scores, labels and parts. Stored in `meta` by each
+-- change made through the catalog; a change made behind its back (SQL on `scores`) leaves them stale, and
+-- the console then recounts.
+SELECT concat_ws(' ', (SELECT count(*) FROM docs), (SELECT count(*) FROM scores),
+                 (SELECT count(*) FROM agent_labels), (SELECT count(*) FROM score_parts),
+                 (SELECT max(committed_at) FROM score_parts));
+

@@ -29,6 +29,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from corpus_agents.config import TOKEN_BYTES
 from corpus_agents.errors import AgentError, CorpusAgentsError, WorkspaceBusyError, WorkspaceError, one_line
 from corpus_agents.names import check_agent_name
 from corpus_agents.scoring.agents import Agent, build_agent
@@ -123,6 +124,11 @@ class _Sql:
         """Run one statement given as text and return its rows: a statement put together from `sql/`
         templates (`sqlfiles.fragment`), or SQL of tests and benchmarks. Package code runs named blocks."""
         return self._con.execute(sql, params).fetchall()
+
+    def execute_arrow(self, sql: str, params: Mapping[str, Any]) -> pa.Table:
+        """Run one query put together from `sql/` templates and return its result as Arrow; `params` may
+        hold more than the query's `$names` (those it does not use are left out)."""
+        return self._con.sql(sql, params={k: params[k] for k in _PARAM.findall(sql)}).to_arrow_table()
 
     def query(self, sql: str) -> pa.Table:
         """The user's SQL (the `query` command, a notebook): one statement, its result as Arrow (empty for
@@ -400,6 +406,7 @@ class Catalog(_Sql):
         new_docs = docs.append_column("shard_id", pa.array([shard_id] * len(docs), pa.int32()))
         with self.registered("new_docs", new_docs):
             self.run("catalog.sql", "insert_docs")
+        self._recount_cells([shard_id])
 
     def set_row_group_hashes(self, shard_id: int, hashes: list[str]) -> None:
         """Record the row-group hashes of a shard registered before they were (its footer is unchanged)."""
@@ -459,12 +466,14 @@ class Catalog(_Sql):
                 config=json.dumps(agent.stored_config),
                 labels=list(agent.labels),
             )
+            self._recount_cells(None if exists else [])
         self.refresh_views()
 
     def remove_agent(self, name: str) -> None:
         self.agents([name])
         with self.transaction():
             self.run("catalog.sql", "drop_agent", agent=name)
+            self._recount_cells(None)
         self.refresh_views()
 
     # ----- score parts -------------------------------------------------------------------------------
@@ -510,6 +519,7 @@ class Catalog(_Sql):
                 score_s=score_s,
                 write_s=write_s,
             )
+            self._recount_cells([shard_id])
 
     def drop_parts(self, keys: list[tuple[str, int]]) -> None:
         """Remove committed (agent, shard_id) parts and their scores, all in one transaction."""
@@ -521,6 +531,44 @@ class Catalog(_Sql):
         with self.transaction():
             for agent, shard_ids in by_agent.items():
                 self.run("catalog.sql", "drop_parts", agent=agent, shard_ids=sorted(shard_ids))
+            self._recount_cells(sorted({shard_id for _, shard_id in keys}))
+
+    # ----- cell statistics ---------------------------------------------------------------------------
+    def _recount_cells(self, shard_ids: list[int] | None) -> None:
+        """Bring `cell_stats` up to date after a change to the given shards (None: every shard), inside the
+        caller's transaction. The agents' strides are synced first; if an agent's stride changed or an agent
+        went away, every shard is recounted whatever was asked."""
+        stored = {a: (n, int(s)) for a, n, s in self.run("catalog.sql", "stored_strides")}
+        strides, stride = {}, 1
+        for agent, num_labels in self.run("catalog.sql", "cell_strides"):
+            strides[agent] = (num_labels, stride)
+            stride *= num_labels + 1
+        if stride > 2**126:
+            raise WorkspaceError(f"the agents of {self.dir} have too many label combinations (> 2**126)")
+        if strides != stored:
+            if any(strides.get(a) != v for a, v in stored.items()):
+                shard_ids = None
+            new = pa.table(
+                {
+                    "agent": list(strides),
+                    "num_labels": pa.array([n for n, _ in strides.values()], pa.int64()),
+                    "stride": pa.array([str(s) for _, s in strides.values()], pa.string()),
+                }
+            )
+            with self.registered("new_strides", new):
+                self.run("catalog.sql", "set_strides")
+        if shard_ids is None:
+            self.run("catalog.sql", "recount_all", bytes_per_token=TOKEN_BYTES)
+        for shard_id in shard_ids or []:
+            self.run("catalog.sql", "recount_shard", shard_id=shard_id, bytes_per_token=TOKEN_BYTES)
+        self.set_meta("cells_key", self.run("catalog.sql", "cells_key")[0][0])
+
+    def ensure_cells(self) -> None:
+        """Recount every shard's cells if they are stale: a catalog made before cell statistics, or scores
+        changed by SQL behind the catalog's back."""
+        if self.get_meta("cells_key") != self.run("catalog.sql", "cells_key")[0][0]:
+            with self.transaction():
+                self._recount_cells(None)
 
     def record_failure(self, agent: str, shard_id: int, error: str) -> None:
         self.run("catalog.sql", "record_failure", agent=agent, shard_id=shard_id, error=error[:2000])
