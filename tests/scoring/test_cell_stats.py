@@ -1,0 +1,83 @@
+"""The catalog's cell statistics (sql/schema.sql cell_stats): kept up to date, in the same transaction, by
+every commit, drop and agent change, they always equal a from-scratch recount."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from helpers import make_workspace, metadata_agent
+
+from corpus_agents.scoring.catalog import Catalog
+
+ROWS = 40
+
+
+def stats(cat: Catalog) -> list[tuple]:
+    return cat.execute("SELECT shard_id, cell, num_docs, tokens FROM cell_stats ORDER BY ALL")
+
+
+def recounted(cat: Catalog) -> list[tuple]:
+    """What a from-scratch recount gives (rolled back: the stored statistics stay as they were)."""
+    cat.execute("BEGIN TRANSACTION")
+    try:
+        cat._recount_cells(None)
+        return stats(cat)
+    finally:
+        cat.execute("ROLLBACK")
+
+
+def commit(cat: Catalog, tmp: Path, agent: str, shard_id: int, salt: int) -> None:
+    """Commit a part of `agent` for a shard with labels varying by `salt` (some NULL, one out of range)."""
+    labels = [None if i % 7 == salt % 7 else (i * (salt + 3)) % 4 for i in range(ROWS)]
+    table = pa.table(
+        {
+            "doc_id": pa.array([(shard_id << 32) | i for i in range(ROWS)], pa.int64()),
+            "label": pa.array(labels, pa.int16()),
+            "score": pa.array([0.5] * ROWS, pa.float32()),
+        }
+    )
+    path = tmp / f"{agent}-{shard_id}-{salt}.parquet"
+    pq.write_table(table, path)
+    cat.commit_part(
+        agent, shard_id, f"fp{salt}", str(path), ROWS, True, read_s=0, decode_s=0, score_s=0, write_s=0
+    )
+
+
+def test_cells_follow_commits_drops_and_agent_changes(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path, shards=3, rows=ROWS, agents=["domain", "topic"])
+    with Catalog(ws) as cat:
+        # registered, nothing scored: every selectable document in the all-unlabelled cell
+        assert stats(cat) == recounted(cat)
+        assert {cell for _, cell, _, _ in stats(cat)} == {0}
+        for shard in range(3):
+            commit(cat, tmp_path, "domain", shard, salt=shard)
+            assert stats(cat) == recounted(cat)
+            commit(cat, tmp_path, "topic", shard, salt=10 + shard)
+            assert stats(cat) == recounted(cat)
+        scored = stats(cat)
+        assert len({cell for _, cell, _, _ in scored}) > 5
+        commit(cat, tmp_path, "topic", 1, salt=20)  # rescored: the part is replaced
+        assert stats(cat) == recounted(cat) != scored
+        cat.drop_parts([("domain", 0), ("topic", 2)])
+        assert stats(cat) == recounted(cat)
+        cat.add_agent(metadata_agent("third"))  # a new agent: packed cells stay as they are
+        assert stats(cat) == recounted(cat)
+        cat.add_agent(metadata_agent("domain"), replace=True)  # replaced: its scores and cells go
+        assert stats(cat) == recounted(cat)
+        cat.remove_agent("topic")
+        assert stats(cat) == recounted(cat)
+        assert {cell for _, cell, _, _ in stats(cat)} == {0}
+        total = cat.execute("SELECT count(*) FROM docs WHERE NOT text_null AND text_bytes > 0")[0][0]
+        assert sum(n for _, _, n, _ in stats(cat)) == total
+
+
+def test_stale_statistics_are_recounted(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path, shards=2, rows=ROWS, agents=["domain"])
+    with Catalog(ws) as cat:
+        commit(cat, tmp_path, "domain", 0, salt=1)
+        cat.execute("DELETE FROM scores WHERE agent = 'domain'")  # behind the catalog's back
+        assert stats(cat) != recounted(cat)
+        cat.ensure_cells()
+        assert stats(cat) == recounted(cat)
