@@ -192,13 +192,15 @@ INSERT INTO cell_agents SELECT agent, num_labels, CAST(stride AS HUGEINT) FROM n
 
 -- name: recount_shard
 -- One shard's cells from its documents and every agent's scores of it: the work is the shard's size.
+-- {cell_type} is BIGINT when every packed cell fits in one (catalog.py: measured 40% faster), else HUGEINT.
 DELETE FROM cell_stats WHERE shard_id = $shard_id;
 INSERT INTO cell_stats
+WITH a AS (SELECT agent, num_labels, CAST(stride AS {cell_type}) AS stride FROM cell_agents)
 SELECT $shard_id, coalesce(s.cell, 0), count(*), sum(greatest(1, CAST(ceil(d.text_bytes / $bytes_per_token) AS INTEGER)))
 FROM (SELECT doc_id, text_bytes FROM docs WHERE shard_id = $shard_id AND NOT text_null AND text_bytes > 0) d
 LEFT JOIN (
-    SELECT s.doc_id, sum(CAST(s.label + 1 AS HUGEINT) * a.stride) AS cell
-    FROM scores s JOIN cell_agents a ON a.agent = s.agent AND s.label BETWEEN 0 AND a.num_labels - 1
+    SELECT s.doc_id, sum(CAST(s.label + 1 AS {cell_type}) * a.stride) AS cell
+    FROM scores s JOIN a ON a.agent = s.agent AND s.label BETWEEN 0 AND a.num_labels - 1
     WHERE s.doc_id >= (CAST($shard_id AS BIGINT) << 32) AND s.doc_id < (CAST($shard_id + 1 AS BIGINT) << 32)
     GROUP BY s.doc_id
 ) s ON s.doc_id = d.doc_id
@@ -208,11 +210,12 @@ GROUP BY ALL;
 -- Every shard's cells from scratch (a removed or replaced agent, or a catalog whose statistics are stale).
 DELETE FROM cell_stats;
 INSERT INTO cell_stats
+WITH a AS (SELECT agent, num_labels, CAST(stride AS {cell_type}) AS stride FROM cell_agents)
 SELECT d.shard_id, coalesce(s.cell, 0), count(*), sum(greatest(1, CAST(ceil(d.text_bytes / $bytes_per_token) AS INTEGER)))
 FROM (SELECT doc_id, shard_id, text_bytes FROM docs WHERE NOT text_null AND text_bytes > 0) d
 LEFT JOIN (
-    SELECT s.doc_id, sum(CAST(s.label + 1 AS HUGEINT) * a.stride) AS cell
-    FROM scores s JOIN cell_agents a ON a.agent = s.agent AND s.label BETWEEN 0 AND a.num_labels - 1
+    SELECT s.doc_id, sum(CAST(s.label + 1 AS {cell_type}) * a.stride) AS cell
+    FROM scores s JOIN a ON a.agent = s.agent AND s.label BETWEEN 0 AND a.num_labels - 1
     GROUP BY s.doc_id
 ) s ON s.doc_id = d.doc_id
 GROUP BY ALL;
