@@ -566,12 +566,18 @@ class Catalog(_Sql):
                 self.execute(stmt, {k: {**params, "shard_id": shard_id}[k] for k in _PARAM.findall(stmt)})
         self.set_meta("cells_key", self.run("catalog.sql", "cells_key")[0][0])
 
-    def ensure_cells(self) -> None:
-        """Recount every shard's cells if they are stale: a catalog made before cell statistics, or scores
-        changed by SQL behind the catalog's back."""
-        if self.get_meta("cells_key") != self.run("catalog.sql", "cells_key")[0][0]:
-            with self.transaction():
-                self._recount_cells(None)
+    def ensure_cells(self) -> bool:
+        """Recount every shard's cells if they are stale (a catalog made before cell statistics, or scores
+        changed by SQL behind the catalog's back); whether `cell_stats` is now current. A catalog opened
+        read-only (a true `read_only` attribute) never writes: stale statistics stay as they are and it
+        returns False, and the caller counts the cells itself (the console: one pass over the documents)."""
+        if self.get_meta("cells_key") == self.run("catalog.sql", "cells_key")[0][0]:
+            return True
+        if getattr(self, "read_only", False):
+            return False
+        with self.transaction():
+            self._recount_cells(None)
+        return True
 
     def record_failure(self, agent: str, shard_id: int, error: str) -> None:
         self.run("catalog.sql", "record_failure", agent=agent, shard_id=shard_id, error=error[:2000])

@@ -845,7 +845,7 @@ class Console:
         widen = 1.0
         while True:
             fine_min = None
-            frac = np.ones(len(cells)) if by_score else np.full(len(cells), 1.0)
+            frac = np.ones(len(cells))
             if mode == "gumbel" and edge.any():
                 fine_min = _gumbel_threshold(
                     cells["priority"].to_numpy()[edge] / cfg.gumbel_tau,
@@ -1077,15 +1077,19 @@ class Console:
         run's agents (recounted first if stale); `with_seen`, each cell split by the run's seen counts: its
         consumed documents (the only ones with a seen-count row) are counted in one pass over them alone
         and moved out of the cell's seen = 0 group. With a `bytes_per_token` other than the catalog's
-        TOKEN_BYTES, the cells are counted in one pass over every document instead."""
+        TOKEN_BYTES, or over a read-only catalog whose statistics are stale (`Catalog.ensure_cells`), the
+        cells are counted in one pass over every document instead."""
         schema = pa.schema(
             [("cell", pa.int64()), ("seen", pa.int32()), ("num_docs", pa.int64()), ("tokens", pa.int64())]
         )
-        if self.config.bytes_per_token != TOKEN_BYTES:
+        if self.config.bytes_per_token != TOKEN_BYTES or not self.catalog.ensure_cells():
             counted = self._pass("pass_counts", with_seen=with_seen).select(schema.names)
             counted = counted.group_by(["cell", "seen"]).aggregate([("num_docs", "sum"), ("tokens", "sum")])
-            return counted.rename_columns(["cell", "seen", "num_docs", "tokens"]).cast(schema)
-        self.catalog.ensure_cells()
+            return (
+                counted.rename_columns(["cell", "seen", "num_docs", "tokens"])
+                .cast(schema)
+                .sort_by([("cell", "ascending"), ("seen", "ascending")])
+            )
         base = self.db.arrow(SQL_FILE, "catalog_cells")
         totals = {
             c: [d, t] for c, d, t in zip(*(base[k].to_pylist() for k in ("cell", "num_docs", "tokens")))

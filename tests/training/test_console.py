@@ -480,3 +480,20 @@ def test_many_rounds_stay_finite(catalog: Catalog, tmp_path: Path) -> None:
         console.record_consumed(selected_ids(console.select(r, 3_000, tmp_path / f"r{r}.parquet")))
     state = console.state()
     assert all(math.isfinite(v) for w in state.w.values() for v in w.values())
+
+
+def test_read_only_catalog_counts_stale_cells_without_writing(catalog: Catalog) -> None:
+    """The fixture's scores were inserted behind the catalog's back: its cell statistics are stale. Read-only,
+    the console counts the cells in a pass and writes nothing; writable, it recounts them: the same cells."""
+    console = make_console(catalog)
+    catalog.read_only = True  # type: ignore[attr-defined]  (the seam read-only opening sets)
+    assert not catalog.ensure_cells()
+    with console._agents_registered():  # what every console call registers
+        counted = console._cells(with_seen=True)
+    assert catalog.get_meta("cells_key") is None
+    assert catalog.execute("SELECT count(*) FROM cell_stats") == [(0,)]  # documents too came behind its back
+    assert counted.num_rows > 10
+    catalog.read_only = False  # type: ignore[attr-defined]
+    with console._agents_registered():
+        assert console._cells(with_seen=True).equals(counted)
+    assert catalog.ensure_cells() and catalog.get_meta("cells_key") is not None
