@@ -44,6 +44,8 @@ DELETE FROM part_failures WHERE shard_id = $shard_id;
 DELETE FROM docs WHERE shard_id = $shard_id;
 DELETE FROM shards WHERE shard_id = $shard_id;
 DELETE FROM cell_stats WHERE shard_id = $shard_id;
+DELETE FROM doc_cells
+WHERE doc_id >= (CAST($shard_id AS BIGINT) << 32) AND doc_id < (CAST($shard_id + 1 AS BIGINT) << 32);
 
 -- name: shard_uris
 SELECT shard_id, uri FROM shards;
@@ -191,40 +193,54 @@ DELETE FROM cell_agents;
 INSERT INTO cell_agents SELECT agent, num_labels, CAST(stride AS HUGEINT) FROM new_strides;
 
 -- name: recount_shard
--- One shard's cells from its documents and every agent's scores of it: the work is the shard's size.
--- {cell_type} is BIGINT when every packed cell fits in one (catalog.py: measured 40% faster), else HUGEINT.
-DELETE FROM cell_stats WHERE shard_id = $shard_id;
-INSERT INTO cell_stats
+-- One shard's documents' cells from its documents and every agent's scores of it (the work is the shard's
+-- size), then its cell statistics from them. {cell_type} is BIGINT when every packed cell fits in one
+-- (catalog.py: measured 40% faster), else HUGEINT.
+DELETE FROM doc_cells
+WHERE doc_id >= (CAST($shard_id AS BIGINT) << 32) AND doc_id < (CAST($shard_id + 1 AS BIGINT) << 32);
+INSERT INTO doc_cells
 WITH a AS (SELECT agent, num_labels, CAST(stride AS {cell_type}) AS stride FROM cell_agents)
-SELECT $shard_id, coalesce(s.cell, 0), count(*), sum(greatest(1, CAST(ceil(d.text_bytes / $bytes_per_token) AS INTEGER)))
-FROM (SELECT doc_id, text_bytes FROM docs WHERE shard_id = $shard_id AND NOT text_null AND text_bytes > 0) d
+SELECT d.doc_id, d.row_group, d.text_bytes, coalesce(s.cell, 0)
+FROM (SELECT doc_id, row_group, text_bytes FROM docs WHERE shard_id = $shard_id AND NOT text_null AND text_bytes > 0) d
 LEFT JOIN (
     SELECT s.doc_id, sum(CAST(s.label + 1 AS {cell_type}) * a.stride) AS cell
     FROM scores s JOIN a ON a.agent = s.agent AND s.label BETWEEN 0 AND a.num_labels - 1
     WHERE s.doc_id >= (CAST($shard_id AS BIGINT) << 32) AND s.doc_id < (CAST($shard_id + 1 AS BIGINT) << 32)
     GROUP BY s.doc_id
 ) s ON s.doc_id = d.doc_id
-GROUP BY ALL;
+ORDER BY d.doc_id;
+DELETE FROM cell_stats WHERE shard_id = $shard_id;
+INSERT INTO cell_stats
+SELECT $shard_id, cell, count(*), sum(greatest(1, CAST(ceil(text_bytes / $bytes_per_token) AS INTEGER)))
+FROM doc_cells
+WHERE doc_id >= (CAST($shard_id AS BIGINT) << 32) AND doc_id < (CAST($shard_id + 1 AS BIGINT) << 32)
+GROUP BY cell;
 
 -- name: recount_all
 -- Every shard's cells from scratch (a removed or replaced agent, or a catalog whose statistics are stale).
-DELETE FROM cell_stats;
-INSERT INTO cell_stats
+DELETE FROM doc_cells;
+INSERT INTO doc_cells
 WITH a AS (SELECT agent, num_labels, CAST(stride AS {cell_type}) AS stride FROM cell_agents)
-SELECT d.shard_id, coalesce(s.cell, 0), count(*), sum(greatest(1, CAST(ceil(d.text_bytes / $bytes_per_token) AS INTEGER)))
-FROM (SELECT doc_id, shard_id, text_bytes FROM docs WHERE NOT text_null AND text_bytes > 0) d
+SELECT d.doc_id, d.row_group, d.text_bytes, coalesce(s.cell, 0)
+FROM (SELECT doc_id, row_group, text_bytes FROM docs WHERE NOT text_null AND text_bytes > 0) d
 LEFT JOIN (
     SELECT s.doc_id, sum(CAST(s.label + 1 AS {cell_type}) * a.stride) AS cell
     FROM scores s JOIN a ON a.agent = s.agent AND s.label BETWEEN 0 AND a.num_labels - 1
     GROUP BY s.doc_id
 ) s ON s.doc_id = d.doc_id
-GROUP BY ALL;
+ORDER BY d.doc_id;
+DELETE FROM cell_stats;
+INSERT INTO cell_stats
+SELECT CAST(doc_id >> 32 AS INTEGER), cell, count(*),
+       sum(greatest(1, CAST(ceil(text_bytes / $bytes_per_token) AS INTEGER)))
+FROM doc_cells GROUP BY ALL;
 
 -- name: cells_key
 -- What the cell statistics were counted from: documents, scores, labels and parts. Stored in `meta` by each
 -- change made through the catalog; a change made behind its back (SQL on `scores`) leaves them stale, and
 -- the console then recounts.
-SELECT concat_ws(' ', (SELECT count(*) FROM docs), (SELECT count(*) FROM scores),
+-- `doc_cells` is the key's first word: statistics counted before it existed are stale.
+SELECT concat_ws(' ', 'doc_cells', (SELECT count(*) FROM docs), (SELECT count(*) FROM scores),
                  (SELECT count(*) FROM agent_labels), (SELECT count(*) FROM score_parts),
                  (SELECT max(committed_at) FROM score_parts));
 

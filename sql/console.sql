@@ -8,6 +8,8 @@
 --   console_counted (cell, seen, num_docs, tokens): the run's cells, from the catalog's cell statistics
 --       (cell_stats, kept by the catalog as parts are committed) split by the sparse seen counts.
 --   console_quotas: what a streaming pass over the documents (pass_docs) keeps of each cell.
+--   console_cellmap (catalog_cell, cell): the catalog's packed cells (doc_cells, cell_stats) re-packed for
+--       the run's agents, when the two differ (an agent subset or another agent order).
 -- shard_id and row_idx are read off doc_id (doc_id = shard_id << 32 | row_idx, see schema.sql).
 
 -- name: schema
@@ -79,6 +81,20 @@ CREATE TABLE IF NOT EXISTS probe_strata (
     doc_id   BIGINT NOT NULL,
     PRIMARY KEY (run_id, round, agent, label_id, doc_id)
 );
+-- Each round's probe draw, as draw_probes made it, so that update takes the same draw without a second
+-- pass: which (agent, label) stratum drew which document (paper: per label too), with the document's row group
+-- and tokens; `cells_key` is the catalog's Catalog.cells_key() at the draw: a draw over other documents or
+-- scores is not reused.
+CREATE TABLE IF NOT EXISTS probe_draws (
+    run_id    VARCHAR NOT NULL,
+    round     INTEGER NOT NULL,
+    cells_key VARCHAR NOT NULL,
+    agent     VARCHAR NOT NULL,
+    label_id  BIGINT NOT NULL,
+    doc_id    BIGINT NOT NULL,
+    row_group INTEGER NOT NULL,
+    tokens    INTEGER NOT NULL
+);
 -- Version 2 columns (added to catalogs made before it; NULL in the paper preset's rows):
 --   agent_memory.reward is the round's label effect beta, `se` its standard error, `precision` that of w;
 --   collab_weights.reward is the agent's advantage over random, `reward_se` its standard error and
@@ -137,11 +153,42 @@ WITH pieces AS (
 numbered AS (SELECT *, floor((sum(rows) OVER (ORDER BY lo) - rows) / $chunk_rows) AS chunk FROM pieces)
 SELECT min(lo), max(hi) FROM numbered GROUP BY chunk ORDER BY 1;
 
+-- name: cell_map
+-- console_cellmap: every catalog cell (cell_stats) with the run's cell, its labels of the run's agents
+-- re-packed with the run's strides (the catalog's as VARCHAR: a HUGEINT).
+SELECT CAST(c.cell AS VARCHAR) AS catalog_cell,
+       CAST(sum(((c.cell // ca.stride) % (ca.num_labels + 1)) * r.stride) AS BIGINT) AS cell
+FROM (SELECT DISTINCT cell FROM cell_stats) c CROSS JOIN console_agents r JOIN cell_agents ca ON ca.agent = r.agent
+GROUP BY c.cell;
+
+-- name: catalog_agents
+SELECT agent, num_labels, CAST(stride AS VARCHAR) FROM cell_agents WHERE num_labels > 0;
+
 -- name: pass_docs
--- The streaming pass's rows: every selectable document of doc ids [$lo, $hi) (text not null or empty) with
--- its packed label tuple `cell`, its tokens, its seen count in the run (sparse: no row = 0) and `tie`.
--- console.py fills in one pass_cell_term and one pass_join per agent (plus a join for the tie-break agent
--- when it is not one of the run's), the tie column (that agent's raw score, or NULL) and {only_seen}.
+-- The streaming pass's rows: every selectable document of doc ids [$lo, $hi) from `doc_cells` (the
+-- catalog's packed cells, current: Catalog.ensure_cells) with its run's packed label tuple `cell`, its tokens,
+-- its seen count in the run (sparse: no row = 0) and `tie`. console.py fills in {cell} (the catalog's cell
+-- itself, or through {cell_join}: console_cellmap), {joins} (the tie-break agent's scores, when one orders
+-- ties), the tie column (that agent's raw score, or NULL) and {only_seen}.
+SELECT d.doc_id, d.row_group,
+       greatest(1, CAST(ceil(d.text_bytes / $bytes_per_token) AS INTEGER)) AS tokens,
+       {cell} AS cell,
+       CAST({tie} AS FLOAT) AS tie,
+       CAST(coalesce(c.count, 0) AS INTEGER) AS seen
+FROM (SELECT doc_id, row_group, text_bytes, cell AS full_cell FROM doc_cells
+      WHERE doc_id >= $lo AND doc_id < $hi {only_seen}) d
+{cell_join}
+{joins}
+LEFT JOIN (SELECT doc_id, count FROM seen_counts WHERE run_id = $run_id AND doc_id >= $lo AND doc_id < $hi) c
+    ON c.doc_id = d.doc_id
+
+-- name: pass_cell_join
+JOIN (SELECT CAST(catalog_cell AS HUGEINT) AS catalog_cell, cell FROM console_cellmap) k ON k.catalog_cell = d.full_cell
+
+-- name: pass_docs_scores
+-- pass_docs over a catalog whose cell statistics are stale and that is read-only (Catalog.ensure_cells):
+-- each document's labels joined from every agent's scores, one pass_cell_term and one pass_join per agent
+-- (plus a join for the tie-break agent when it is not one of the run's).
 SELECT d.doc_id, d.row_group,
        greatest(1, CAST(ceil(d.text_bytes / $bytes_per_token) AS INTEGER)) AS tokens,
        CAST(0 {cell} AS BIGINT) AS cell,
@@ -379,3 +426,13 @@ prioritised AS (
 SELECT *, CASE WHEN $mode = 'topk' THEN dense_rank() OVER (ORDER BY round(priority, 12) DESC) ELSE 1 END AS level
 FROM prioritised
 ORDER BY cell, seen;
+
+-- name: stored_draw
+SELECT agent, label_id, doc_id, row_group, tokens FROM probe_draws
+WHERE run_id = $run_id AND round = $round AND cells_key = $cells_key
+ORDER BY agent, label_id, doc_id;
+
+-- name: record_draw
+-- `console_draw` (agent, label_id, doc_id, row_group, tokens) is registered by console.py.
+DELETE FROM probe_draws WHERE run_id = $run_id AND round = $round;
+INSERT INTO probe_draws SELECT $run_id, $round, $cells_key, agent, label_id, doc_id, row_group, tokens FROM console_draw;

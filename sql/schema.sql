@@ -107,3 +107,13 @@ CREATE TABLE IF NOT EXISTS cell_stats (
     num_docs BIGINT NOT NULL,
     tokens   BIGINT NOT NULL
 );
+-- Every selectable document's packed label tuple (as `cell` above), with what a snapshot row and the token
+-- estimate need; kept with `cell_stats` (its per-shard counts are derived from it in the same recount), in
+-- doc_id order. The console's passes scan it instead of joining every agent's scores (DuckDB compresses
+-- its sequential doc ids and few distinct cells to a few bytes a document).
+CREATE TABLE IF NOT EXISTS doc_cells (
+    doc_id     BIGINT NOT NULL,
+    row_group  INTEGER NOT NULL,
+    text_bytes INTEGER NOT NULL,
+    cell       HUGEINT NOT NULL
+);

@@ -535,8 +535,9 @@ class Catalog(_Sql):
 
     # ----- cell statistics ---------------------------------------------------------------------------
     def _recount_cells(self, shard_ids: list[int] | None) -> None:
-        """Bring `cell_stats` up to date after a change to the given shards (None: every shard), inside the
-        caller's transaction. The agents' strides are synced first; if an agent's stride changed or an agent
+        """Bring `doc_cells` and `cell_stats` up to date after a change to the given shards (None: every
+        shard), inside the caller's transaction: each shard's documents' cells recounted, its statistics
+        grouped from them. The agents' strides are synced first; if an agent's stride changed or an agent
         went away, every shard is recounted whatever was asked."""
         stored = {a: (n, int(s)) for a, n, s in self.run("catalog.sql", "stored_strides")}
         strides, stride = {}, 1
@@ -564,14 +565,20 @@ class Catalog(_Sql):
             block = fragment("catalog.sql", "recount_all" if shard_id is None else "recount_shard")
             for stmt in split_statements(block.format(cell_type=cell_type)):
                 self.execute(stmt, {k: {**params, "shard_id": shard_id}[k] for k in _PARAM.findall(stmt)})
-        self.set_meta("cells_key", self.run("catalog.sql", "cells_key")[0][0])
+        self.set_meta("cells_key", self.cells_key())
+
+    def cells_key(self) -> str:
+        """What the cell statistics are counted from now (documents, scores, labels, parts): equal to the
+        `cells_key` meta when `doc_cells` and `cell_stats` are current."""
+        return self.run("catalog.sql", "cells_key")[0][0]
 
     def ensure_cells(self) -> bool:
-        """Recount every shard's cells if they are stale (a catalog made before cell statistics, or scores
-        changed by SQL behind the catalog's back); whether `cell_stats` is now current. A catalog opened
-        read-only (a true `read_only` attribute) never writes: stale statistics stay as they are and it
-        returns False, and the caller counts the cells itself (the console: one pass over the documents)."""
-        if self.get_meta("cells_key") == self.run("catalog.sql", "cells_key")[0][0]:
+        """Recount every shard's cells if they are stale (a catalog made before cell statistics or before
+        `doc_cells`, or scores changed by SQL behind the catalog's back); whether `doc_cells` and
+        `cell_stats` are now current. A catalog opened read-only (a true `read_only` attribute) never
+        writes: stale statistics stay as they are and it returns False, and the caller counts the cells
+        itself (the console: one pass over every agent's scores)."""
+        if self.get_meta("cells_key") == self.cells_key():
             return True
         if getattr(self, "read_only", False):
             return False

@@ -547,10 +547,7 @@ class Console:
         label, taken in one pass over the documents (`_draw`).
         """
         self._require_started()
-        rows, strata = self._draw(round, stratified=self.v2)
-        keep = np.unique(strata["doc_id"].to_numpy())
-        mask = np.isin(rows["doc_id"].to_numpy(), keep)
-        drawn = rows.filter(pa.array(mask))
+        drawn = self._draw(round)
         drawn = drawn.take(pa.array(np.unique(drawn["doc_id"].to_numpy(), return_index=True)[1]))
         doc_id = drawn["doc_id"].to_numpy()
         return pa.table(
@@ -569,14 +566,30 @@ class Console:
         if not self.v2:
             raise ConsoleError("probe strata are Version 2's (console.preset: v2)")
         self._require_started()
-        return self._draw(round, stratified=True)[1]
+        return self._draw(round).select(["agent", "label_id", "doc_id"])
 
-    def _draw(self, round: int, *, stratified: bool) -> tuple[pa.Table, pa.Table]:
-        """The round's probe draw: candidate rows (doc_id, row_group, tokens, cell, h0..) and the strata
-        (agent, label_id, doc_id) sorted so. Each (agent, label) keeps the m smallest of its hash among its
-        documents. Over cells only, each label gets a hash threshold expected to hold about twice m of its
-        documents; one pass keeps the documents under their labels' thresholds; a label whose candidates
-        fall short of m (and whose threshold is not already everything) is drawn again with a wider one."""
+    def _draw(self, round: int) -> pa.Table:
+        """The round's probe draw (agent, label_id, doc_id, row_group, tokens), sorted so: the one recorded
+        in `probe_draws` when the catalog's documents and scores are as they were then (`Catalog.cells_key`),
+        else drawn (`_draw_pass`) and recorded (unless the catalog is read-only), so that draw_probes,
+        draw_strata and update of a round pay for one pass between them."""
+        key = self.catalog.cells_key()
+        params = {"run_id": self.run_id, "round": round, "cells_key": key}
+        stored = self.db.arrow(SQL_FILE, "stored_draw", **params)
+        if stored.num_rows:
+            return stored
+        drawn = self._draw_pass(round)
+        if not getattr(self.catalog, "read_only", False):
+            with self.db.transaction(), self.db.registered("console_draw", drawn):
+                self.db.run(SQL_FILE, "record_draw", **params)
+        return drawn
+
+    def _draw_pass(self, round: int) -> pa.Table:
+        """The round's probe draw in one pass over the documents. Each (agent, label) keeps the m smallest
+        of its hash among its documents (v2: each stratum's own hash; paper: one hash for all). Over cells
+        only, each label gets a hash threshold expected to hold about twice m of its documents; one pass
+        keeps the documents under their labels' thresholds; a label whose candidates fall short of m (and
+        whose threshold is not already everything) is drawn again with a wider one."""
         cfg = self.config
         m = cfg.probes_per_label
         cells = self._cells()
@@ -589,7 +602,7 @@ class Console:
                 np.bincount(lab[lab >= 0], weights=cells["num_docs"].to_numpy()[lab >= 0], minlength=n)
             )
         widen = [np.ones(n) for _, n, _ in agents]
-        hash_sql = "stratum_hash" if stratified else "probe_hash"
+        hash_sql = "stratum_hash" if self.v2 else "probe_hash"
         hashes = ", ".join(
             fragment(SQL_FILE, hash_sql).format(
                 i=i, agent_lit=quote_literal(a), stride=stride, num_labels_1=n + 1
@@ -625,20 +638,20 @@ class Console:
                         widen[i][j] *= 4
                         short = True
                         continue
-                    best = mine[np.argsort(h[mine], kind="stable")[:m]]
-                    strata.append((agent, j, rows["doc_id"].to_numpy()[best]))
+                    strata.append((agent, j, mine[np.argsort(h[mine], kind="stable")[:m]]))
             if not short:
                 break
+        taken = pa.array(np.concatenate([idx for *_, idx in strata] or [np.zeros(0, np.int64)]))
         table = pa.table(
             {
-                "agent": pa.array([a for a, _, ids in strata for _ in ids], pa.string()),
-                "label_id": pa.array([j for _, j, ids in strata for _ in ids], pa.int64()),
-                "doc_id": pa.array(np.concatenate([ids for *_, ids in strata] or [np.zeros(0, np.int64)])),
+                "agent": pa.array([a for a, _, idx in strata for _ in idx], pa.string()),
+                "label_id": pa.array([j for _, j, idx in strata for _ in idx], pa.int64()),
+                "doc_id": rows["doc_id"].take(taken),
+                "row_group": rows["row_group"].take(taken).cast(pa.int32()),
+                "tokens": rows["tokens"].take(taken).cast(pa.int32()),
             }
         )
-        return rows, table.sort_by(
-            [("agent", "ascending"), ("label_id", "ascending"), ("doc_id", "ascending")]
-        )
+        return table.sort_by([("agent", "ascending"), ("label_id", "ascending"), ("doc_id", "ascending")])
 
     @_using_agents
     def update(self, round: int, probe_rewards: Mapping[int, float]) -> ConsoleState:
@@ -662,8 +675,8 @@ class Console:
         )
         cfg = self.config
         if self.v2:
-            # the round's draw again (deterministic): which strata drew each probe; the cells' sizes
-            strata = self._draw(round, stratified=True)[1]
+            # the round's draw (as draw_probes recorded it): which strata drew each probe; the cells' sizes
+            strata = self._draw(round).select(["agent", "label_id", "doc_id"])
             counted = self._cells()
         with self.db.transaction():
             self.db.run(SQL_FILE, "delete_round", run_id=self.run_id, round=round)
@@ -1077,8 +1090,8 @@ class Console:
         run's agents (recounted first if stale); `with_seen`, each cell split by the run's seen counts: its
         consumed documents (the only ones with a seen-count row) are counted in one pass over them alone
         and moved out of the cell's seen = 0 group. With a `bytes_per_token` other than the catalog's
-        TOKEN_BYTES, or over a read-only catalog whose statistics are stale (`Catalog.ensure_cells`), the
-        cells are counted in one pass over every document instead."""
+        TOKEN_BYTES the cells are counted in one pass over `doc_cells`; over a read-only catalog whose
+        statistics are stale (`Catalog.ensure_cells`), in one pass over every agent's scores."""
         schema = pa.schema(
             [("cell", pa.int64()), ("seen", pa.int32()), ("num_docs", pa.int64()), ("tokens", pa.int64())]
         )
@@ -1105,6 +1118,12 @@ class Console:
         rows = [(c, 0, d, t) for c, (d, t) in totals.items() if d > 0] + consumed
         return pa.Table.from_pylist([dict(zip(schema.names, r)) for r in sorted(rows)], schema=schema)
 
+    def _same_cells(self) -> bool:
+        """Whether the run's packed cells are the catalog's (`doc_cells`): the same agents with labels, each
+        with the same label count and stride (the run's agents in the catalog's order)."""
+        stored = {a: (n, int(stride)) for a, n, stride in self.db.run(SQL_FILE, "catalog_agents")}
+        return stored == {a: (n, stride) for a, n, stride in self.agent_labels}
+
     def _pass(
         self,
         name: str,
@@ -1119,29 +1138,50 @@ class Console:
         tokens and seen count), range by range of doc ids (see pass_chunks), through the query `name` of
         sql/console.sql (`{pass}` in it: the pass; `fill`: its other fragments; `params`: bound parameters);
         returns what that query keeps, concatenated. Only one range's rows and what the query keeps are ever
-        in memory."""
+        in memory. The pass scans the catalog's `doc_cells` (its cells re-packed for the run's agents through
+        `console_cellmap` when they differ); over a read-only catalog whose cells are stale, it joins every
+        agent's scores instead (`pass_docs_scores`)."""
+        current = self.catalog.ensure_cells()
         terms, joins = [], []
         for i, (agent, num_labels, stride) in enumerate(self.agent_labels):
             args = {"i": i, "agent_lit": quote_literal(agent), "max_label": num_labels - 1, "stride": stride}
             terms.append(fragment(SQL_FILE, "pass_cell_term").format(**args))
-            joins.append(fragment(SQL_FILE, "pass_join").format(**args))
+            if not current:
+                joins.append(fragment(SQL_FILE, "pass_join").format(**args))
         tie = "NULL"
         if with_tie and self.config.tie_break != "hash":
             names = [agent for agent, _, _ in self.agent_labels]
             i = names.index(self.config.tie_break) if self.config.tie_break in names else len(names)
-            if i == len(names):
+            if current or i == len(names):
                 joins.append(
                     fragment(SQL_FILE, "pass_join").format(
                         i=i, agent_lit=quote_literal(self.config.tie_break)
                     )
                 )
             tie = f"s{i}.score"
-        docs = fragment(SQL_FILE, "pass_docs").format(
-            cell="\n".join(terms),
-            joins="\n".join(joins),
-            tie=tie,
-            only_seen=fragment(SQL_FILE, "pass_only_seen") if only_seen else "",
-        )
+        only = fragment(SQL_FILE, "pass_only_seen") if only_seen else ""
+        cell_map = None
+        if not current:
+            docs = fragment(SQL_FILE, "pass_docs_scores").format(
+                cell="\n".join(terms), joins="\n".join(joins), tie=tie, only_seen=only
+            )
+        elif self._same_cells():
+            docs = fragment(SQL_FILE, "pass_docs").format(
+                cell="CAST(d.full_cell AS BIGINT)",
+                cell_join="",
+                joins="\n".join(joins),
+                tie=tie,
+                only_seen=only,
+            )
+        else:
+            cell_map = self.db.arrow(SQL_FILE, "cell_map")
+            docs = fragment(SQL_FILE, "pass_docs").format(
+                cell="k.cell",
+                cell_join=fragment(SQL_FILE, "pass_cell_join"),
+                joins="\n".join(joins),
+                tie=tie,
+                only_seen=only,
+            )
         if not with_seen:
             docs = docs.replace("CAST(coalesce(c.count, 0) AS INTEGER)", "CAST(0 AS INTEGER)")
         query = fragment(SQL_FILE, name).format(**{"pass": docs, **(fill or {})})
@@ -1150,6 +1190,9 @@ class Console:
             ranges = [(-(2**63), 2**63 - 1)]
         else:
             ranges = self.db.run(SQL_FILE, "pass_chunks", chunk_rows=_CHUNK_ROWS) or [(0, 0)]
-        return pa.concat_tables(
-            [self.db.execute_arrow(query, {**params, "lo": lo, "hi": hi}) for lo, hi in ranges]
-        )
+        with contextlib.ExitStack() as stack:
+            if cell_map is not None:
+                stack.enter_context(self.db.registered("console_cellmap", cell_map))
+            return pa.concat_tables(
+                [self.db.execute_arrow(query, {**params, "lo": lo, "hi": hi}) for lo, hi in ranges]
+            )

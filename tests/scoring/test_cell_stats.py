@@ -1,5 +1,6 @@
-"""The catalog's cell statistics (sql/schema.sql cell_stats): kept up to date, in the same transaction, by
-every commit, drop and agent change, they always equal a from-scratch recount."""
+"""The catalog's cell statistics (sql/schema.sql cell_stats) and every document's cell (doc_cells): kept up to
+date, in the same transaction, by every commit, drop and agent change, they always equal a from-scratch
+recount."""
 
 from __future__ import annotations
 
@@ -24,14 +25,40 @@ def stats(cat: Catalog) -> list[tuple]:
     return cat.execute("SELECT shard_id, cell, num_docs, tokens FROM cell_stats ORDER BY ALL")
 
 
-def recounted(cat: Catalog) -> list[tuple]:
+def current(cat: Catalog) -> tuple[list[tuple], list[tuple]]:
+    """The cell statistics and every document's cell (`doc_cells`), as stored."""
+    docs = cat.execute("SELECT doc_id, row_group, text_bytes, cell FROM doc_cells ORDER BY doc_id")
+    return stats(cat), docs
+
+
+def recounted(cat: Catalog) -> tuple[list[tuple], list[tuple]]:
     """What a from-scratch recount gives (rolled back: the stored statistics stay as they were)."""
     cat.execute("BEGIN TRANSACTION")
     try:
         cat._recount_cells(None)
-        return stats(cat)
+        return current(cat)
     finally:
         cat.execute("ROLLBACK")
+
+
+def decoded(cat: Catalog) -> dict[tuple[int, str], int]:
+    """Each document's label under each agent, unpacked from its `doc_cells` cell (-1: unlabelled)."""
+    agents = cat.execute("SELECT agent, num_labels, stride FROM cell_agents")
+    rows = cat.execute("SELECT doc_id, cell FROM doc_cells")
+    return {(d, a): int(c // s % (n + 1)) - 1 for d, c in rows for a, n, s in agents}
+
+
+def labelled(cat: Catalog) -> dict[tuple[int, str], int]:
+    """The same from `scores` and `docs` directly (a label out of the agent's range counts as unlabelled)."""
+    agents = cat.execute("SELECT agent, num_labels FROM cell_agents")
+    docs = cat.execute("SELECT doc_id FROM docs WHERE NOT text_null AND text_bytes > 0")
+    scores = {(d, a): lab for a, d, lab in cat.execute("SELECT agent, doc_id, label FROM scores")}
+    out = {}
+    for (d,) in docs:
+        for a, n in agents:
+            lab = scores.get((d, a))
+            out[d, a] = lab if lab is not None and 0 <= lab < n else -1
+    return out
 
 
 def commit(cat: Catalog, tmp: Path, agent: str, shard_id: int, salt: int) -> None:
@@ -55,28 +82,30 @@ def test_cells_follow_commits_drops_and_agent_changes(tmp_path: Path) -> None:
     ws = make_workspace(tmp_path, shards=3, rows=ROWS, agents=["domain", "topic"])
     with Catalog(ws) as cat:
         # registered, nothing scored: every selectable document in the all-unlabelled cell
-        assert stats(cat) == recounted(cat)
+        assert current(cat) == recounted(cat)
         assert {cell for _, cell, _, _ in stats(cat)} == {0}
         for shard in range(3):
             commit(cat, tmp_path, "domain", shard, salt=shard)
-            assert stats(cat) == recounted(cat)
+            assert current(cat) == recounted(cat)
             commit(cat, tmp_path, "topic", shard, salt=10 + shard)
-            assert stats(cat) == recounted(cat)
+            assert current(cat) == recounted(cat)
         scored = stats(cat)
         assert len({cell for _, cell, _, _ in scored}) > 5
+        assert decoded(cat) == labelled(cat)
         commit(cat, tmp_path, "topic", 1, salt=20)  # rescored: the part is replaced
-        assert stats(cat) == recounted(cat) != scored
+        assert current(cat) == recounted(cat) and stats(cat) != scored
+        assert decoded(cat) == labelled(cat)
         cat.drop_parts([("domain", 0), ("topic", 2)])
-        assert stats(cat) == recounted(cat)
+        assert current(cat) == recounted(cat)
         cat.add_agent(metadata_agent("third"))  # a new agent: packed cells stay as they are
-        assert stats(cat) == recounted(cat)
+        assert current(cat) == recounted(cat)
         cat.add_agent(metadata_agent("domain"), replace=True)  # replaced: its scores and cells go
-        assert stats(cat) == recounted(cat)
+        assert current(cat) == recounted(cat)
         cat.remove_agent("topic")
-        assert stats(cat) == recounted(cat)
+        assert current(cat) == recounted(cat)
         assert {cell for _, cell, _, _ in stats(cat)} == {0}
         total = cat.execute("SELECT count(*) FROM docs WHERE NOT text_null AND text_bytes > 0")[0][0]
-        assert sum(n for _, _, n, _ in stats(cat)) == total
+        assert sum(n for _, _, n, _ in stats(cat)) == total == len(current(cat)[1])
 
 
 def test_stale_statistics_are_recounted(tmp_path: Path) -> None:
@@ -84,9 +113,9 @@ def test_stale_statistics_are_recounted(tmp_path: Path) -> None:
     with Catalog(ws) as cat:
         commit(cat, tmp_path, "domain", 0, salt=1)
         cat.execute("DELETE FROM scores WHERE agent = 'domain'")  # behind the catalog's back
-        assert stats(cat) != recounted(cat)
+        assert current(cat) != recounted(cat)
         cat.ensure_cells()
-        assert stats(cat) == recounted(cat)
+        assert current(cat) == recounted(cat)
 
 
 # A process that commits parts forever: each (agent, shard) in turn, its labels varying with every commit.
@@ -138,6 +167,6 @@ def test_cells_survive_kill_9_mid_commit(tmp_path: Path) -> None:
         with Catalog(ws) as cat:
             key = cat.run("catalog.sql", "cells_key")[0][0]
             assert cat.get_meta("cells_key") == key  # committed with its part, or not at all
-            assert stats(cat) == recounted(cat)
+            assert current(cat) == recounted(cat)
             committed = cat.execute("SELECT count(*) FROM score_parts")[0][0]
     assert committed > 0
