@@ -216,24 +216,26 @@ AND doc_id IN (SELECT doc_id FROM seen_counts WHERE run_id = $run_id)
 SELECT cell, seen, count(*) AS num_docs, sum(tokens) AS tokens FROM ({pass}) GROUP BY ALL
 
 -- name: pass_select
--- The documents a selection may take, with what orders them. `console_quotas` (grp, cell, seen, priority,
--- level, whole, h_max, fine_min) is registered by console.py: a cell taken whole gives every document; any other
--- gives those of hash h <= h_max and (gumbel, by_score) `fine` >= fine_min: a prefix of the cell's order
--- (or of the level's) that holds its quota. `h` is a hash of doc_id seeded by (seed, round); `fine` is
--- topk's tie-break score (by_score) or gumbel's key S / tau + Gumbel noise from h; `u_round` draws the
--- crossing document of a `sample` quota.
-SELECT * FROM (
-    SELECT p.doc_id, p.row_group, p.tokens, p.cell, p.seen, q.grp, q.priority, q.level, q.whole, p.h,
+-- The documents a selection may take, with what orders them, in doc_id order. `console_quotas` (grp, cell,
+-- seen, whole, h_max, fine_min) is registered by console.py: a cell taken whole gives every document; any
+-- other gives those of hash h <= h_max and (gumbel, by_score) `fine` >= fine_min: a prefix of the cell's
+-- order (or of the level's) that holds its quota. `h` is a hash of doc_id seeded by (seed, round); `fine` is
+-- topk's tie-break score (by_score) or gumbel's key priority / tau + Gumbel noise from h; `u_round` (sample)
+-- draws the crossing document of a quota.
+SELECT doc_id, row_group, tokens, grp, h, fine, u_round FROM (
+    SELECT p.doc_id, p.row_group, p.tokens, q.grp, q.whole, p.h,
            CASE WHEN $mode = 'gumbel' THEN q.priority / $gumbel_tau
                                            - ln(-ln((CAST(p.h >> 11 AS DOUBLE) + 0.5) / CAST(2 ** 53 AS DOUBLE)))
                 WHEN $mode = 'topk' AND $by_score THEN p.tie END AS fine,
-           (CAST(hash(p.doc_id, CAST($seed AS BIGINT), CAST($round AS BIGINT), 'rounding') >> 11 AS DOUBLE) + 0.5)
-               / CAST(2 ** 53 AS DOUBLE) AS u_round,
+           CASE WHEN $mode = 'sample' THEN
+               (CAST(hash(p.doc_id, CAST($seed AS BIGINT), CAST($round AS BIGINT), 'rounding') >> 11 AS DOUBLE) + 0.5)
+               / CAST(2 ** 53 AS DOUBLE) END AS u_round,
            q.h_max, q.fine_min
     FROM (SELECT *, hash(doc_id, CAST($seed AS BIGINT), CAST($round AS BIGINT)) AS h FROM ({pass})) p
     JOIN console_quotas q ON q.cell = p.cell AND q.seen = p.seen
 )
 WHERE whole OR (h <= h_max AND (fine_min IS NULL OR fine >= fine_min))
+ORDER BY doc_id
 
 -- name: pass_probes
 -- Probe candidates: documents whose hash (one per agent: {hashes}) is within their cell's threshold for that

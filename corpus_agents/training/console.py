@@ -333,8 +333,8 @@ def selection_spread(cells: np.ndarray, tokens: np.ndarray) -> tuple[float | Non
     """Entropy (nats) of a selection's tokens over its label cells, the largest cell's share, the cells."""
     if len(cells) == 0 or tokens.sum() <= 0:
         return None, None, 0
-    _, inverse = np.unique(cells, return_inverse=True)
-    share = np.bincount(inverse, weights=tokens.astype(np.float64))
+    per_cell = pa.table({"cell": cells, "tokens": tokens}).group_by("cell").aggregate([("tokens", "sum")])
+    share = per_cell["tokens_sum"].to_numpy().astype(np.float64)
     share = share[share > 0] / share.sum()
     return float(-(share * np.log(share)).sum()), float(share.max()), len(share)
 
@@ -401,19 +401,30 @@ def _quota_table(cells: pa.Table, whole: np.ndarray, h_max: np.ndarray, fine_min
     )
 
 
-def _snapshot_rows(rows: pa.Table) -> pa.Table:
-    """A selection's rows as a snapshot holds them, in doc_id order."""
-    rows = rows.sort_by("doc_id")
+def _snapshot_rows(cells: pa.Table, rows: pa.Table, taken: np.ndarray | None = None) -> pa.Table:
+    """A selection's rows as a snapshot holds them, in doc_id order: the pass's `rows` (doc_id, row_group,
+    tokens, grp; those of index `taken`, default all), each with its cell's priority and packed cell."""
     doc_id = rows["doc_id"].to_numpy()
+    if taken is None:
+        taken = np.arange(len(doc_id))
+    else:  # in the rows' order: pass_select gives them in doc_id order
+        mask = np.zeros(len(doc_id), dtype=bool)
+        mask[taken] = True
+        taken = np.flatnonzero(mask)
+    doc_id = doc_id[taken]
+    if len(doc_id) > 1 and (doc_id[1:] < doc_id[:-1]).any():
+        taken = taken[np.argsort(doc_id, kind="stable")]
+        doc_id = rows["doc_id"].to_numpy()[taken]
+    grp = rows["grp"].to_numpy()[taken]
     return pa.table(
         {
-            "doc_id": rows["doc_id"],
+            "doc_id": pa.array(doc_id),
             "shard_id": pa.array((doc_id >> 32).astype(np.int32)),
             "row_idx": pa.array((doc_id & 0xFFFFFFFF).astype(np.int32)),
-            "row_group": rows["row_group"],
-            "priority": rows["priority"],
-            "tokens": rows["tokens"],
-            "cell": rows["cell"],
+            "row_group": pa.array(rows["row_group"].to_numpy()[taken]),
+            "priority": pa.array(cells["priority"].to_numpy()[grp]),
+            "tokens": pa.array(rows["tokens"].to_numpy()[taken]),
+            "cell": pa.array(cells["cell"].to_numpy()[grp]),
         }
     )
 
@@ -822,16 +833,19 @@ class Console:
             if not short.any():
                 break
             widen[short] *= 4
-        order = np.lexsort((rows["doc_id"].to_numpy(), rows["h"].to_numpy(), group))
-        rows, group = rows.take(pa.array(order)), group[order]
-        tok = rows["tokens"].to_numpy().astype(np.int64)
+        # Cells taken whole need no order; the others' candidates in (cell, h, doc_id) order.
+        part = np.nonzero(~whole[group])[0]
+        doc_id, h = rows["doc_id"].to_numpy()[part], rows["h"].to_numpy()[part]
+        order = part[np.lexsort((doc_id, h, group[part]))]
+        g = group[order]
+        tok = rows["tokens"].to_numpy()[order].astype(np.int64)
         cum = np.cumsum(tok)
-        starts = np.searchsorted(group, np.arange(len(quota)))
-        before = cum - tok - np.concatenate([[0], cum])[starts[group]]
-        q = quota[group]
-        u = rows["u_round"].to_numpy()
+        starts = np.searchsorted(g, np.arange(len(quota)))
+        before = cum - tok - np.concatenate([[0], cum])[starts[g]]
+        q = quota[g]
+        u = rows["u_round"].to_numpy()[order]
         taken = (before + tok <= q) | ((before < q) & (u * tok < q - before))
-        return _snapshot_rows(rows.filter(pa.array(taken)))
+        return _snapshot_rows(cells, rows, np.concatenate([np.nonzero(whole[group])[0], order[taken]]))
 
     def _ordered_rows(self, cells: pa.Table, round: int, budget_tokens: int, mode: str) -> pa.Table:
         """`topk`, `gumbel`, `random`: the longest prefix of the mode's order within the budget. Levels
@@ -876,21 +890,20 @@ class Console:
                 )
             quotas = _quota_table(cells, whole, _h_threshold(frac), fine_min)
             rows = self._select_pass(quotas, round, mode)
-            in_edge = ~rows["whole"].to_numpy(zero_copy_only=False)
+            in_edge = edge[rows["grp"].to_numpy()]
             got = int(rows["tokens"].to_numpy()[in_edge].sum())
             complete = fine_min is None and (frac >= 1.0).all()
             if got >= remaining or complete:
                 break
             widen *= 4
-        edge_rows = rows.filter(pa.array(in_edge))
-        fine = edge_rows["fine"].to_numpy(zero_copy_only=False).astype(np.float64)
+        edge_at = np.nonzero(in_edge)[0]
+        fine = rows["fine"].to_numpy(zero_copy_only=False)[edge_at].astype(np.float64)
         key = np.where(np.isnan(fine), np.inf, -fine)
-        order = np.lexsort((edge_rows["doc_id"].to_numpy(), edge_rows["h"].to_numpy(), key))
-        cum = np.cumsum(edge_rows["tokens"].to_numpy().astype(np.int64)[order])
+        doc_id, h = rows["doc_id"].to_numpy()[edge_at], rows["h"].to_numpy()[edge_at]
+        order = edge_at[np.lexsort((doc_id, h, key))]
+        cum = np.cumsum(rows["tokens"].to_numpy().astype(np.int64)[order])
         taken = order[cum <= remaining]
-        return _snapshot_rows(
-            pa.concat_tables([rows.filter(pa.array(~in_edge)), edge_rows.take(pa.array(taken))])
-        )
+        return _snapshot_rows(cells, rows, np.concatenate([np.nonzero(~in_edge)[0], taken]))
 
     def _select_pass(self, quotas: pa.Table, round: int, mode: str) -> pa.Table:
         cfg = self.config
