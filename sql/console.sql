@@ -221,8 +221,8 @@ SELECT cell, seen, count(*) AS num_docs, sum(tokens) AS tokens FROM ({pass}) GRO
 -- other gives those of hash h <= h_max and (gumbel, by_score) `fine` >= fine_min: a prefix of the cell's
 -- order (or of the level's) that holds its quota. `h` is a hash of doc_id seeded by (seed, round); `fine` is
 -- topk's tie-break score (by_score) or gumbel's key priority / tau + Gumbel noise from h; `u_round` (sample)
--- draws the crossing document of a quota.
-SELECT doc_id, row_group, tokens, grp, h, fine, u_round FROM (
+-- draws the crossing document of a quota; console.py fills in {extra}: those of them the mode needs.
+SELECT doc_id, row_group, tokens, grp, h {extra} FROM (
     SELECT p.doc_id, p.row_group, p.tokens, q.grp, q.whole, p.h,
            CASE WHEN $mode = 'gumbel' THEN q.priority / $gumbel_tau
                                            - ln(-ln((CAST(p.h >> 11 AS DOUBLE) + 0.5) / CAST(2 ** 53 AS DOUBLE)))

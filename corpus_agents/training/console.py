@@ -389,7 +389,7 @@ def _quota_table(cells: pa.Table, whole: np.ndarray, h_max: np.ndarray, fine_min
     n = len(cells)
     return pa.table(
         {
-            "grp": pa.array(np.arange(n, dtype=np.int64)),
+            "grp": pa.array(np.arange(n, dtype=np.int32)),
             "cell": cells["cell"],
             "seen": cells["seen"],
             "priority": cells["priority"],
@@ -401,10 +401,12 @@ def _quota_table(cells: pa.Table, whole: np.ndarray, h_max: np.ndarray, fine_min
     )
 
 
-def _snapshot_rows(cells: pa.Table, rows: pa.Table, taken: np.ndarray | None = None) -> pa.Table:
+def _snapshot_rows(
+    cells: pa.Table, rows: Mapping[str, np.ndarray], taken: np.ndarray | None = None
+) -> pa.Table:
     """A selection's rows as a snapshot holds them, in doc_id order: the pass's `rows` (doc_id, row_group,
     tokens, grp; those of index `taken`, default all), each with its cell's priority and packed cell."""
-    doc_id = rows["doc_id"].to_numpy()
+    doc_id = rows["doc_id"]
     if taken is None:
         taken = np.arange(len(doc_id))
     else:  # in the rows' order: pass_select gives them in doc_id order
@@ -414,16 +416,16 @@ def _snapshot_rows(cells: pa.Table, rows: pa.Table, taken: np.ndarray | None = N
     doc_id = doc_id[taken]
     if len(doc_id) > 1 and (doc_id[1:] < doc_id[:-1]).any():
         taken = taken[np.argsort(doc_id, kind="stable")]
-        doc_id = rows["doc_id"].to_numpy()[taken]
-    grp = rows["grp"].to_numpy()[taken]
+        doc_id = rows["doc_id"][taken]
+    grp = rows["grp"][taken]
     return pa.table(
         {
             "doc_id": pa.array(doc_id),
             "shard_id": pa.array((doc_id >> 32).astype(np.int32)),
             "row_idx": pa.array((doc_id & 0xFFFFFFFF).astype(np.int32)),
-            "row_group": pa.array(rows["row_group"].to_numpy()[taken]),
+            "row_group": pa.array(rows["row_group"][taken]),
             "priority": pa.array(cells["priority"].to_numpy()[grp]),
-            "tokens": pa.array(rows["tokens"].to_numpy()[taken]),
+            "tokens": pa.array(rows["tokens"][taken]),
             "cell": pa.array(cells["cell"].to_numpy()[grp]),
         }
     )
@@ -827,23 +829,23 @@ class Console:
             frac = np.where(whole, 1.0, _fraction(quota * widen, tokens, cells["num_docs"].to_numpy()))
             quotas = _quota_table(cells, whole, _h_threshold(frac), None)
             rows = self._select_pass(quotas, round, "sample")
-            group = rows["grp"].to_numpy()
-            got = np.bincount(group, weights=rows["tokens"].to_numpy(), minlength=len(quota))
+            group = rows["grp"]
+            got = np.bincount(group, weights=rows["tokens"], minlength=len(quota))
             short = (got < quota) & (frac < 1.0)
             if not short.any():
                 break
             widen[short] *= 4
         # Cells taken whole need no order; the others' candidates in (cell, h, doc_id) order.
         part = np.nonzero(~whole[group])[0]
-        doc_id, h = rows["doc_id"].to_numpy()[part], rows["h"].to_numpy()[part]
+        doc_id, h = rows["doc_id"][part], rows["h"][part]
         order = part[np.lexsort((doc_id, h, group[part]))]
         g = group[order]
-        tok = rows["tokens"].to_numpy()[order].astype(np.int64)
+        tok = rows["tokens"][order].astype(np.int64)
         cum = np.cumsum(tok)
         starts = np.searchsorted(g, np.arange(len(quota)))
         before = cum - tok - np.concatenate([[0], cum])[starts[g]]
         q = quota[g]
-        u = rows["u_round"].to_numpy()[order]
+        u = rows["u_round"][order]
         taken = (before + tok <= q) | ((before < q) & (u * tok < q - before))
         return _snapshot_rows(cells, rows, np.concatenate([np.nonzero(whole[group])[0], order[taken]]))
 
@@ -890,33 +892,44 @@ class Console:
                 )
             quotas = _quota_table(cells, whole, _h_threshold(frac), fine_min)
             rows = self._select_pass(quotas, round, mode)
-            in_edge = edge[rows["grp"].to_numpy()]
-            got = int(rows["tokens"].to_numpy()[in_edge].sum())
+            in_edge = edge[rows["grp"]]
+            got = int(rows["tokens"][in_edge].sum())
             complete = fine_min is None and (frac >= 1.0).all()
             if got >= remaining or complete:
                 break
             widen *= 4
         edge_at = np.nonzero(in_edge)[0]
-        fine = rows["fine"].to_numpy(zero_copy_only=False)[edge_at].astype(np.float64)
+        fine = rows["fine"][edge_at].astype(np.float64) if "fine" in rows else np.full(len(edge_at), np.nan)
         key = np.where(np.isnan(fine), np.inf, -fine)
-        doc_id, h = rows["doc_id"].to_numpy()[edge_at], rows["h"].to_numpy()[edge_at]
+        doc_id, h = rows["doc_id"][edge_at], rows["h"][edge_at]
         order = edge_at[np.lexsort((doc_id, h, key))]
-        cum = np.cumsum(rows["tokens"].to_numpy().astype(np.int64)[order])
+        cum = np.cumsum(rows["tokens"].astype(np.int64)[order])
         taken = order[cum <= remaining]
         return _snapshot_rows(cells, rows, np.concatenate([np.nonzero(~in_edge)[0], taken]))
 
-    def _select_pass(self, quotas: pa.Table, round: int, mode: str) -> pa.Table:
+    def _select_pass(self, quotas: pa.Table, round: int, mode: str) -> dict[str, np.ndarray]:
+        """The candidates of a selection (`pass_select`) as numpy columns: doc_id, row_group, tokens, grp,
+        h, and `fine` (gumbel, topk by score) or `u_round` (sample) where the mode needs it."""
         cfg = self.config
+        by_score = mode == "topk" and cfg.tie_break != "hash"
+        extra = ["fine"] if mode == "gumbel" or by_score else ["u_round"] if mode == "sample" else []
         with self.db.registered("console_quotas", quotas):
-            return self._pass(
+            rows = self._pass(
                 "pass_select",
+                fill={"extra": "".join(f", {c}" for c in extra)},
                 seed=cfg.seed,
                 round=round,
                 mode=mode,
-                by_score=cfg.tie_break != "hash",
+                by_score=by_score,
                 gumbel_tau=cfg.gumbel_tau,
                 with_tie=True,
             )
+        # numpy copies, one column at a time, each Arrow column dropped once copied: no second copy held
+        out = {}
+        for name in ["doc_id", "row_group", "tokens", "grp", "h", *extra]:
+            out[name] = rows.column(name).to_numpy()
+            rows = rows.drop_columns([name])
+        return out
 
     def record_consumed(
         self, doc_ids: Iterable[int] | pa.Array | pa.ChunkedArray | np.ndarray, round: int | None = None
