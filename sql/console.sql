@@ -164,26 +164,54 @@ GROUP BY c.cell;
 -- name: catalog_agents
 SELECT agent, num_labels, CAST(stride AS VARCHAR) FROM cell_agents WHERE num_labels > 0;
 
+-- name: cell_chunks
+-- pass_chunks for a pass over `doc_cells`, from the cell statistics (no scan of the documents): ranges of
+-- about $chunk_rows selectable documents, each shard's last range reaching to the next shard's first doc id.
+WITH counted AS (SELECT shard_id, CAST(sum(num_docs) AS BIGINT) AS num_docs FROM cell_stats GROUP BY shard_id),
+pieces AS (
+    SELECT (CAST(shard_id AS BIGINT) << 32) + start AS lo,
+           CASE WHEN start + $chunk_rows >= num_docs THEN CAST(shard_id + 1 AS BIGINT) << 32
+                ELSE (CAST(shard_id AS BIGINT) << 32) + start + $chunk_rows END AS hi,
+           least($chunk_rows, num_docs - start) AS rows
+    FROM counted, LATERAL (SELECT unnest(range(0, num_docs, $chunk_rows)) AS start)
+),
+numbered AS (SELECT *, floor((sum(rows) OVER (ORDER BY lo) - rows) / $chunk_rows) AS chunk FROM pieces)
+SELECT min(lo), max(hi) FROM numbered GROUP BY chunk ORDER BY 1;
+
 -- name: pass_docs
 -- The streaming pass's rows: every selectable document of doc ids [$lo, $hi) from `doc_cells` (the
 -- catalog's packed cells, current: Catalog.ensure_cells) with its run's packed label tuple `cell`, its tokens,
--- its seen count in the run (sparse: no row = 0) and `tie`. console.py fills in {cell} (the catalog's cell
--- itself, or through {cell_join}: console_cellmap), {joins} (the tie-break agent's scores, when one orders
--- ties), the tie column (that agent's raw score, or NULL) and {only_seen}.
+-- its seen count in the run and `tie`. console.py fills in {cell} (the catalog's cell itself, or through
+-- {cell_join}: console_cellmap), {joins} (the tie-break agent's scores, when one orders ties), the tie
+-- column (that agent's raw score, or NULL) and {seen}/{seen_join} (pass_seen*).
 SELECT d.doc_id, d.row_group,
        greatest(1, CAST(ceil(d.text_bytes / $bytes_per_token) AS INTEGER)) AS tokens,
        {cell} AS cell,
        CAST({tie} AS FLOAT) AS tie,
-       CAST(coalesce(c.count, 0) AS INTEGER) AS seen
-FROM (SELECT doc_id, row_group, text_bytes, cell AS full_cell FROM doc_cells
-      WHERE doc_id >= $lo AND doc_id < $hi {only_seen}) d
+       {seen} AS seen
+FROM (SELECT doc_id, row_group, text_bytes, cell AS full_cell FROM doc_cells WHERE doc_id >= $lo AND doc_id < $hi) d
 {cell_join}
 {joins}
-LEFT JOIN (SELECT doc_id, count FROM seen_counts WHERE run_id = $run_id AND doc_id >= $lo AND doc_id < $hi) c
-    ON c.doc_id = d.doc_id
+{seen_join}
 
 -- name: pass_cell_join
 JOIN (SELECT CAST(catalog_cell AS HUGEINT) AS catalog_cell, cell FROM console_cellmap) k ON k.catalog_cell = d.full_cell
+
+-- name: pass_seen
+-- The run's seen counts are sparse (no row = 0): every document with its count ...
+CAST(coalesce(c.count, 0) AS INTEGER)
+
+-- name: pass_seen_join
+LEFT JOIN (SELECT doc_id, count FROM seen_counts WHERE run_id = $run_id AND doc_id >= $lo AND doc_id < $hi) c
+    ON c.doc_id = d.doc_id
+
+-- name: pass_only_seen
+-- ... or only the documents the run consumed (one join: the pass's work is that of a lookup per document).
+CAST(c.count AS INTEGER)
+
+-- name: pass_only_seen_join
+JOIN (SELECT doc_id, count FROM seen_counts WHERE run_id = $run_id AND doc_id >= $lo AND doc_id < $hi) c
+    ON c.doc_id = d.doc_id
 
 -- name: pass_docs_scores
 -- pass_docs over a catalog whose cell statistics are stale and that is read-only (Catalog.ensure_cells):
@@ -193,12 +221,11 @@ SELECT d.doc_id, d.row_group,
        greatest(1, CAST(ceil(d.text_bytes / $bytes_per_token) AS INTEGER)) AS tokens,
        CAST(0 {cell} AS BIGINT) AS cell,
        CAST({tie} AS FLOAT) AS tie,
-       CAST(coalesce(c.count, 0) AS INTEGER) AS seen
+       {seen} AS seen
 FROM (SELECT doc_id, row_group, text_bytes FROM docs
-      WHERE doc_id >= $lo AND doc_id < $hi AND NOT text_null AND text_bytes > 0 {only_seen}) d
+      WHERE doc_id >= $lo AND doc_id < $hi AND NOT text_null AND text_bytes > 0) d
 {joins}
-LEFT JOIN (SELECT doc_id, count FROM seen_counts WHERE run_id = $run_id AND doc_id >= $lo AND doc_id < $hi) c
-    ON c.doc_id = d.doc_id
+{seen_join}
 
 -- name: pass_cell_term
 -- A label outside the agent's declared range counts as unlabelled.
@@ -207,9 +234,6 @@ LEFT JOIN (SELECT doc_id, count FROM seen_counts WHERE run_id = $run_id AND doc_
 -- name: pass_join
 LEFT JOIN (SELECT doc_id, label, score FROM scores WHERE agent = {agent_lit} AND doc_id >= $lo AND doc_id < $hi) s{i}
     ON s{i}.doc_id = d.doc_id
-
--- name: pass_only_seen
-AND doc_id IN (SELECT doc_id FROM seen_counts WHERE run_id = $run_id)
 
 -- name: pass_counts
 -- Documents and tokens per (cell, seen count) of the pass's documents.

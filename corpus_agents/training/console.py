@@ -29,8 +29,10 @@ MODES: tuple[str, ...] = get_args(SelectionMode)
 _MAX_CELLS = 2**53
 # A round past every recorded one.
 _LATEST = 2**31 - 1
-# Documents per range of a pass over the documents (hash tables of this size stay in cache).
+# Documents per range of a pass over every agent's scores (hash tables of this size stay in cache) ...
 _CHUNK_ROWS = 1_000_000
+# ... and of a pass over `doc_cells` (no join but the run's seen counts, read once per range).
+_CELL_CHUNK_ROWS = 4_000_000
 # The largest hash (an unsigned 64-bit integer): a threshold that keeps every document.
 _H_ALL = 2**64 - 1
 # A standard error is never taken below this (a round whose rewards fit exactly would give infinite precision).
@@ -1185,11 +1187,15 @@ class Console:
                     )
                 )
             tie = f"s{i}.score"
-        only = fragment(SQL_FILE, "pass_only_seen") if only_seen else ""
+        seen = "pass_only_seen" if only_seen else "pass_seen" if with_seen else None
+        seen_args = {
+            "seen": "CAST(0 AS INTEGER)" if seen is None else fragment(SQL_FILE, seen),
+            "seen_join": "" if seen is None else fragment(SQL_FILE, f"{seen}_join"),
+        }
         cell_map = None
         if not current:
             docs = fragment(SQL_FILE, "pass_docs_scores").format(
-                cell="\n".join(terms), joins="\n".join(joins), tie=tie, only_seen=only
+                cell="\n".join(terms), joins="\n".join(joins), tie=tie, **seen_args
             )
         elif self._same_cells():
             docs = fragment(SQL_FILE, "pass_docs").format(
@@ -1197,7 +1203,7 @@ class Console:
                 cell_join="",
                 joins="\n".join(joins),
                 tie=tie,
-                only_seen=only,
+                **seen_args,
             )
         else:
             cell_map = self.db.arrow(SQL_FILE, "cell_map")
@@ -1206,16 +1212,17 @@ class Console:
                 cell_join=fragment(SQL_FILE, "pass_cell_join"),
                 joins="\n".join(joins),
                 tie=tie,
-                only_seen=only,
+                **seen_args,
             )
-        if not with_seen:
-            docs = docs.replace("CAST(coalesce(c.count, 0) AS INTEGER)", "CAST(0 AS INTEGER)")
         query = fragment(SQL_FILE, name).format(**{"pass": docs, **(fill or {})})
         params.update(bytes_per_token=self.config.bytes_per_token, run_id=self.run_id)
         if only_seen:
             ranges = [(-(2**63), 2**63 - 1)]
         else:
-            ranges = self.db.run(SQL_FILE, "pass_chunks", chunk_rows=_CHUNK_ROWS) or [(0, 0)]
+            chunks, chunk_rows = (
+                ("cell_chunks", _CELL_CHUNK_ROWS) if current else ("pass_chunks", _CHUNK_ROWS)
+            )
+            ranges = self.db.run(SQL_FILE, chunks, chunk_rows=chunk_rows) or [(0, 0)]
         with contextlib.ExitStack() as stack:
             if cell_map is not None:
                 stack.enter_context(self.db.registered("console_cellmap", cell_map))

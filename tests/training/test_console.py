@@ -465,6 +465,7 @@ def test_pass_in_chunks_is_the_same(
     learn(whole, 1)
     expected = selected_ids(whole.select(1, 6_000, tmp_path / "a.parquet"))
     monkeypatch.setattr(console_module, "_CHUNK_ROWS", 250)  # 2 shards of 600 rows: 5 ranges
+    monkeypatch.setattr(console_module, "_CELL_CHUNK_ROWS", 250)  # (the pass over doc_cells likewise)
     chunked = Console(catalog, "whole")
     assert selected_ids(chunked.select(1, 6_000, tmp_path / "b.parquet")) == expected
     # (the console keeps no per-document table any more: the streaming pass itself sees every document once)
