@@ -241,8 +241,9 @@ SELECT cell, seen, count(*) AS num_docs, sum(tokens) AS tokens FROM ({pass}) GRO
 
 -- name: pass_select
 -- The documents a selection may take, with what orders them, in doc_id order. `console_quotas` (grp, cell,
--- seen, whole, h_max, fine_min) is registered by console.py: a cell taken whole gives every document; any
--- other gives those of hash h <= h_max and (gumbel, by_score) `fine` >= fine_min: a prefix of the cell's
+-- seen, whole, h_max, h_min, fine_min) is registered by console.py: a cell taken whole gives every document;
+-- any other gives those of hash h <= h_max and (gumbel, by_score) `fine` >= fine_min (gumbel: h >= h_min
+-- first, below which no key reaches fine_min, so only the others' keys are computed): a prefix of the cell's
 -- order (or of the level's) that holds its quota. `h` is a hash of doc_id seeded by (seed, round); `fine` is
 -- topk's tie-break score (by_score) or gumbel's key priority / tau + Gumbel noise from h; `u_round` (sample)
 -- draws the crossing document of a quota; console.py fills in {extra}: those of them the mode needs.
@@ -254,11 +255,11 @@ SELECT doc_id, row_group, tokens, grp, h {extra} FROM (
            CASE WHEN $mode = 'sample' THEN
                (CAST(hash(p.doc_id, CAST($seed AS BIGINT), CAST($round AS BIGINT), 'rounding') >> 11 AS DOUBLE) + 0.5)
                / CAST(2 ** 53 AS DOUBLE) END AS u_round,
-           q.h_max, q.fine_min
+           q.h_max, q.h_min, q.fine_min
     FROM (SELECT *, hash(doc_id, CAST($seed AS BIGINT), CAST($round AS BIGINT)) AS h FROM ({pass})) p
     JOIN console_quotas q ON q.cell = p.cell AND q.seen = p.seen
 )
-WHERE whole OR (h <= h_max AND (fine_min IS NULL OR fine >= fine_min))
+WHERE whole OR (h <= h_max AND h >= h_min AND (fine_min IS NULL OR fine >= fine_min))
 ORDER BY doc_id
 
 -- name: pass_probes

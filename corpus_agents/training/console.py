@@ -386,9 +386,24 @@ def _gumbel_threshold(z: np.ndarray, tokens: np.ndarray, target: float) -> float
     return lo
 
 
-def _quota_table(cells: pa.Table, whole: np.ndarray, h_max: np.ndarray, fine_min: float | None) -> pa.Table:
-    """`console_quotas` of a selection pass (see sql/console.sql pass_select)."""
+def _quota_table(
+    cells: pa.Table,
+    whole: np.ndarray,
+    h_max: np.ndarray,
+    fine_min: float | None,
+    gumbel_tau: float | None = None,
+) -> pa.Table:
+    """`console_quotas` of a selection pass (see sql/console.sql pass_select). With a Gumbel threshold
+    `fine_min`, `h_min`: a hash below which no document of the cell reaches it (its key priority / tau -
+    ln(-ln u(h)) grows with h), with a margin, so that the pass computes keys only for the others."""
     n = len(cells)
+    h_min = np.zeros(n, dtype=np.uint64)
+    if fine_min is not None and gumbel_tau is not None:
+        gap = fine_min - cells["priority"].to_numpy().astype(np.float64) / gumbel_tau
+        with np.errstate(over="ignore", under="ignore"):
+            u_min = np.exp(-np.exp(-gap)) * (1.0 - 1e-9)
+        top = np.floor(np.clip(u_min * 2.0**53 - 2.0, 0.0, 2.0**53 - 1))
+        h_min = top.astype(np.uint64) << np.uint64(11)
     return pa.table(
         {
             "grp": pa.array(np.arange(n, dtype=np.int32)),
@@ -399,8 +414,22 @@ def _quota_table(cells: pa.Table, whole: np.ndarray, h_max: np.ndarray, fine_min
             "whole": pa.array(np.asarray(whole, dtype=bool)),
             "h_max": pa.array(np.broadcast_to(h_max, (n,)).astype(np.uint64), pa.uint64()),
             "fine_min": pa.array([fine_min] * n, pa.float64()),
+            "h_min": pa.array(h_min, pa.uint64()),
         }
     )
+
+
+def _order_by(key: np.ndarray, h: np.ndarray, doc_id: np.ndarray) -> np.ndarray:
+    """np.lexsort((doc_id, h, key)), by one sort of the first of key, h that varies; the full lexsort only
+    when that one has ties."""
+    if len(key) == 0:
+        return np.zeros(0, dtype=np.int64)
+    first = h if (key == key[0]).all() else key
+    order = np.argsort(first)
+    ordered = first[order]
+    if (ordered[1:] == ordered[:-1]).any():
+        return np.lexsort((doc_id, h, key))
+    return order
 
 
 def _snapshot_rows(
@@ -892,7 +921,7 @@ class Console:
                         )[0]
                     ),
                 )
-            quotas = _quota_table(cells, whole, _h_threshold(frac), fine_min)
+            quotas = _quota_table(cells, whole, _h_threshold(frac), fine_min, cfg.gumbel_tau)
             rows = self._select_pass(quotas, round, mode)
             in_edge = edge[rows["grp"]]
             got = int(rows["tokens"][in_edge].sum())
@@ -903,8 +932,7 @@ class Console:
         edge_at = np.nonzero(in_edge)[0]
         fine = rows["fine"][edge_at].astype(np.float64) if "fine" in rows else np.full(len(edge_at), np.nan)
         key = np.where(np.isnan(fine), np.inf, -fine)
-        doc_id, h = rows["doc_id"][edge_at], rows["h"][edge_at]
-        order = edge_at[np.lexsort((doc_id, h, key))]
+        order = edge_at[_order_by(key, rows["h"][edge_at], rows["doc_id"][edge_at])]
         cum = np.cumsum(rows["tokens"].astype(np.int64)[order])
         taken = order[cum <= remaining]
         return _snapshot_rows(cells, rows, np.concatenate([np.nonzero(~in_edge)[0], taken]))
