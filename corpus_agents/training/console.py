@@ -467,7 +467,8 @@ class Console:
 
     It keeps no per-document state: selection and probes start from the catalog's cell statistics
     (documents and tokens per label tuple, `cell_stats`) and the run's sparse seen counts, decide each
-    cell's quota over cells only, then take the documents in one streaming pass over the scores (`_pass`).
+    cell's quota over cells only, then take the documents in one streaming pass over the catalog's
+    `doc_cells` (each document's packed label tuple, on disk; `_pass`).
     It works on its own cursor of the catalog (`Catalog.cursor()`); close it (or use it as a context
     manager) when done.
     """
@@ -798,7 +799,7 @@ class Console:
 
         It runs in three steps, with no per-document state: (1) each cell's quota (or, for the ordered
         modes, which cells go whole and which share the boundary of the order), over the cells only; (2)
-        the documents, in one streaming pass over the scores that keeps, of each cell, a hash-ordered prefix
+        the documents, in one streaming pass over `doc_cells` that keeps, of each cell, a hash-ordered prefix
         that holds its quota (`_pass`); (3) the exact cut, over those candidates only, then the snapshot.
         The selection is the same document for document as ordering every document would give.
         """
