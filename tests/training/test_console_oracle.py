@@ -221,3 +221,18 @@ def test_passes_that_fall_short_are_widened_to_the_same_result(
     console = learnt(catalog, "tight", 1, preset="v2", probes_per_label=40, decay_lambda=0.5)
     for mode in ("sample", "gumbel", "random"):
         same_selection(console, tmp_path / f"{mode}.parquet", 2, 9_000, mode)
+
+
+def test_runs_whose_cells_are_not_the_catalogs_agree(catalog: Catalog, tmp_path: Path) -> None:
+    """A subset of the catalog's agents in another order (its cells re-packed through `console_cellmap`) and
+    another bytes_per_token (its cells counted in a pass over `doc_cells`), alone and together."""
+    runs = {
+        "subset": {"agents": ["domain", "quality"]},
+        "bytes": {"bytes_per_token": 3.0},
+        "both": {"agents": ["noise", "domain"], "bytes_per_token": 5.5},
+    }
+    for run, config in runs.items():
+        console = learnt(catalog, run, 1, preset="v2", probes_per_label=12, decay_lambda=0.5, **config)
+        for mode in ("sample", "topk", "gumbel"):
+            for budget in (3_000, 20_000):
+                same_selection(console, tmp_path / f"{run}-{mode}-{budget}.parquet", 2, budget, mode)
