@@ -288,6 +288,10 @@ CONSOLE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Bytes per token of the token estimate the catalog's cell statistics (`cell_stats`) are counted at.
+TOKEN_BYTES = 4.0
+
+
 @dataclass
 class ConsoleConfig(Section):
     """Console settings, defaults from ALGORITHM.md. `preset: v2` (the default) is the noise-aware console,
@@ -306,7 +310,9 @@ class ConsoleConfig(Section):
     tie_break: str = "hash"  # or an agent's name: its raw score, descending, orders equal priorities
     seed: int = 0
     fixed_weights: bool = False
-    bytes_per_token: float = bounded(4.0, gt=0)  # n(x) = ceil(text_bytes / bytes_per_token), at least 1
+    # n(x) = ceil(text_bytes / bytes_per_token), at least 1; the catalog's cell statistics count tokens at
+    # TOKEN_BYTES, so another value makes the console count its cells itself (one pass over the documents)
+    bytes_per_token: float = bounded(TOKEN_BYTES, gt=0)
     prior: dict[str, dict[str, float]] = field(default_factory=dict)  # agent -> label name -> initial w
     # preset paper only
     eta_agent: float = bounded(0.3, ge=0, le=1)

@@ -43,6 +43,9 @@ DELETE FROM score_parts WHERE shard_id = $shard_id;
 DELETE FROM part_failures WHERE shard_id = $shard_id;
 DELETE FROM docs WHERE shard_id = $shard_id;
 DELETE FROM shards WHERE shard_id = $shard_id;
+DELETE FROM cell_stats WHERE shard_id = $shard_id;
+DELETE FROM doc_cells
+WHERE doc_id >= (CAST($shard_id AS BIGINT) << 32) AND doc_id < (CAST($shard_id + 1 AS BIGINT) << 32);
 
 -- name: shard_uris
 SELECT shard_id, uri FROM shards;
@@ -177,6 +180,7 @@ WHERE false;
 SELECT quantile_cont(v, $fractions) AS edges, count(v) AS n
 FROM (SELECT CAST(p.{column} AS DOUBLE) AS v FROM read_parquet({uris}, union_by_name = true) p)
 WHERE NOT isnan(v);
+
 -- name: sandbox
 -- A reader's connection (`query`): only the shards' and parts' directories can be read, no file written
 -- (COPY ... TO is refused before it gets here), nothing attached or installed, and the settings locked so
@@ -213,3 +217,73 @@ ORDER BY 1, 2;
 -- repointed comes back so that the caller can check none vanished meanwhile.
 UPDATE score_parts SET path = $path WHERE agent = $agent AND shard_id IN (SELECT unnest($shard_ids));
 SELECT count(*) FROM score_parts WHERE agent = $agent AND path = $path;
+-- ----- cell statistics (schema.sql: cell_stats, cell_agents) --------------------------------------------
+
+-- name: cell_strides
+-- Every agent's label count and stride as they should be now (agent order: added_at, name).
+WITH counted AS (
+    SELECT a.name AS agent, a.added_at, coalesce(max(l.label_id) + 1, 0) AS num_labels
+    FROM agents a LEFT JOIN agent_labels l ON l.agent = a.name GROUP BY a.name, a.added_at
+)
+SELECT agent, num_labels FROM counted ORDER BY added_at, agent;
+
+-- name: stored_strides
+SELECT agent, num_labels, stride FROM cell_agents;
+
+-- name: set_strides
+-- `new_strides` (agent, num_labels, stride) is registered by catalog.py.
+DELETE FROM cell_agents;
+INSERT INTO cell_agents SELECT agent, num_labels, CAST(stride AS HUGEINT) FROM new_strides;
+
+-- name: recount_shard
+-- One shard's documents' cells from its documents and every agent's scores of it (the work is the shard's
+-- size), then its cell statistics from them. {cell_type} is BIGINT when every packed cell fits in one
+-- (catalog.py: measured 40% faster), else HUGEINT.
+DELETE FROM doc_cells
+WHERE doc_id >= (CAST($shard_id AS BIGINT) << 32) AND doc_id < (CAST($shard_id + 1 AS BIGINT) << 32);
+INSERT INTO doc_cells
+WITH a AS (SELECT agent, num_labels, CAST(stride AS {cell_type}) AS stride FROM cell_agents)
+SELECT d.doc_id, d.row_group, d.text_bytes, coalesce(s.cell, 0)
+FROM (SELECT doc_id, row_group, text_bytes FROM docs WHERE shard_id = $shard_id AND NOT text_null AND text_bytes > 0) d
+LEFT JOIN (
+    SELECT s.doc_id, sum(CAST(s.label + 1 AS {cell_type}) * a.stride) AS cell
+    FROM scores s JOIN a ON a.agent = s.agent AND s.label BETWEEN 0 AND a.num_labels - 1
+    WHERE s.doc_id >= (CAST($shard_id AS BIGINT) << 32) AND s.doc_id < (CAST($shard_id + 1 AS BIGINT) << 32)
+    GROUP BY s.doc_id
+) s ON s.doc_id = d.doc_id
+ORDER BY d.doc_id;
+DELETE FROM cell_stats WHERE shard_id = $shard_id;
+INSERT INTO cell_stats
+SELECT $shard_id, cell, count(*), sum(greatest(1, CAST(ceil(text_bytes / $bytes_per_token) AS INTEGER)))
+FROM doc_cells
+WHERE doc_id >= (CAST($shard_id AS BIGINT) << 32) AND doc_id < (CAST($shard_id + 1 AS BIGINT) << 32)
+GROUP BY cell;
+
+-- name: recount_all
+-- Every shard's cells from scratch (a removed or replaced agent, or a catalog whose statistics are stale).
+DELETE FROM doc_cells;
+INSERT INTO doc_cells
+WITH a AS (SELECT agent, num_labels, CAST(stride AS {cell_type}) AS stride FROM cell_agents)
+SELECT d.doc_id, d.row_group, d.text_bytes, coalesce(s.cell, 0)
+FROM (SELECT doc_id, row_group, text_bytes FROM docs WHERE NOT text_null AND text_bytes > 0) d
+LEFT JOIN (
+    SELECT s.doc_id, sum(CAST(s.label + 1 AS {cell_type}) * a.stride) AS cell
+    FROM scores s JOIN a ON a.agent = s.agent AND s.label BETWEEN 0 AND a.num_labels - 1
+    GROUP BY s.doc_id
+) s ON s.doc_id = d.doc_id
+ORDER BY d.doc_id;
+DELETE FROM cell_stats;
+INSERT INTO cell_stats
+SELECT CAST(doc_id >> 32 AS INTEGER), cell, count(*),
+       sum(greatest(1, CAST(ceil(text_bytes / $bytes_per_token) AS INTEGER)))
+FROM doc_cells GROUP BY ALL;
+
+-- name: cells_key
+-- What the cell statistics were counted from: documents, scores, labels and parts. Stored in `meta` by each
+-- change made through the catalog; a change made behind its back (SQL on `scores`) leaves them stale, and
+-- the console then recounts.
+-- `doc_cells` is the key's first word: statistics counted before it existed are stale.
+SELECT concat_ws(' ', 'doc_cells', (SELECT count(*) FROM docs), (SELECT count(*) FROM scores),
+                 (SELECT count(*) FROM agent_labels), (SELECT count(*) FROM score_parts),
+                 (SELECT max(committed_at) FROM score_parts));
+

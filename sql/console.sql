@@ -1,13 +1,15 @@
--- Statements the console runs (corpus_agents/console.py), one per `-- name:` block. `$x` are bound
+-- Statements the console runs (corpus_agents/training/console.py), one per `-- name:` block. `$x` are bound
 -- parameters; `{x}` are fragments filled in by console.py (identifiers and literals always quoted there).
 --
--- Per-connection temp objects (the console works on its own cursor, so they are private to it):
+-- The console keeps no per-document state and no temp table between calls. Arrow tables it registers for
+-- the length of one call:
 --   console_agents (agent, pos, num_labels, stride): the run's agents; a document's label tuple is packed
 --       into one BIGINT `cell` = sum_A (label_A + 1) * stride_A, label_A = -1 (packed 0) when unlabelled.
---   console_docs (doc_id, row_group, tokens, cell, tie, seen): every selectable document (text not null or
---       empty) with its packed labels and its seen count in the run; built once per run and process (rebuilt
---       when the scores change), seen counts kept in step with `seen_counts` by record_consumed.
---   console_cells (cell, seen, num_docs, tokens, priority, level): one row per cell for the round selected.
+--   console_counted (cell, seen, num_docs, tokens): the run's cells, from the catalog's cell statistics
+--       (cell_stats, kept by the catalog as parts are committed) split by the sparse seen counts.
+--   console_quotas: what a streaming pass over the documents (pass_docs) keeps of each cell.
+--   console_cellmap (catalog_cell, cell): the catalog's packed cells (doc_cells, cell_stats) re-packed for
+--       the run's agents, when the two differ (an agent subset or another agent order).
 -- shard_id and row_idx are read off doc_id (doc_id = shard_id << 32 | row_idx, see schema.sql).
 
 -- name: schema
@@ -79,6 +81,20 @@ CREATE TABLE IF NOT EXISTS probe_strata (
     doc_id   BIGINT NOT NULL,
     PRIMARY KEY (run_id, round, agent, label_id, doc_id)
 );
+-- Each round's probe draw, as draw_probes made it, so that update takes the same draw without a second
+-- pass: which (agent, label) stratum drew which document (paper: per label too), with the document's row group
+-- and tokens; `cells_key` is the catalog's Catalog.cells_key() at the draw: a draw over other documents or
+-- scores is not reused.
+CREATE TABLE IF NOT EXISTS probe_draws (
+    run_id    VARCHAR NOT NULL,
+    round     INTEGER NOT NULL,
+    cells_key VARCHAR NOT NULL,
+    agent     VARCHAR NOT NULL,
+    label_id  BIGINT NOT NULL,
+    doc_id    BIGINT NOT NULL,
+    row_group INTEGER NOT NULL,
+    tokens    INTEGER NOT NULL
+);
 -- Version 2 columns (added to catalogs made before it; NULL in the paper preset's rows):
 --   agent_memory.reward is the round's label effect beta, `se` its standard error, `precision` that of w;
 --   collab_weights.reward is the agent's advantage over random, `reward_se` its standard error and
@@ -104,32 +120,29 @@ SELECT agent, name FROM agent_labels;
 
 -- name: agents_table
 -- The run's agents in config order, with their label counts and the stride of their packed label.
-CREATE OR REPLACE TEMP TABLE console_agents AS
 WITH listed AS (SELECT unnest($agents) AS agent, generate_subscripts($agents, 1) AS pos),
      counted AS (SELECT agent, CAST(max(label_id) + 1 AS BIGINT) AS num_labels FROM agent_labels GROUP BY agent)
-SELECT l.agent, l.pos, c.num_labels,
+SELECT l.agent, CAST(l.pos AS BIGINT) AS pos, c.num_labels,
        CAST(coalesce(product(c.num_labels + 1) OVER (ORDER BY l.pos ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 1)
             AS BIGINT) AS stride
 FROM listed l JOIN counted c USING (agent)
 ORDER BY l.pos;
 
--- name: agent_strides
-SELECT agent, num_labels, stride FROM console_agents ORDER BY pos;
+-- name: catalog_cells
+-- The run's cells with their documents and tokens, from the catalog's cell statistics (cell_stats): each
+-- catalog cell's labels of the run's agents re-packed with the run's strides, summed over shards.
+WITH repacked AS (
+    SELECT CAST(sum(((c.cell // ca.stride) % (ca.num_labels + 1)) * r.stride) AS BIGINT) AS cell,
+           any_value(c.num_docs) AS num_docs, any_value(c.tokens) AS tokens
+    FROM cell_stats c CROSS JOIN console_agents r JOIN cell_agents ca ON ca.agent = r.agent
+    GROUP BY c.shard_id, c.cell
+)
+SELECT cell, CAST(sum(num_docs) AS BIGINT) AS num_docs, CAST(sum(tokens) AS BIGINT) AS tokens
+FROM repacked GROUP BY cell ORDER BY cell;
 
--- name: docs_cache_create
-CREATE OR REPLACE TEMP TABLE console_docs (
-    doc_id    BIGINT NOT NULL,
-    row_group INTEGER NOT NULL,
-    tokens    INTEGER NOT NULL,
-    cell      BIGINT NOT NULL,
-    tie       FLOAT,
-    seen      INTEGER NOT NULL
-);
-
--- name: docs_cache_chunks
--- Ranges of doc ids of about $chunk_rows documents (whole shards merged, big shards split): the cache is
--- built range by range so that each join's hash tables stay small (measured at 10M documents: a third
--- less CPU than one join over everything, and a third of the memory).
+-- name: pass_chunks
+-- Ranges of doc ids of about $chunk_rows documents (whole shards merged, big shards split): a pass over the
+-- documents goes range by range so that each join's hash tables stay small.
 WITH pieces AS (
     SELECT (CAST(shard_id AS BIGINT) << 32) + start AS lo,
            (CAST(shard_id AS BIGINT) << 32) + least(start + $chunk_rows, num_rows) AS hi,
@@ -140,40 +153,135 @@ WITH pieces AS (
 numbered AS (SELECT *, floor((sum(rows) OVER (ORDER BY lo) - rows) / $chunk_rows) AS chunk FROM pieces)
 SELECT min(lo), max(hi) FROM numbered GROUP BY chunk ORDER BY 1;
 
--- name: docs_cache_insert
--- console.py fills in one docs_cache_cell_term and one docs_cache_join per agent (plus a join for the
--- tie-break agent when it is not one of the run's) and the tie column: that agent's raw score, or NULL.
-INSERT INTO console_docs
+-- name: cell_map
+-- console_cellmap: every catalog cell (cell_stats) with the run's cell, its labels of the run's agents
+-- re-packed with the run's strides (the catalog's as VARCHAR: a HUGEINT).
+SELECT CAST(c.cell AS VARCHAR) AS catalog_cell,
+       CAST(sum(((c.cell // ca.stride) % (ca.num_labels + 1)) * r.stride) AS BIGINT) AS cell
+FROM (SELECT DISTINCT cell FROM cell_stats) c CROSS JOIN console_agents r JOIN cell_agents ca ON ca.agent = r.agent
+GROUP BY c.cell;
+
+-- name: catalog_agents
+SELECT agent, num_labels, CAST(stride AS VARCHAR) FROM cell_agents WHERE num_labels > 0;
+
+-- name: cell_chunks
+-- pass_chunks for a pass over `doc_cells`, from the cell statistics (no scan of the documents): ranges of
+-- about $chunk_rows selectable documents, each shard's last range reaching to the next shard's first doc id.
+WITH counted AS (SELECT shard_id, CAST(sum(num_docs) AS BIGINT) AS num_docs FROM cell_stats GROUP BY shard_id),
+pieces AS (
+    SELECT (CAST(shard_id AS BIGINT) << 32) + start AS lo,
+           CASE WHEN start + $chunk_rows >= num_docs THEN CAST(shard_id + 1 AS BIGINT) << 32
+                ELSE (CAST(shard_id AS BIGINT) << 32) + start + $chunk_rows END AS hi,
+           least($chunk_rows, num_docs - start) AS rows
+    FROM counted, LATERAL (SELECT unnest(range(0, num_docs, $chunk_rows)) AS start)
+),
+numbered AS (SELECT *, floor((sum(rows) OVER (ORDER BY lo) - rows) / $chunk_rows) AS chunk FROM pieces)
+SELECT min(lo), max(hi) FROM numbered GROUP BY chunk ORDER BY 1;
+
+-- name: pass_docs
+-- The streaming pass's rows: every selectable document of doc ids [$lo, $hi) from `doc_cells` (the
+-- catalog's packed cells, current: Catalog.ensure_cells) with its run's packed label tuple `cell`, its tokens,
+-- its seen count in the run and `tie`. console.py fills in {cell} (the catalog's cell itself, or through
+-- {cell_join}: console_cellmap), {joins} (the tie-break agent's scores, when one orders ties), the tie
+-- column (that agent's raw score, or NULL) and {seen}/{seen_join} (pass_seen*).
+SELECT d.doc_id, d.row_group,
+       greatest(1, CAST(ceil(d.text_bytes / $bytes_per_token) AS INTEGER)) AS tokens,
+       {cell} AS cell,
+       CAST({tie} AS FLOAT) AS tie,
+       {seen} AS seen
+FROM (SELECT doc_id, row_group, text_bytes, cell AS full_cell FROM doc_cells WHERE doc_id >= $lo AND doc_id < $hi) d
+{cell_join}
+{joins}
+{seen_join}
+
+-- name: pass_cell_join
+JOIN (SELECT CAST(catalog_cell AS HUGEINT) AS catalog_cell, cell FROM console_cellmap) k ON k.catalog_cell = d.full_cell
+
+-- name: pass_seen
+-- The run's seen counts are sparse (no row = 0): every document with its count ...
+CAST(coalesce(c.count, 0) AS INTEGER)
+
+-- name: pass_seen_join
+LEFT JOIN (SELECT doc_id, count FROM seen_counts WHERE run_id = $run_id AND doc_id >= $lo AND doc_id < $hi) c
+    ON c.doc_id = d.doc_id
+
+-- name: pass_only_seen
+-- ... or only the documents the run consumed (one join: the pass's work is that of a lookup per document).
+CAST(c.count AS INTEGER)
+
+-- name: pass_only_seen_join
+JOIN (SELECT doc_id, count FROM seen_counts WHERE run_id = $run_id AND doc_id >= $lo AND doc_id < $hi) c
+    ON c.doc_id = d.doc_id
+
+-- name: pass_docs_scores
+-- pass_docs over a catalog whose cell statistics are stale and that is read-only (Catalog.ensure_cells):
+-- each document's labels joined from every agent's scores, one pass_cell_term and one pass_join per agent
+-- (plus a join for the tie-break agent when it is not one of the run's).
 SELECT d.doc_id, d.row_group,
        greatest(1, CAST(ceil(d.text_bytes / $bytes_per_token) AS INTEGER)) AS tokens,
        CAST(0 {cell} AS BIGINT) AS cell,
        CAST({tie} AS FLOAT) AS tie,
-       0 AS seen
-FROM (SELECT * FROM docs WHERE doc_id >= $lo AND doc_id < $hi AND NOT text_null AND text_bytes > 0) d
-{joins};
+       {seen} AS seen
+FROM (SELECT doc_id, row_group, text_bytes FROM docs
+      WHERE doc_id >= $lo AND doc_id < $hi AND NOT text_null AND text_bytes > 0) d
+{joins}
+{seen_join}
 
--- name: docs_cache_cell_term
+-- name: pass_cell_term
 -- A label outside the agent's declared range counts as unlabelled.
 + CASE WHEN s{i}.label BETWEEN 0 AND {max_label} THEN CAST(s{i}.label AS BIGINT) + 1 ELSE 0 END * {stride}
 
--- name: docs_cache_join
+-- name: pass_join
 LEFT JOIN (SELECT doc_id, label, score FROM scores WHERE agent = {agent_lit} AND doc_id >= $lo AND doc_id < $hi) s{i}
     ON s{i}.doc_id = d.doc_id
 
--- name: cache_fingerprint
--- Changes whenever documents or scores are added, replaced or removed: the docs cache is then rebuilt.
-SELECT (SELECT count(*) FROM docs), (SELECT count(*) FROM scores), (SELECT max(committed_at) FROM score_parts),
-       (SELECT count(*) FROM agent_labels);
+-- name: pass_counts
+-- Documents and tokens per (cell, seen count) of the pass's documents.
+SELECT cell, seen, count(*) AS num_docs, sum(tokens) AS tokens FROM ({pass}) GROUP BY ALL
 
--- name: seen_fingerprint
-SELECT count(*), coalesce(sum(count), 0) FROM seen_counts WHERE run_id = $run_id;
+-- name: pass_select
+-- The documents a selection may take, with what orders them, in doc_id order. `console_quotas` (grp, cell,
+-- seen, whole, h_max, h_min, fine_min) is registered by console.py: a cell taken whole gives every document;
+-- any other gives those of hash h <= h_max and (gumbel, by_score) `fine` >= fine_min (gumbel: h >= h_min
+-- first, below which no key reaches fine_min, so only the others' keys are computed): a prefix of the cell's
+-- order (or of the level's) that holds its quota. `h` is a hash of doc_id seeded by (seed, round); `fine` is
+-- topk's tie-break score (by_score) or gumbel's key priority / tau + Gumbel noise from h; `u_round` (sample)
+-- draws the crossing document of a quota; console.py fills in {extra}: those of them the mode needs.
+SELECT doc_id, row_group, tokens, grp, h {extra} FROM (
+    SELECT p.doc_id, p.row_group, p.tokens, q.grp, q.whole, p.h,
+           CASE WHEN $mode = 'gumbel' THEN q.priority / $gumbel_tau
+                                           - ln(-ln((CAST(p.h >> 11 AS DOUBLE) + 0.5) / CAST(2 ** 53 AS DOUBLE)))
+                WHEN $mode = 'topk' AND $by_score THEN p.tie END AS fine,
+           CASE WHEN $mode = 'sample' THEN
+               (CAST(hash(p.doc_id, CAST($seed AS BIGINT), CAST($round AS BIGINT), 'rounding') >> 11 AS DOUBLE) + 0.5)
+               / CAST(2 ** 53 AS DOUBLE) END AS u_round,
+           q.h_max, q.h_min, q.fine_min
+    FROM (SELECT *, hash(doc_id, CAST($seed AS BIGINT), CAST($round AS BIGINT)) AS h FROM ({pass})) p
+    JOIN console_quotas q ON q.cell = p.cell AND q.seen = p.seen
+)
+WHERE whole OR (h <= h_max AND h >= h_min AND (fine_min IS NULL OR fine >= fine_min))
+ORDER BY doc_id
 
--- name: sync_seen
--- Copy the run's seen counts into console_docs (after a rebuild, or if they changed behind this console).
-UPDATE console_docs SET seen = 0 WHERE seen <> 0;
-UPDATE console_docs SET seen = s.count
-FROM (SELECT doc_id, count FROM seen_counts WHERE run_id = $run_id) s
-WHERE console_docs.doc_id = s.doc_id;
+-- name: pass_probes
+-- Probe candidates: documents whose hash (one per agent: {hashes}) is within their cell's threshold for that
+-- agent (`console_quotas` (cell, h_max0, h_max1, ...), registered by console.py).
+SELECT * FROM (
+    SELECT p.doc_id, p.row_group, p.tokens, p.cell, {hashes}
+    FROM ({pass}) p
+) p JOIN console_quotas q USING (cell)
+WHERE {within}
+
+-- name: probe_hash
+-- Paper: one hash for all agents, seeded by (seed, round).
+hash(p.doc_id, CAST($seed AS BIGINT), CAST($round AS BIGINT), 'probe') AS h{i}
+
+-- name: stratum_hash
+-- v2: each (agent, label) stratum's own hash, seeded by (seed, round, agent, label).
+hash(p.doc_id, CAST($seed AS BIGINT), CAST($round AS BIGINT), {agent_lit},
+     CAST((p.cell // {stride}) % {num_labels_1} - 1 AS BIGINT), 'stratum') AS h{i}
+
+-- name: probe_within
+p.h{i} <= q.h_max{i}
 
 -- name: init_memory
 -- Round 0: w from the `init_from` run's last round where it has the (agent, label), else the config prior
@@ -238,31 +346,13 @@ INSERT INTO agent_memory BY NAME SELECT $run_id AS run_id, $round AS round, * FR
 -- `console_theta` (agent, theta, reward[, reward_se, reliability]) is registered by console.py.
 INSERT INTO collab_weights BY NAME SELECT $run_id AS run_id, $round AS round, * FROM console_theta;
 
--- name: draw_probes
--- Up to $m documents per (agent, label), uniformly: the $m smallest of a hash seeded by (seed, round). One
--- hash for all agents, so a document drawn for one agent's label is likely drawn for others' too: the
--- union (one reward per document serves every agent) stays small while each label's sample stays uniform.
-WITH labelled AS (
-    SELECT a.agent, (k.cell // a.stride) % (a.num_labels + 1) - 1 AS label_id, k.doc_id,
-           hash(k.doc_id, CAST($seed AS BIGINT), CAST($round AS BIGINT), 'probe') AS h
-    FROM console_docs k CROSS JOIN console_agents a
-),
-drawn AS (
-    SELECT unnest(min_by(doc_id, h, $m)) AS doc_id FROM labelled WHERE label_id >= 0 GROUP BY agent, label_id
-)
-SELECT k.doc_id, CAST(k.doc_id >> 32 AS INTEGER) AS shard_id, CAST(k.doc_id & 4294967295 AS INTEGER) AS row_idx,
-       k.row_group, k.tokens
-FROM console_docs k SEMI JOIN drawn USING (doc_id)
-ORDER BY k.doc_id;
-
 -- name: cells
 -- Fusion, by cells: documents grouped by (label tuple, seen count), each cell's priority
 --   S = (sum_A theta_A * w_hat_A[l_A]) / (1 + lambda * seen),  w_hat_A = min-max normalised w_A (0.5 if flat),
 -- an unlabelled document counting 0.5 for that agent (the middle: neither preferred nor avoided). `level`
 -- ranks distinct priorities (1 = highest; cells of equal priority tie and share a level) in topk mode;
 -- gumbel and random put every cell in level 1 and order documents individually.
-CREATE OR REPLACE TEMP TABLE console_cells AS
-WITH counted AS (SELECT cell, seen, count(*) AS num_docs, sum(tokens) AS tokens FROM console_docs GROUP BY ALL),
+WITH counted AS (SELECT * FROM console_counted),
 memory AS (
     SELECT agent, label_id, w, min(w) OVER (PARTITION BY agent) AS lo, max(w) OVER (PARTITION BY agent) AS hi
     FROM agent_memory WHERE run_id = $run_id AND round = $state_round
@@ -283,61 +373,8 @@ prioritised AS (
     FROM counted c JOIN fused f USING (cell, seen)
 )
 SELECT *, CASE WHEN $mode = 'topk' THEN dense_rank() OVER (ORDER BY round(priority, 12) DESC) ELSE 1 END AS level
-FROM prioritised;
-
--- name: ranked_macro
--- Every selectable document with its cell's priority and level and its place in the selection order:
--- (level, bucket) ascending, then `fine` descending, then `h` ascending. `h` is a hash of doc_id seeded by
--- (seed, round). topk: `fine` is the tie-break agent's raw score (by_score) or NULL (hash order); gumbel:
--- fine = S / tau + Gumbel noise from h (Gumbel-top-k: sampling without replacement in proportion to
--- exp(S / tau)); random: hash order. `bucket` is a coarse prefix of that order (the top 12 bits of h, or
--- the Gumbel key in steps of 1/256) so that only one bucket is ever sorted: selection stays linear.
-CREATE OR REPLACE TEMP MACRO console_ranked(seed, salt, sel_mode, by_score, gumbel_tau) AS TABLE
-SELECT k.doc_id, CAST(k.doc_id >> 32 AS INTEGER) AS shard_id, CAST(k.doc_id & 4294967295 AS INTEGER) AS row_idx,
-       k.row_group, k.tokens, k.cell, c.priority, c.level,
-       hash(k.doc_id, CAST(seed AS BIGINT), CAST(salt AS BIGINT)) AS h,
-       CASE WHEN sel_mode = 'gumbel' THEN c.priority / gumbel_tau
-                                          - ln(-ln((CAST(h >> 11 AS DOUBLE) + 0.5) / CAST(2 ** 53 AS DOUBLE)))
-            WHEN sel_mode = 'topk' AND by_score THEN k.tie END AS fine,
-       CASE WHEN sel_mode = 'gumbel' THEN -CAST(floor(fine * 256) AS BIGINT)
-            WHEN sel_mode = 'topk' AND by_score THEN 0
-            ELSE CAST(h >> 52 AS BIGINT) END AS bucket
-FROM console_docs k JOIN console_cells c ON c.cell = k.cell AND c.seen = k.seen;
-
--- name: boundary_level
--- The first level that does not fit the budget whole, and the budget left for it (NULL level: all fit).
-WITH levels AS (SELECT level, sum(tokens) AS tokens FROM console_cells GROUP BY level),
-     upto AS (SELECT level, sum(tokens) OVER (ORDER BY level) AS upto FROM levels)
-SELECT min(level) FILTER (WHERE upto > $budget), $budget - coalesce(max(upto) FILTER (WHERE upto <= $budget), 0)
-FROM upto;
-
--- name: boundary_bucket
--- Within the boundary level: the first bucket that does not fit what is left, and what is left for it.
-WITH buckets AS (
-    SELECT bucket, sum(tokens) AS tokens
-    FROM console_ranked($seed, $round, $mode, $by_score, $gumbel_tau)
-    WHERE level = $level GROUP BY bucket
-),
-upto AS (SELECT bucket, sum(tokens) OVER (ORDER BY bucket) AS upto FROM buckets)
-SELECT min(bucket) FILTER (WHERE upto > $remaining),
-       $remaining - coalesce(max(upto) FILTER (WHERE upto <= $remaining), 0)
-FROM upto;
-
--- name: select_docs
--- The selection: the longest prefix of the order whose tokens fit the budget. Whole levels and buckets
--- before the boundary, then the boundary bucket, the only part sorted document by document.
-SELECT doc_id, shard_id, row_idx, row_group, priority, tokens, cell
-FROM console_ranked($seed, $round, $mode, $by_score, $gumbel_tau)
-WHERE level < $level OR (level = $level AND bucket < $bucket)
-UNION ALL
-SELECT doc_id, shard_id, row_idx, row_group, priority, tokens, cell
-FROM (
-    SELECT *, sum(tokens) OVER (ORDER BY fine DESC NULLS LAST, h, doc_id ROWS UNBOUNDED PRECEDING) AS upto
-    FROM console_ranked($seed, $round, $mode, $by_score, $gumbel_tau)
-    WHERE level = $level AND bucket = $bucket
-)
-WHERE upto <= $remaining
-ORDER BY doc_id;
+FROM prioritised
+ORDER BY cell, seen;
 
 -- name: insert_selection
 INSERT OR REPLACE INTO selections (run_id, round, path, num_docs, tokens, mode, budget_tokens, created_at,
@@ -359,52 +396,22 @@ SELECT count(*) FROM consumed_rounds WHERE run_id = $run_id AND round = $round;
 -- name: mark_round_consumed
 INSERT INTO consumed_rounds VALUES ($run_id, $round);
 
--- name: consumed_into_docs
--- The same increments applied to console_docs, when it is built and in step.
-UPDATE console_docs SET seen = console_docs.seen + c.n
-FROM (SELECT doc_id, count(*) AS n FROM console_consumed GROUP BY doc_id) c
-WHERE console_docs.doc_id = c.doc_id;
-
--- ----- Version 2 (console.preset: v2) ---------------------------------------------------------------------
-
--- name: strata_table
--- Stratified probes: for every (agent, label) with documents, up to $m documents drawn uniformly from that
--- label, the $m smallest of a hash seeded by (seed, round, agent, label): each stratum draws independently
--- of the others, so a document's inclusion probability is 1 - prod_A (1 - min(1, m / N_A[l_A(x)])).
-CREATE OR REPLACE TEMP TABLE console_strata AS
-WITH labelled AS (
-    SELECT a.agent, (k.cell // a.stride) % (a.num_labels + 1) - 1 AS label_id, k.doc_id
-    FROM console_docs k CROSS JOIN console_agents a
-)
-SELECT agent, label_id, unnest(min_by(doc_id, h, $m)) AS doc_id
-FROM (SELECT *, hash(doc_id, CAST($seed AS BIGINT), CAST($round AS BIGINT), agent, CAST(label_id AS BIGINT), 'stratum') AS h
-      FROM labelled WHERE label_id >= 0)
-GROUP BY agent, label_id;
-
--- name: strata_rows
-SELECT agent, label_id, doc_id FROM console_strata ORDER BY agent, label_id, doc_id;
-
--- name: draw_strata_probes
--- The union of the strata's draws, one row per document.
-SELECT k.doc_id, CAST(k.doc_id >> 32 AS INTEGER) AS shard_id, CAST(k.doc_id & 4294967295 AS INTEGER) AS row_idx,
-       k.row_group, k.tokens
-FROM console_docs k SEMI JOIN console_strata USING (doc_id)
-ORDER BY k.doc_id;
-
 -- name: insert_strata
--- The strata records of the probes that have a reward this round.
+-- The strata records of the probes that have a reward this round (`console_strata` (agent, label_id,
+-- doc_id): the round's draw, registered by console.py).
 INSERT INTO probe_strata
 SELECT $run_id, $round, s.agent, s.label_id, s.doc_id FROM console_strata s SEMI JOIN console_rewards USING (doc_id);
 
 -- name: probe_labels
 -- Every rewarded probe of the round with its label under each agent (-1: unlabelled) and whether the
 -- agent's stratum of that label drew it.
-SELECT p.doc_id, p.reward, a.agent, (k.cell // a.stride) % (a.num_labels + 1) - 1 AS label_id,
-       s.doc_id IS NOT NULL AS drawn
+SELECT p.doc_id, p.reward, a.agent,
+       CASE WHEN s.label BETWEEN 0 AND a.num_labels - 1 THEN CAST(s.label AS BIGINT) ELSE -1 END AS label_id,
+       ps.doc_id IS NOT NULL AS drawn
 FROM probes p
-JOIN console_docs k ON k.doc_id = p.doc_id
 CROSS JOIN console_agents a
-LEFT JOIN probe_strata s ON s.run_id = p.run_id AND s.round = p.round AND s.agent = a.agent AND s.doc_id = p.doc_id
+LEFT JOIN scores s ON s.agent = a.agent AND s.doc_id = p.doc_id
+LEFT JOIN probe_strata ps ON ps.run_id = p.run_id AND ps.round = p.round AND ps.agent = a.agent AND ps.doc_id = p.doc_id
 WHERE p.run_id = $run_id AND p.round = $round
 ORDER BY p.doc_id, a.pos;
 
@@ -414,9 +421,10 @@ SELECT doc_id, CAST(hash(doc_id, CAST($seed AS BIGINT), CAST($round AS BIGINT), 
 FROM probes WHERE run_id = $run_id AND round = $round ORDER BY doc_id;
 
 -- name: label_sizes
--- Documents and tokens of every label that has documents, per agent.
-SELECT a.agent, (k.cell // a.stride) % (a.num_labels + 1) - 1 AS label_id, count(*) AS docs, sum(k.tokens) AS tokens
-FROM console_docs k CROSS JOIN console_agents a
+-- Documents and tokens of every label that has documents, per agent (`console_counted`: the run's cells).
+SELECT a.agent, (k.cell // a.stride) % (a.num_labels + 1) - 1 AS label_id, sum(k.num_docs) AS docs,
+       sum(k.tokens) AS tokens
+FROM console_counted k CROSS JOIN console_agents a
 GROUP BY ALL HAVING label_id >= 0;
 
 -- name: memory_precision_at
@@ -427,8 +435,7 @@ WHERE run_id = $run_id AND round = $round ORDER BY agent, label_id;
 -- Cells (label tuple, seen count) with S = sum_A theta_A * w_A[l_A] (an unlabelled document counts 0: the
 -- fit's baseline) and the log-weight priority = S + $temp * ln d(seen), so exp(priority / temp) =
 -- exp(S / temp) * d(seen): `sample` shares, Gumbel keys and top-k levels all follow it.
-CREATE OR REPLACE TEMP TABLE console_cells AS
-WITH counted AS (SELECT cell, seen, count(*) AS num_docs, sum(tokens) AS tokens FROM console_docs GROUP BY ALL),
+WITH counted AS (SELECT * FROM console_counted),
 fused AS (
     SELECT c.cell, c.seen, sum(t.theta * coalesce(m.w, 0.0)) AS score
     FROM counted c
@@ -444,53 +451,15 @@ prioritised AS (
     FROM counted c JOIN fused f USING (cell, seen)
 )
 SELECT *, CASE WHEN $mode = 'topk' THEN dense_rank() OVER (ORDER BY round(priority, 12) DESC) ELSE 1 END AS level
-FROM prioritised;
+FROM prioritised
+ORDER BY cell, seen;
 
--- name: cell_scores
-SELECT cell, seen, tokens, score FROM console_cells ORDER BY cell, seen;
+-- name: stored_draw
+SELECT agent, label_id, doc_id, row_group, tokens FROM probe_draws
+WHERE run_id = $run_id AND round = $round AND cells_key = $cells_key
+ORDER BY agent, label_id, doc_id;
 
--- name: select_sample
--- `sample`: cell (cell, seen) gets `quota` tokens (`console_quotas`, computed by console.py). Its documents
--- go in the order of a hash seeded by (seed, round); those that fit the quota whole are taken, and the
--- one that crosses it is taken with probability (quota - tokens before it) / its tokens, so a cell's
--- expected tokens are its quota. Buckets of the hash (its top 12 bits) keep this linear: whole buckets
--- are taken or left on their sums, and only the bucket where a cell's quota falls is sorted.
-WITH docs AS (
-    SELECT k.doc_id, k.row_group, k.tokens, k.cell, k.seen, c.priority, q.quota,
-           hash(k.doc_id, CAST($seed AS BIGINT), CAST($round AS BIGINT)) AS h, CAST(h >> 52 AS BIGINT) AS bucket
-    FROM console_docs k
-    JOIN console_quotas q ON q.cell = k.cell AND q.seen = k.seen
-    JOIN console_cells c ON c.cell = k.cell AND c.seen = k.seen
-    WHERE q.quota > 0
-),
-buckets AS (
-    SELECT cell, seen, bucket, sum(tokens) AS tokens, any_value(quota) AS quota FROM docs GROUP BY ALL
-),
-placed AS (
-    SELECT cell, seen, bucket, quota,
-           sum(tokens) OVER (PARTITION BY cell, seen ORDER BY bucket ROWS UNBOUNDED PRECEDING) - tokens AS before,
-           before + tokens AS upto
-    FROM buckets
-),
-whole AS (
-    SELECT d.* FROM docs d JOIN placed p USING (cell, seen, bucket) WHERE p.upto <= p.quota
-),
-boundary AS (
-    SELECT d.*, p.before + sum(d.tokens) OVER (PARTITION BY d.cell, d.seen ORDER BY d.h, d.doc_id
-                                                ROWS UNBOUNDED PRECEDING) - d.tokens AS cum_before
-    FROM docs d JOIN placed p USING (cell, seen, bucket)
-    WHERE p.before < p.quota AND p.upto > p.quota
-),
-taken AS (
-    SELECT doc_id, row_group, tokens, cell, priority FROM whole
-    UNION ALL
-    SELECT doc_id, row_group, tokens, cell, priority FROM boundary
-    WHERE cum_before + tokens <= quota
-       OR (cum_before < quota
-           AND (CAST(hash(doc_id, CAST($seed AS BIGINT), CAST($round AS BIGINT), 'rounding') >> 11 AS DOUBLE) + 0.5)
-               / CAST(2 ** 53 AS DOUBLE) * tokens < quota - cum_before)
-)
-SELECT doc_id, CAST(doc_id >> 32 AS INTEGER) AS shard_id, CAST(doc_id & 4294967295 AS INTEGER) AS row_idx,
-       row_group, priority, tokens, cell
-FROM taken
-ORDER BY doc_id;
+-- name: record_draw
+-- `console_draw` (agent, label_id, doc_id, row_group, tokens) is registered by console.py.
+DELETE FROM probe_draws WHERE run_id = $run_id AND round = $round;
+INSERT INTO probe_draws SELECT $run_id, $round, $cells_key, agent, label_id, doc_id, row_group, tokens FROM console_draw;

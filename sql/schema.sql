@@ -88,3 +88,32 @@ CREATE TABLE IF NOT EXISTS scores (
     label  SMALLINT,
     score  FLOAT
 );
+
+-- Cell statistics, kept up to date with every change of documents or scores (in the same transaction):
+-- documents and estimated tokens (ceil(text_bytes / config.TOKEN_BYTES), at least 1) of every selectable
+-- document (text not null or empty) per shard and label tuple. A label tuple is packed into one HUGEINT
+-- `cell` = sum_A (label_A + 1) * stride_A over every registered agent (label_A = -1, packed 0, when the agent
+-- has no label in range for the document, or no committed part of its shard). `cell_agents` holds the
+-- strides: products of (num_labels + 1) over the agents before, in agent order (added_at, name), so a new
+-- agent takes the next stride and leaves every packed cell as it is; a removed or replaced agent recounts.
+CREATE TABLE IF NOT EXISTS cell_agents (
+    agent      VARCHAR PRIMARY KEY,
+    num_labels BIGINT NOT NULL,
+    stride     HUGEINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cell_stats (
+    shard_id INTEGER NOT NULL,
+    cell     HUGEINT NOT NULL,
+    num_docs BIGINT NOT NULL,
+    tokens   BIGINT NOT NULL
+);
+-- Every selectable document's packed label tuple (as `cell` above), with what a snapshot row and the token
+-- estimate need; kept with `cell_stats` (its per-shard counts are derived from it in the same recount), in
+-- doc_id order. The console's passes scan it instead of joining every agent's scores (DuckDB compresses
+-- its sequential doc ids and few distinct cells to a few bytes a document).
+CREATE TABLE IF NOT EXISTS doc_cells (
+    doc_id     BIGINT NOT NULL,
+    row_group  INTEGER NOT NULL,
+    text_bytes INTEGER NOT NULL,
+    cell       HUGEINT NOT NULL
+);

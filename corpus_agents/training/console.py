@@ -2,33 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, TypeVar, get_args
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from corpus_agents.config import ConsoleConfig, SelectionMode
+from corpus_agents.config import TOKEN_BYTES, ConsoleConfig, SelectionMode
 from corpus_agents.errors import CorpusAgentsError
 from corpus_agents.scoring.catalog import Catalog, quote_literal
 from corpus_agents.sqlfiles import fragment
 from corpus_agents.training.selection import ShardRef, write_snapshot
 
 SQL_FILE = "console.sql"
+_T = TypeVar("_T")
 MODES: tuple[str, ...] = get_args(SelectionMode)
 # Packed label tuples (see sql/console.sql) are computed through DOUBLE products: exact below 2**53.
 _MAX_CELLS = 2**53
-# A level past every real one ("the whole corpus fits the budget"), and a round past every recorded one.
-_ALL_LEVELS = 2**62
+# A round past every recorded one.
 _LATEST = 2**31 - 1
-# Documents per range when the label index is built (hash tables of this size stay in cache).
+# Documents per range of a pass over every agent's scores (hash tables of this size stay in cache) ...
 _CHUNK_ROWS = 1_000_000
+# ... and of a pass over `doc_cells` (no join but the run's seen counts, read once per range).
+_CELL_CHUNK_ROWS = 4_000_000
+# The largest hash (an unsigned 64-bit integer): a threshold that keeps every document.
+_H_ALL = 2**64 - 1
 # A standard error is never taken below this (a round whose rewards fit exactly would give infinite precision).
 _MIN_SE = 1e-6
 
@@ -329,17 +335,142 @@ def selection_spread(cells: np.ndarray, tokens: np.ndarray) -> tuple[float | Non
     """Entropy (nats) of a selection's tokens over its label cells, the largest cell's share, the cells."""
     if len(cells) == 0 or tokens.sum() <= 0:
         return None, None, 0
-    _, inverse = np.unique(cells, return_inverse=True)
-    share = np.bincount(inverse, weights=tokens.astype(np.float64))
+    per_cell = pa.table({"cell": cells, "tokens": tokens}).group_by("cell").aggregate([("tokens", "sum")])
+    share = per_cell["tokens_sum"].to_numpy().astype(np.float64)
     share = share[share > 0] / share.sum()
     return float(-(share * np.log(share)).sum()), float(share.max()), len(share)
+
+
+def _using_agents(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Run a Console method with `console_agents` registered (see sql/console.sql)."""
+
+    @functools.wraps(method)
+    def wrapped(self: Console, *args: Any, **kwargs: Any) -> _T:
+        with self._agents_registered():
+            return method(self, *args, **kwargs)
+
+    return wrapped
+
+
+def _fraction(quota: np.ndarray, tokens: np.ndarray, docs: np.ndarray) -> np.ndarray:
+    """The share of a hash range expected to hold `quota` of `tokens` over `docs` documents, with a margin
+    of about four standard deviations (a pass that still falls short is run again, wider); 1 = all."""
+    f = np.asarray(quota, dtype=np.float64) / np.maximum(np.asarray(tokens, dtype=np.float64), 1.0)
+    n = np.maximum(np.asarray(docs, dtype=np.float64), 1.0)
+    return np.minimum(1.0, f * 1.05 + 4.0 * np.sqrt(f / n) + 4.0 / n)
+
+
+def _probe_fraction(m: np.ndarray, docs: np.ndarray) -> np.ndarray:
+    """The share of a hash range expected to hold about twice `m` of a label's `docs` documents."""
+    return np.minimum(1.0, (2.0 * np.asarray(m) + 16.0) / np.maximum(np.asarray(docs, dtype=np.float64), 1.0))
+
+
+def _h_threshold(fraction: np.ndarray) -> np.ndarray:
+    """The hash value (unsigned 64-bit) below which a `fraction` of hashes fall; everything at 1."""
+    f = np.minimum(np.asarray(fraction, dtype=np.float64), 1.0 - 2.0**-52)
+    return np.where(np.asarray(fraction) >= 1.0, np.uint64(_H_ALL), (f * 2.0**64).astype(np.uint64))
+
+
+def _gumbel_threshold(z: np.ndarray, tokens: np.ndarray, target: float) -> float | None:
+    """The Gumbel key K above which a cell of log-weight z keeps an expected tokens * (1 - exp(-exp(z - K)))
+    (Gumbel-top-k: a document's key is z + Gumbel noise), so that about 1.1 * `target` tokens are kept in
+    all; None when that is everything."""
+    want = 1.1 * target
+    if want >= tokens.sum():
+        return None
+    lo, hi = float(z.min()) - 60.0, float(z.max()) + 60.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        kept = float(tokens @ -np.expm1(-np.exp(z - mid)))
+        lo, hi = (mid, hi) if kept > want else (lo, mid)
+    return lo
+
+
+def _quota_table(
+    cells: pa.Table,
+    whole: np.ndarray,
+    h_max: np.ndarray,
+    fine_min: float | None,
+    gumbel_tau: float | None = None,
+) -> pa.Table:
+    """`console_quotas` of a selection pass (see sql/console.sql pass_select). With a Gumbel threshold
+    `fine_min`, `h_min`: a hash below which no document of the cell reaches it (its key priority / tau -
+    ln(-ln u(h)) grows with h), with a margin, so that the pass computes keys only for the others."""
+    n = len(cells)
+    h_min = np.zeros(n, dtype=np.uint64)
+    if fine_min is not None and gumbel_tau is not None:
+        gap = fine_min - cells["priority"].to_numpy().astype(np.float64) / gumbel_tau
+        with np.errstate(over="ignore", under="ignore"):
+            u_min = np.exp(-np.exp(-gap)) * (1.0 - 1e-9)
+        top = np.floor(np.clip(u_min * 2.0**53 - 2.0, 0.0, 2.0**53 - 1))
+        h_min = top.astype(np.uint64) << np.uint64(11)
+    return pa.table(
+        {
+            "grp": pa.array(np.arange(n, dtype=np.int32)),
+            "cell": cells["cell"],
+            "seen": cells["seen"],
+            "priority": cells["priority"],
+            "level": cells["level"],
+            "whole": pa.array(np.asarray(whole, dtype=bool)),
+            "h_max": pa.array(np.broadcast_to(h_max, (n,)).astype(np.uint64), pa.uint64()),
+            "fine_min": pa.array([fine_min] * n, pa.float64()),
+            "h_min": pa.array(h_min, pa.uint64()),
+        }
+    )
+
+
+def _order_by(key: np.ndarray, h: np.ndarray, doc_id: np.ndarray) -> np.ndarray:
+    """np.lexsort((doc_id, h, key)), by one sort of the first of key, h that varies; the full lexsort only
+    when that one has ties."""
+    if len(key) == 0:
+        return np.zeros(0, dtype=np.int64)
+    first = h if (key == key[0]).all() else key
+    order = np.argsort(first)
+    ordered = first[order]
+    if (ordered[1:] == ordered[:-1]).any():
+        return np.lexsort((doc_id, h, key))
+    return order
+
+
+def _snapshot_rows(
+    cells: pa.Table, rows: Mapping[str, np.ndarray], taken: np.ndarray | None = None
+) -> pa.Table:
+    """A selection's rows as a snapshot holds them, in doc_id order: the pass's `rows` (doc_id, row_group,
+    tokens, grp; those of index `taken`, default all), each with its cell's priority and packed cell."""
+    doc_id = rows["doc_id"]
+    if taken is None:
+        taken = np.arange(len(doc_id))
+    else:  # in the rows' order: pass_select gives them in doc_id order
+        mask = np.zeros(len(doc_id), dtype=bool)
+        mask[taken] = True
+        taken = np.flatnonzero(mask)
+    doc_id = doc_id[taken]
+    if len(doc_id) > 1 and (doc_id[1:] < doc_id[:-1]).any():
+        taken = taken[np.argsort(doc_id, kind="stable")]
+        doc_id = rows["doc_id"][taken]
+    grp = rows["grp"][taken]
+    return pa.table(
+        {
+            "doc_id": pa.array(doc_id),
+            "shard_id": pa.array((doc_id >> 32).astype(np.int32)),
+            "row_idx": pa.array((doc_id & 0xFFFFFFFF).astype(np.int32)),
+            "row_group": pa.array(rows["row_group"][taken]),
+            "priority": pa.array(cells["priority"].to_numpy()[grp]),
+            "tokens": pa.array(rows["tokens"][taken]),
+            "cell": pa.array(cells["cell"].to_numpy()[grp]),
+        }
+    )
 
 
 class Console:
     """One run's console over a catalog: its state lives in the catalog tables of `sql/console.sql`.
 
-    It works on its own cursor of the catalog (`Catalog.cursor()`), so its temp tables (the documents' packed
-    labels, kept between rounds) are private to it; close it (or use it as a context manager) when done.
+    It keeps no per-document state: selection and probes start from the catalog's cell statistics
+    (documents and tokens per label tuple, `cell_stats`) and the run's sparse seen counts, decide each
+    cell's quota over cells only, then take the documents in one streaming pass over the catalog's
+    `doc_cells` (each document's packed label tuple, on disk; `_pass`).
+    It works on its own cursor of the catalog (`Catalog.cursor()`); close it (or use it as a context
+    manager) when done.
     """
 
     def __init__(self, catalog: Catalog, run_id: str, config: ConsoleConfig | None = None):
@@ -356,14 +487,27 @@ class Console:
                 if v != getattr(self.config, k)
             )
             raise ConsoleError(f"run {run_id!r} exists with another config ({diff}); use a new run id")
-        self.db.run(SQL_FILE, "agents_table", agents=self.config.agents)
-        self._temp_generation = catalog.generation  # the connection its temp tables live on
-        self.agent_labels: list[tuple[str, int, int]] = self.db.run(SQL_FILE, "agent_strides")
+        self._agents = self.db.arrow(SQL_FILE, "agents_table", agents=self.config.agents)
+        self.agent_labels: list[tuple[str, int, int]] = list(
+            zip(*(self._agents[c].to_pylist() for c in ("agent", "num_labels", "stride")))
+        )
         _, num_labels, stride = self.agent_labels[-1]
         if stride * (num_labels + 1) > _MAX_CELLS:
             raise ConsoleError(f"the agents {self.config.agents} have too many label combinations (> 2**53)")
-        self._docs_key: tuple[Any, ...] | None = None  # cache_fingerprint of the built console_docs
-        self._seen_key: tuple[Any, ...] | None = None  # seen_fingerprint its seen column reflects
+        self._with_agents = 0
+
+    @contextlib.contextmanager
+    def _agents_registered(self) -> Iterator[None]:
+        """`console_agents` registered for the length of one call (re-entrant)."""
+        if self._with_agents:
+            yield
+            return
+        self._with_agents += 1
+        try:
+            with self.db.registered("console_agents", self._agents):
+                yield
+        finally:
+            self._with_agents -= 1
 
     @property
     def v2(self) -> bool:
@@ -380,6 +524,7 @@ class Console:
         self.db.close()
 
     # ----- run and state ----------------------------------------------------------------------------
+    @_using_agents
     def start(self, init_from: str | None = None) -> None:
         """Create the run and its round-0 state; for an existing run, do nothing: resume.
 
@@ -435,6 +580,7 @@ class Console:
         return ConsoleState(at, w, {a: theta[a] for a in self.config.agents})
 
     # ----- probes and learning ----------------------------------------------------------------------
+    @_using_agents
     def draw_probes(self, round: int) -> pa.Table:
         """The probe documents of `round` (doc_id, shard_id, row_idx, row_group, tokens), deterministic, one
         row per document; documents with null or empty text are never drawn.
@@ -442,29 +588,117 @@ class Console:
         v2: for every agent and every label that has documents, `probes_per_label` documents drawn uniformly
         from that label (fewer if it has fewer), each (agent, label) stratum seeded by (seed, round, agent,
         label) on its own. Paper: the same per label, with one hash seeded by (seed, round) for all agents,
-        so that the union stays small.
+        so that the union stays small. Either way the draw is the `probes_per_label` smallest hashes of each
+        label, taken in one pass over the documents (`_draw`).
         """
         self._require_started()
-        self._ensure_docs()
-        if self.v2:
-            self._draw_strata(round)
-            return self.db.arrow(SQL_FILE, "draw_strata_probes")
-        params = {"seed": self.config.seed, "round": round, "m": self.config.probes_per_label}
-        return self.db.arrow(SQL_FILE, "draw_probes", **params)
+        drawn = self._draw(round)
+        drawn = drawn.take(pa.array(np.unique(drawn["doc_id"].to_numpy(), return_index=True)[1]))
+        doc_id = drawn["doc_id"].to_numpy()
+        return pa.table(
+            {
+                "doc_id": drawn["doc_id"],
+                "shard_id": pa.array((doc_id >> 32).astype(np.int32)),
+                "row_idx": pa.array((doc_id & 0xFFFFFFFF).astype(np.int32)),
+                "row_group": drawn["row_group"],
+                "tokens": drawn["tokens"],
+            }
+        )
 
+    @_using_agents
     def draw_strata(self, round: int) -> pa.Table:
         """v2: which (agent, label_id) stratum drew which doc_id in `round` (the records behind draw_probes)."""
         if not self.v2:
             raise ConsoleError("probe strata are Version 2's (console.preset: v2)")
         self._require_started()
-        self._draw_strata(round)
-        return self.db.arrow(SQL_FILE, "strata_rows")
+        return self._draw(round).select(["agent", "label_id", "doc_id"])
 
-    def _draw_strata(self, round: int) -> None:
-        self._ensure_docs()
+    def _draw(self, round: int) -> pa.Table:
+        """The round's probe draw (agent, label_id, doc_id, row_group, tokens), sorted so: the one recorded
+        in `probe_draws` when the catalog's documents and scores are as they were then (`Catalog.cells_key`),
+        else drawn (`_draw_pass`) and recorded (unless the catalog is read-only), so that draw_probes,
+        draw_strata and update of a round pay for one pass between them."""
+        key = self.catalog.cells_key()
+        params = {"run_id": self.run_id, "round": round, "cells_key": key}
+        stored = self.db.arrow(SQL_FILE, "stored_draw", **params)
+        if stored.num_rows:
+            return stored
+        drawn = self._draw_pass(round)
+        if not getattr(self.catalog, "read_only", False):
+            with self.db.transaction(), self.db.registered("console_draw", drawn):
+                self.db.run(SQL_FILE, "record_draw", **params)
+        return drawn
+
+    def _draw_pass(self, round: int) -> pa.Table:
+        """The round's probe draw in one pass over the documents. Each (agent, label) keeps the m smallest
+        of its hash among its documents (v2: each stratum's own hash; paper: one hash for all). Over cells
+        only, each label gets a hash threshold expected to hold about twice m of its documents; one pass
+        keeps the documents under their labels' thresholds; a label whose candidates fall short of m (and
+        whose threshold is not already everything) is drawn again with a wider one."""
         cfg = self.config
-        self.db.run(SQL_FILE, "strata_table", seed=cfg.seed, round=round, m=cfg.probes_per_label)
+        m = cfg.probes_per_label
+        cells = self._cells()
+        cell = cells["cell"].to_numpy()
+        agents = self.agent_labels
+        label_of = [(cell // stride) % (n + 1) - 1 for _, n, stride in agents]
+        size = []  # documents per label, per agent
+        for (_, n, _), lab in zip(agents, label_of):
+            size.append(
+                np.bincount(lab[lab >= 0], weights=cells["num_docs"].to_numpy()[lab >= 0], minlength=n)
+            )
+        widen = [np.ones(n) for _, n, _ in agents]
+        hash_sql = "stratum_hash" if self.v2 else "probe_hash"
+        hashes = ", ".join(
+            fragment(SQL_FILE, hash_sql).format(
+                i=i, agent_lit=quote_literal(a), stride=stride, num_labels_1=n + 1
+            )
+            for i, (a, n, stride) in enumerate(agents)
+        )
+        within = " OR ".join(fragment(SQL_FILE, "probe_within").format(i=i) for i in range(len(agents)))
+        while True:
+            h_max = [
+                _h_threshold(np.where(size[i] > 0, _probe_fraction(m * widen[i], size[i]), 0.0))
+                for i in range(len(agents))
+            ]
+            quotas = {"cell": cells["cell"]}
+            for i, lab in enumerate(label_of):
+                per_cell = np.where(lab >= 0, h_max[i][np.maximum(lab, 0)], 0).astype(np.uint64)
+                quotas[f"h_max{i}"] = pa.array(per_cell, pa.uint64())
+            with self.db.registered("console_quotas", pa.table(quotas)):
+                rows = self._pass(
+                    "pass_probes",
+                    fill={"hashes": hashes, "within": within},
+                    seed=cfg.seed,
+                    round=round,
+                    with_seen=False,
+                )
+            rows_cell = rows["cell"].to_numpy()
+            strata, short = [], False
+            for i, (agent, n, stride) in enumerate(agents):
+                lab = (rows_cell // stride) % (n + 1) - 1
+                h = rows[f"h{i}"].to_numpy()
+                for j in range(n):
+                    mine = np.nonzero((lab == j) & (h <= h_max[i][j]))[0]
+                    if len(mine) < min(m, size[i][j]) and h_max[i][j] < _H_ALL:
+                        widen[i][j] *= 4
+                        short = True
+                        continue
+                    strata.append((agent, j, mine[np.argsort(h[mine], kind="stable")[:m]]))
+            if not short:
+                break
+        taken = pa.array(np.concatenate([idx for *_, idx in strata] or [np.zeros(0, np.int64)]))
+        table = pa.table(
+            {
+                "agent": pa.array([a for a, _, idx in strata for _ in idx], pa.string()),
+                "label_id": pa.array([j for _, j, idx in strata for _ in idx], pa.int64()),
+                "doc_id": rows["doc_id"].take(taken),
+                "row_group": rows["row_group"].take(taken).cast(pa.int32()),
+                "tokens": rows["tokens"].take(taken).cast(pa.int32()),
+            }
+        )
+        return table.sort_by([("agent", "ascending"), ("label_id", "ascending"), ("doc_id", "ascending")])
 
+    @_using_agents
     def update(self, round: int, probe_rewards: Mapping[int, float]) -> ConsoleState:
         """Record a round's probe rewards (already standardised) and learn from them; returns the new state.
 
@@ -486,15 +720,19 @@ class Console:
         )
         cfg = self.config
         if self.v2:
-            self._draw_strata(round)  # the round's draw again (deterministic): which strata drew each probe
+            # the round's draw (as draw_probes recorded it): which strata drew each probe; the cells' sizes
+            strata = self._draw(round).select(["agent", "label_id", "doc_id"])
+            counted = self._cells()
         with self.db.transaction():
             self.db.run(SQL_FILE, "delete_round", run_id=self.run_id, round=round)
             with self.db.registered("console_rewards", rewards):
                 self.db.run(SQL_FILE, "insert_probes", run_id=self.run_id, round=round)
                 if self.v2:
-                    self.db.run(SQL_FILE, "insert_strata", run_id=self.run_id, round=round)
+                    with self.db.registered("console_strata", strata):
+                        self.db.run(SQL_FILE, "insert_strata", run_id=self.run_id, round=round)
             if self.v2:
-                self._learn_v2(round, previous)
+                with self.db.registered("console_counted", counted):
+                    self._learn_v2(round, previous)
                 return self.state(round)
             measured = {
                 (agent, label): (reward, n)
@@ -539,6 +777,7 @@ class Console:
         return self.state(round)
 
     # ----- selection --------------------------------------------------------------------------------
+    @_using_agents
     def select(
         self, round: int, budget_tokens: int, path: str | Path, mode: SelectionMode | None = None
     ) -> Path:
@@ -557,32 +796,32 @@ class Console:
         (never over it). `mode` overrides the config's (e.g. `random` for the warm-up). Rows are written in
         doc_id order; the reader shuffles. The selection's spread over label cells (entropy, largest share)
         is recorded with it.
+
+        It runs in three steps, with no per-document state: (1) each cell's quota (or, for the ordered
+        modes, which cells go whole and which share the boundary of the order), over the cells only; (2)
+        the documents, in one streaming pass over `doc_cells` that keeps, of each cell, a hash-ordered prefix
+        that holds its quota (`_pass`); (3) the exact cut, over those candidates only, then the snapshot.
+        The selection is the same document for document as ordering every document would give.
         """
         mode = mode or self.config.mode
-        if budget_tokens < 0:
-            raise ConsoleError(f"the token budget must be >= 0, got {budget_tokens}")
         if mode not in MODES:
-            raise ConsoleError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+            raise ConsoleError(f"unknown selection mode {mode!r}; use one of {', '.join(MODES)}")
         if mode == "sample" and not self.v2:
-            raise ConsoleError("mode 'sample' needs console.preset: v2")
+            raise ConsoleError("selection mode 'sample' is Version 2's (console.preset: v2)")
+        self._require_started()
         state_round = self._state_round(round)
-        self._ensure_docs()
         cfg = self.config
-        cells = {
-            "run_id": self.run_id,
-            "state_round": state_round,
-            "decay_lambda": cfg.decay_lambda,
-            "mode": mode,
-        }
-        if self.v2:
-            temp = cfg.tau if mode == "sample" else cfg.gumbel_tau
-            self.db.run(SQL_FILE, "cells_v2", **cells, temp=temp)
-        else:
-            self.db.run(SQL_FILE, "cells", **cells)
+        params = {"run_id": self.run_id, "state_round": state_round, "decay_lambda": cfg.decay_lambda}
+        with self.db.registered("console_counted", self._cells(with_seen=True)):
+            if self.v2:
+                temp = cfg.tau if mode == "sample" else cfg.gumbel_tau
+                cells = self.db.arrow(SQL_FILE, "cells_v2", **params, mode=mode, temp=temp)
+            else:
+                cells = self.db.arrow(SQL_FILE, "cells", **params, mode=mode)
         if mode == "sample":
-            rows = self._sample_rows(round, budget_tokens)
+            rows = self._sample_rows(cells, round, budget_tokens)
         else:
-            rows = self._ordered_rows(round, budget_tokens, mode)
+            rows = self._ordered_rows(cells, round, budget_tokens, mode)
         tokens = pc.sum(rows["tokens"]).as_py() or 0
         entropy, top_share, num_cells = selection_spread(rows["cell"].to_numpy(), rows["tokens"].to_numpy())
         shards = {s.shard_id: ShardRef.of(s) for s in self.catalog.shards()}
@@ -603,43 +842,125 @@ class Console:
         )
         return path
 
-    def _sample_rows(self, round: int, budget_tokens: int) -> pa.Table:
-        """`sample`: per-cell quotas (`sample_quotas`), then the documents in one pass (sql select_sample)."""
+    def _sample_rows(self, cells: pa.Table, round: int, budget_tokens: int) -> pa.Table:
+        """`sample`: per-cell quotas (`sample_quotas`); in each cell, its documents in the order of a hash
+        seeded by (seed, round): those that fit the quota whole are taken, and the one that crosses it with
+        probability (quota - tokens before it) / its tokens, so a cell's expected tokens are its quota."""
         cfg = self.config
-        cells = self.db.arrow(SQL_FILE, "cell_scores")
         tokens = cells["tokens"].to_numpy().astype(np.float64)
         score = cells["score"].to_numpy().astype(np.float64)
         log_weight = score - cfg.tau * np.log1p(cfg.decay_lambda * cells["seen"].to_numpy())
         quota, _ = sample_quotas(
             tokens, log_weight, budget_tokens, tau=cfg.tau, eps=cfg.eps, max_cell_share=cfg.max_cell_share
         )
-        quotas = pa.table(
-            {"cell": cells["cell"], "seen": cells["seen"], "quota": pa.array(quota, pa.float64())}
-        )
-        with self.db.registered("console_quotas", quotas):
-            return self.db.arrow(SQL_FILE, "select_sample", seed=cfg.seed, round=round)
+        keep = quota > 0
+        cells, quota, tokens = cells.filter(pa.array(keep)), quota[keep], tokens[keep]
+        whole = quota >= tokens
+        widen = np.ones(len(quota))
+        while True:
+            frac = np.where(whole, 1.0, _fraction(quota * widen, tokens, cells["num_docs"].to_numpy()))
+            quotas = _quota_table(cells, whole, _h_threshold(frac), None)
+            rows = self._select_pass(quotas, round, "sample")
+            group = rows["grp"]
+            got = np.bincount(group, weights=rows["tokens"], minlength=len(quota))
+            short = (got < quota) & (frac < 1.0)
+            if not short.any():
+                break
+            widen[short] *= 4
+        # Cells taken whole need no order; the others' candidates in (cell, h, doc_id) order.
+        part = np.nonzero(~whole[group])[0]
+        doc_id, h = rows["doc_id"][part], rows["h"][part]
+        order = part[np.lexsort((doc_id, h, group[part]))]
+        g = group[order]
+        tok = rows["tokens"][order].astype(np.int64)
+        cum = np.cumsum(tok)
+        starts = np.searchsorted(g, np.arange(len(quota)))
+        before = cum - tok - np.concatenate([[0], cum])[starts[g]]
+        q = quota[g]
+        u = rows["u_round"][order]
+        taken = (before + tok <= q) | ((before < q) & (u * tok < q - before))
+        return _snapshot_rows(cells, rows, np.concatenate([np.nonzero(whole[group])[0], order[taken]]))
 
-    def _ordered_rows(self, round: int, budget_tokens: int, mode: str) -> pa.Table:
-        """`topk`, `gumbel`, `random`: the longest prefix of the mode's order within the budget."""
+    def _ordered_rows(self, cells: pa.Table, round: int, budget_tokens: int, mode: str) -> pa.Table:
+        """`topk`, `gumbel`, `random`: the longest prefix of the mode's order within the budget. Levels
+        (topk: distinct priorities; the others: one) that fit whole are taken whole; in the first that
+        does not, its documents in order (fine descending, then h, then doc_id) up to what is left."""
         cfg = self.config
-        self.db.run(SQL_FILE, "ranked_macro")  # binds to this round's console_cells
-        order = {
-            "seed": cfg.seed,
-            "round": round,
-            "mode": mode,
-            "by_score": cfg.tie_break != "hash",
-            "gumbel_tau": cfg.gumbel_tau,
-        }
-        level, remaining = self.db.run(SQL_FILE, "boundary_level", budget=budget_tokens)[0]
-        if level is None:
-            level, bucket, remaining = _ALL_LEVELS, 0, 0
+        level = cells["level"].to_numpy()
+        tokens = cells["tokens"].to_numpy().astype(np.int64)
+        levels, inverse = np.unique(level, return_inverse=True)
+        upto = np.cumsum(np.bincount(inverse, weights=tokens).astype(np.int64))
+        over = np.nonzero(upto > budget_tokens)[0]
+        if len(over) == 0:
+            boundary, remaining = np.inf, 0
         else:
-            bucket, remaining = self.db.run(
-                SQL_FILE, "boundary_bucket", **order, level=level, remaining=remaining
-            )[0]
-        return self.db.arrow(
-            SQL_FILE, "select_docs", **order, level=level, bucket=bucket, remaining=remaining
-        )
+            boundary = levels[over[0]]
+            remaining = budget_tokens - (int(upto[over[0] - 1]) if over[0] > 0 else 0)
+        keep = level <= boundary
+        cells = cells.filter(pa.array(keep))
+        whole = cells["level"].to_numpy() < boundary
+        edge = ~whole
+        edge_tokens = float(cells["tokens"].to_numpy()[edge].sum())
+        edge_docs = float(cells["num_docs"].to_numpy()[edge].sum())
+        by_score = mode == "topk" and cfg.tie_break != "hash"
+        widen = 1.0
+        while True:
+            fine_min = None
+            frac = np.ones(len(cells))
+            if mode == "gumbel" and edge.any():
+                fine_min = _gumbel_threshold(
+                    cells["priority"].to_numpy()[edge] / cfg.gumbel_tau,
+                    cells["tokens"].to_numpy()[edge].astype(np.float64),
+                    remaining * widen,
+                )
+            elif not by_score and edge.any():
+                frac = np.full(
+                    len(cells),
+                    float(
+                        _fraction(
+                            np.array([remaining * widen]), np.array([edge_tokens]), np.array([edge_docs])
+                        )[0]
+                    ),
+                )
+            quotas = _quota_table(cells, whole, _h_threshold(frac), fine_min, cfg.gumbel_tau)
+            rows = self._select_pass(quotas, round, mode)
+            in_edge = edge[rows["grp"]]
+            got = int(rows["tokens"][in_edge].sum())
+            complete = fine_min is None and (frac >= 1.0).all()
+            if got >= remaining or complete:
+                break
+            widen *= 4
+        edge_at = np.nonzero(in_edge)[0]
+        fine = rows["fine"][edge_at].astype(np.float64) if "fine" in rows else np.full(len(edge_at), np.nan)
+        key = np.where(np.isnan(fine), np.inf, -fine)
+        order = edge_at[_order_by(key, rows["h"][edge_at], rows["doc_id"][edge_at])]
+        cum = np.cumsum(rows["tokens"].astype(np.int64)[order])
+        taken = order[cum <= remaining]
+        return _snapshot_rows(cells, rows, np.concatenate([np.nonzero(~in_edge)[0], taken]))
+
+    def _select_pass(self, quotas: pa.Table, round: int, mode: str) -> dict[str, np.ndarray]:
+        """The candidates of a selection (`pass_select`) as numpy columns: doc_id, row_group, tokens, grp,
+        h, and `fine` (gumbel, topk by score) or `u_round` (sample) where the mode needs it."""
+        cfg = self.config
+        by_score = mode == "topk" and cfg.tie_break != "hash"
+        extra = ["fine"] if mode == "gumbel" or by_score else ["u_round"] if mode == "sample" else []
+        with self.db.registered("console_quotas", quotas):
+            rows = self._pass(
+                "pass_select",
+                fill={"extra": "".join(f", {c}" for c in extra)},
+                seed=cfg.seed,
+                round=round,
+                mode=mode,
+                by_score=by_score,
+                gumbel_tau=cfg.gumbel_tau,
+                with_tie=True,
+            )
+        # numpy copies, one column at a time, each Arrow column dropped once copied: no second copy held
+        out = {}
+        for name in ["doc_id", "row_group", "tokens", "grp", "h", *extra]:
+            out[name] = rows.column(name).to_numpy()
+            rows = rows.drop_columns([name])
+        return out
 
     def record_consumed(
         self, doc_ids: Iterable[int] | pa.Array | pa.ChunkedArray | np.ndarray, round: int | None = None
@@ -648,7 +969,6 @@ class Console:
         every few hundred steps: each call is one statement over the run's seen counts. With `round`, the
         round's consumption is recorded once: a crashed run that replays the round does not count it twice."""
         self._require_started()
-        self._ensure_temp_tables()
         if (
             round is not None
             and self.db.run(SQL_FILE, "round_consumed", run_id=self.run_id, round=round)[0][0]
@@ -659,14 +979,10 @@ class Console:
         else:
             ids = pa.array(doc_ids if isinstance(doc_ids, np.ndarray) else list(doc_ids), pa.int64())
         consumed = pa.table({"doc_id": ids})
-        in_step = self._docs_key is not None and self._seen_key == self._seen_fingerprint()
         with self.db.transaction(), self.db.registered("console_consumed", consumed):
             self.db.run(SQL_FILE, "record_consumed", run_id=self.run_id)
             if round is not None:
                 self.db.run(SQL_FILE, "mark_round_consumed", run_id=self.run_id, round=round)
-            if in_step:
-                self.db.run(SQL_FILE, "consumed_into_docs")
-        self._seen_key = self._seen_fingerprint() if in_step else None
 
     # ----- internals --------------------------------------------------------------------------------
     def _learn_v2(self, round: int, previous: int) -> None:
@@ -796,9 +1112,6 @@ class Console:
             raise ConsoleError(f"run {self.run_id!r} has no state at round {round}; call start() first")
         return at
 
-    def _seen_fingerprint(self) -> tuple[Any, ...]:
-        return self.db.run(SQL_FILE, "seen_fingerprint", run_id=self.run_id)[0]
-
     def _require_started(self) -> None:
         self._state_round(_LATEST)
 
@@ -829,54 +1142,119 @@ class Console:
                 raise ConsoleError(f"the prior of agent {agent!r} names unknown labels {unknown}")
         return dataclasses.replace(config, agents=agents)
 
-    def _ensure_temp_tables(self) -> None:
-        """The catalog releases its connection between rounds (so readers can look), which drops the temp
-        tables: on a new connection make `console_agents` again and forget the `console_docs` cache."""
-        self.catalog.connect()
-        if self.catalog.generation != self._temp_generation:
-            self.db.run(SQL_FILE, "agents_table", agents=self.config.agents)
-            self._docs_key = self._seen_key = None
-            self._temp_generation = self.catalog.generation
+    def _cells(self, *, with_seen: bool = False) -> pa.Table:
+        """The run's cells (cell, seen, num_docs, tokens): the catalog's cell statistics re-packed for the
+        run's agents (recounted first if stale); `with_seen`, each cell split by the run's seen counts: its
+        consumed documents (the only ones with a seen-count row) are counted in one pass over them alone
+        and moved out of the cell's seen = 0 group. With a `bytes_per_token` other than the catalog's
+        TOKEN_BYTES the cells are counted in one pass over `doc_cells`; over a read-only catalog whose
+        statistics are stale (`Catalog.ensure_cells`), in one pass over every agent's scores."""
+        schema = pa.schema(
+            [("cell", pa.int64()), ("seen", pa.int32()), ("num_docs", pa.int64()), ("tokens", pa.int64())]
+        )
+        if self.config.bytes_per_token != TOKEN_BYTES or not self.catalog.ensure_cells():
+            counted = self._pass("pass_counts", with_seen=with_seen).select(schema.names)
+            counted = counted.group_by(["cell", "seen"]).aggregate([("num_docs", "sum"), ("tokens", "sum")])
+            return (
+                counted.rename_columns(["cell", "seen", "num_docs", "tokens"])
+                .cast(schema)
+                .sort_by([("cell", "ascending"), ("seen", "ascending")])
+            )
+        base = self.db.arrow(SQL_FILE, "catalog_cells")
+        totals = {
+            c: [d, t] for c, d, t in zip(*(base[k].to_pylist() for k in ("cell", "num_docs", "tokens")))
+        }
+        consumed: list[tuple[int, int, int, int]] = []
+        if with_seen:
+            seen = self._pass("pass_counts", with_seen=True, only_seen=True)
+            for c, s, d, t in zip(*(seen[k].to_pylist() for k in ("cell", "seen", "num_docs", "tokens"))):
+                if s > 0:
+                    totals[c][0] -= d
+                    totals[c][1] -= t
+                    consumed.append((c, s, d, t))
+        rows = [(c, 0, d, t) for c, (d, t) in totals.items() if d > 0] + consumed
+        return pa.Table.from_pylist([dict(zip(schema.names, r)) for r in sorted(rows)], schema=schema)
 
-    def _ensure_docs(self) -> None:
-        """Make `console_docs` current: rebuilt if documents or scores changed, seen counts resynced if they
-        changed behind this console (record_consumed keeps them in step otherwise)."""
-        self._ensure_temp_tables()
-        key = self.db.run(SQL_FILE, "cache_fingerprint")[0]
-        if key != self._docs_key:
-            self._docs_key = self._seen_key = None
-            self._build_docs()
-            self._docs_key = key
-        seen = self._seen_fingerprint()
-        if seen != self._seen_key:
-            self.db.run(SQL_FILE, "sync_seen", run_id=self.run_id)
-            self._seen_key = seen
+    def _same_cells(self) -> bool:
+        """Whether the run's packed cells are the catalog's (`doc_cells`): the same agents with labels, each
+        with the same label count and stride (the run's agents in the catalog's order)."""
+        stored = {a: (n, int(stride)) for a, n, stride in self.db.run(SQL_FILE, "catalog_agents")}
+        return stored == {a: (n, stride) for a, n, stride in self.agent_labels}
 
-    def _build_docs(self) -> None:
-        """Build `console_docs`: every selectable document and its packed label tuple.
-
-        This is the one join of the documents with every agent's scores; rounds reuse it. It is built range
-        by range of doc ids (see docs_cache_chunks) so that its hash tables stay small.
-        """
+    def _pass(
+        self,
+        name: str,
+        *,
+        with_seen: bool = True,
+        only_seen: bool = False,
+        with_tie: bool = False,
+        fill: Mapping[str, str] | None = None,
+        **params: Any,
+    ) -> pa.Table:
+        """One streaming pass over the selectable documents (`pass_docs`: each document's packed labels,
+        tokens and seen count), range by range of doc ids (see pass_chunks), through the query `name` of
+        sql/console.sql (`{pass}` in it: the pass; `fill`: its other fragments; `params`: bound parameters);
+        returns what that query keeps, concatenated. Only one range's rows and what the query keeps are ever
+        in memory. The pass scans the catalog's `doc_cells` (its cells re-packed for the run's agents through
+        `console_cellmap` when they differ); over a read-only catalog whose cells are stale, it joins every
+        agent's scores instead (`pass_docs_scores`)."""
+        current = self.catalog.ensure_cells()
         terms, joins = [], []
         for i, (agent, num_labels, stride) in enumerate(self.agent_labels):
-            fill = {"i": i, "agent_lit": quote_literal(agent), "max_label": num_labels - 1, "stride": stride}
-            terms.append(fragment(SQL_FILE, "docs_cache_cell_term").format(**fill))
-            joins.append(fragment(SQL_FILE, "docs_cache_join").format(**fill))
+            args = {"i": i, "agent_lit": quote_literal(agent), "max_label": num_labels - 1, "stride": stride}
+            terms.append(fragment(SQL_FILE, "pass_cell_term").format(**args))
+            if not current:
+                joins.append(fragment(SQL_FILE, "pass_join").format(**args))
         tie = "NULL"
-        if self.config.tie_break != "hash":
+        if with_tie and self.config.tie_break != "hash":
             names = [agent for agent, _, _ in self.agent_labels]
             i = names.index(self.config.tie_break) if self.config.tie_break in names else len(names)
-            if i == len(names):
+            if current or i == len(names):
                 joins.append(
-                    fragment(SQL_FILE, "docs_cache_join").format(
+                    fragment(SQL_FILE, "pass_join").format(
                         i=i, agent_lit=quote_literal(self.config.tie_break)
                     )
                 )
             tie = f"s{i}.score"
-        insert = fragment(SQL_FILE, "docs_cache_insert").format(
-            cell="\n".join(terms), joins="\n".join(joins), tie=tie
-        )
-        self.db.run(SQL_FILE, "docs_cache_create")
-        for lo, hi in self.db.run(SQL_FILE, "docs_cache_chunks", chunk_rows=_CHUNK_ROWS):
-            self.db.execute(insert, {"bytes_per_token": self.config.bytes_per_token, "lo": lo, "hi": hi})
+        seen = "pass_only_seen" if only_seen else "pass_seen" if with_seen else None
+        seen_args = {
+            "seen": "CAST(0 AS INTEGER)" if seen is None else fragment(SQL_FILE, seen),
+            "seen_join": "" if seen is None else fragment(SQL_FILE, f"{seen}_join"),
+        }
+        cell_map = None
+        if not current:
+            docs = fragment(SQL_FILE, "pass_docs_scores").format(
+                cell="\n".join(terms), joins="\n".join(joins), tie=tie, **seen_args
+            )
+        elif self._same_cells():
+            docs = fragment(SQL_FILE, "pass_docs").format(
+                cell="CAST(d.full_cell AS BIGINT)",
+                cell_join="",
+                joins="\n".join(joins),
+                tie=tie,
+                **seen_args,
+            )
+        else:
+            cell_map = self.db.arrow(SQL_FILE, "cell_map")
+            docs = fragment(SQL_FILE, "pass_docs").format(
+                cell="k.cell",
+                cell_join=fragment(SQL_FILE, "pass_cell_join"),
+                joins="\n".join(joins),
+                tie=tie,
+                **seen_args,
+            )
+        query = fragment(SQL_FILE, name).format(**{"pass": docs, **(fill or {})})
+        params.update(bytes_per_token=self.config.bytes_per_token, run_id=self.run_id)
+        if only_seen:
+            ranges = [(-(2**63), 2**63 - 1)]
+        else:
+            chunks, chunk_rows = (
+                ("cell_chunks", _CELL_CHUNK_ROWS) if current else ("pass_chunks", _CHUNK_ROWS)
+            )
+            ranges = self.db.run(SQL_FILE, chunks, chunk_rows=chunk_rows) or [(0, 0)]
+        with contextlib.ExitStack() as stack:
+            if cell_map is not None:
+                stack.enter_context(self.db.registered("console_cellmap", cell_map))
+            return pa.concat_tables(
+                [self.db.execute_arrow(query, {**params, "lo": lo, "hi": hi}) for lo, hi in ranges]
+            )

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 import corpus_agents.training.console as console_module
@@ -457,16 +458,19 @@ def test_rescoring_rebuilds_the_label_index(catalog: Catalog, tmp_path: Path) ->
     assert all(labels_of(doc_index(d))["domain"] == 0 for d in after)
 
 
-def test_label_index_built_in_chunks_is_the_same(
+def test_pass_in_chunks_is_the_same(
     catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     whole = make_console(catalog, "whole")
     learn(whole, 1)
     expected = selected_ids(whole.select(1, 6_000, tmp_path / "a.parquet"))
     monkeypatch.setattr(console_module, "_CHUNK_ROWS", 250)  # 2 shards of 600 rows: 5 ranges
+    monkeypatch.setattr(console_module, "_CELL_CHUNK_ROWS", 250)  # (the pass over doc_cells likewise)
     chunked = Console(catalog, "whole")
     assert selected_ids(chunked.select(1, 6_000, tmp_path / "b.parquet")) == expected
-    assert chunked.db.execute("SELECT count(*) FROM console_docs")[0][0] == len(selectable(catalog))
+    # (the console keeps no per-document table any more: the streaming pass itself sees every document once)
+    counted = chunked._pass("pass_counts")
+    assert pc.sum(counted["num_docs"]).as_py() == len(selectable(catalog))
 
 
 def test_many_rounds_stay_finite(catalog: Catalog, tmp_path: Path) -> None:
@@ -477,3 +481,20 @@ def test_many_rounds_stay_finite(catalog: Catalog, tmp_path: Path) -> None:
         console.record_consumed(selected_ids(console.select(r, 3_000, tmp_path / f"r{r}.parquet")))
     state = console.state()
     assert all(math.isfinite(v) for w in state.w.values() for v in w.values())
+
+
+def test_read_only_catalog_counts_stale_cells_without_writing(catalog: Catalog) -> None:
+    """The fixture's scores were inserted behind the catalog's back: its cell statistics are stale. Read-only,
+    the console counts the cells in a pass and writes nothing; writable, it recounts them: the same cells."""
+    console = make_console(catalog)
+    catalog.read_only = True  # type: ignore[attr-defined]  (the seam read-only opening sets)
+    assert not catalog.ensure_cells()
+    with console._agents_registered():  # what every console call registers
+        counted = console._cells(with_seen=True)
+    assert catalog.get_meta("cells_key") is None
+    assert catalog.execute("SELECT count(*) FROM cell_stats") == [(0,)]  # documents too came behind its back
+    assert counted.num_rows > 10
+    catalog.read_only = False  # type: ignore[attr-defined]
+    with console._agents_registered():
+        assert console._cells(with_seen=True).equals(counted)
+    assert catalog.ensure_cells() and catalog.get_meta("cells_key") is not None

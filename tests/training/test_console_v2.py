@@ -218,6 +218,28 @@ def test_each_stratum_draws_m_documents_of_its_label(catalog: Catalog) -> None:
     assert catalog.execute("SELECT count(*) FROM probes WHERE round = 1")[0][0] == len(probes)
 
 
+def test_update_takes_the_draw_that_draw_probes_recorded(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round's probes are drawn in one pass: draw_strata and update take the draw draw_probes recorded
+    (probe_draws); once the documents or scores change (another cells_key) the round is drawn again."""
+    calls: list[int] = []
+    draw_pass = Console._draw_pass
+    monkeypatch.setattr(Console, "_draw_pass", lambda self, r: calls.append(r) or draw_pass(self, r))
+    console = make_console(catalog)
+    probes = console.draw_probes(1)
+    strata = console.draw_strata(1)
+    console.update(1, oracle(probes["doc_id"].to_pylist(), 1))
+    assert calls == [1]
+    recorded = catalog.execute("SELECT agent, label_id, doc_id FROM probe_strata ORDER BY ALL")
+    assert recorded == [tuple(r.values()) for r in strata.to_pylist()]
+    assert Console(catalog, "run").draw_probes(1).equals(probes)  # a fresh console takes the record too
+    assert calls == [1]
+    catalog.execute("INSERT INTO scores VALUES ('unknown', -1, NULL, NULL)")  # another cells_key
+    assert console.draw_probes(1).equals(probes)  # the same labels: the same draw, drawn again
+    assert calls == [1, 1]
+
+
 def test_stratified_draw_is_uniform_within_each_label(catalog: Catalog) -> None:
     """Over 300 rounds, every document of the 40-document label is drawn about 300 * 8 / 40 = 60 times: the
     counts pass a chi-square test of uniformity; the label's draw ignores the other agents' labels."""
