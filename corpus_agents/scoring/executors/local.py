@@ -30,8 +30,8 @@ _channel: Connection | None = None
 def pool_context() -> mp.context.BaseContext:
     """Where pool workers come from: a fork server, started once per process with the scoring modules
     imported, forks each worker, so a worker costs a fork rather than a fresh interpreter and its imports;
-    workers are never forks of this process (which holds DuckDB and threads). They inherit the environment
-    of the server's start. Where there are no fork servers: spawn."""
+    workers are never forks of this process (which holds DuckDB and threads). Each worker takes this process's
+    environment as it is when the pool starts (`_init_worker`). Where there are no fork servers: spawn."""
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
@@ -47,10 +47,14 @@ def stop_pool_server() -> None:
     forkserver._forkserver._stop()
 
 
-def _init_worker(channel: Connection) -> None:
-    """Pool initializer: one model-thread per worker so N workers use N cores, and the channel to the owner."""
+def _init_worker(channel: Connection, environ: dict[str, str]) -> None:
+    """Pool initializer: the owner's environment as it is now (the fork server kept the one of its start:
+    credentials or endpoints set since then must reach the workers), one model-thread per worker so N
+    workers use N cores, and the channel to the owner."""
     global _channel
     _channel = channel
+    os.environ.clear()
+    os.environ.update(environ)
     threading.Thread(target=_exit_with_parent, daemon=True).start()
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # read by torch/OpenMP when an agent first imports them
     if "torch" in sys.modules:  # importing torch here would cost seconds per worker for fastText-only runs
@@ -146,7 +150,10 @@ def _run_pool(
     interrupted: list[tuple[int, Task]] = []
     try:
         with ProcessPoolExecutor(
-            min(workers, len(todo)), mp_context=ctx, initializer=_init_worker, initargs=(sender,)
+            min(workers, len(todo)),
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(sender, dict(os.environ)),
         ) as pool:
             futures = {}
             for key, task in todo:

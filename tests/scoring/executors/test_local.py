@@ -3,6 +3,7 @@ failing alone, and pool workers that score a real shard without importing DuckDB
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -35,6 +36,11 @@ def count_twice(task: FakeTask, progress) -> list[tuple]:
 
 
 TASKS = [FakeTask(f"t{i}", i + 1) for i in range(6)]
+
+
+def read_env(task: FakeTask, progress) -> list[tuple]:
+    """Fake work: the worker's value of the environment variable the task names."""
+    return [(task.name, os.environ.get(task.name))]
 
 
 @pytest.mark.parametrize("workers", [1, 3])
@@ -89,3 +95,13 @@ def test_pool_workers_scoring_fasttext_import_neither_duckdb_nor_pandas(tmp_path
     assert [(r["duckdb"], r["pandas"]) for r in reports] == [(False, False)] * 2
     assert {r["start"] for r in reports} <= {"forkserver", "spawn"}
     assert sum(seen) == 48
+
+
+def test_workers_see_the_environment_of_when_their_pool_starts(monkeypatch):
+    # the fork server outlives a pool: a variable set after its start (credentials, an endpoint) must
+    # still reach the next pool's workers, as with spawned workers
+    task = FakeTask("CORPUS_AGENTS_TEST_ENDPOINT", 1)
+    list(run_local([task, task], read_env, lambda n: None, workers=2))  # a server is running now
+    monkeypatch.setenv(task.name, "http://127.0.0.1:9")
+    results = list(run_local([task, task], read_env, lambda n: None, workers=2))
+    assert results == [[(task.name, "http://127.0.0.1:9")]] * 2
