@@ -42,6 +42,7 @@ def test_config_changes_lists_dotted_keys() -> None:
     ) == {"train.lr": (1, 2)}
 
 
+@pytest.mark.slow  # in .ci/run's slow line; keeps the default run under 5 minutes
 def test_resume_refuses_a_changed_config_unless_allowed_and_rebuilds_the_schedule(
     workspace: tuple[Path, Path],
 ) -> None:
@@ -73,6 +74,7 @@ def test_resume_refuses_a_changed_config_unless_allowed_and_rebuilds_the_schedul
     assert json.loads((RunPaths.of(ws, "r").root / RUN_FILE).read_text())["config"]["train"]["lr"] == 0.002
 
 
+@pytest.mark.slow  # in .ci/run's slow line; keeps the default run under 5 minutes
 def test_a_replaced_agent_is_refused_by_resume_and_init_from_unless_reset(
     workspace: tuple[Path, Path],
 ) -> None:

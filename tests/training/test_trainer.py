@@ -9,12 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from helpers import TINY, console_tables, final_weights, train
 
 from corpus_agents.scoring.catalog import Catalog
 from corpus_agents.training.runs import RunPaths, read_run_log
 
 
+@pytest.mark.slow  # in .ci/run's slow line; keeps the default run under 5 minutes
 def test_training_rounds_move_the_console_and_resume_after_kill_9_matches(
     workspace: tuple[Path, Path],
 ) -> None:

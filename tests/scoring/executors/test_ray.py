@@ -72,6 +72,7 @@ def score_ray(ws: Path, *extra: str) -> None:
     invoke("score", ws, "--executor", "ray", "--workers", "2", "--quiet", "--batch-rows", "64", *extra)
 
 
+@pytest.mark.slow  # in .ci/run's slow line; keeps the default run under 5 minutes
 def test_ray_executor_matches_local(tmp_path, make_corpus, fasttext_model, ray_instance):
     local, on_ray = workspaces(tmp_path, make_corpus, fasttext_model, "local", "ray")
     # Partial parts first (--sample-fraction), then the full run that replaces them.
@@ -112,6 +113,7 @@ def test_gpu_agent_runs_in_its_own_pool(tmp_path, make_corpus, fasttext_model, r
     assert catalog_state(on_ray) == catalog_state(local)
 
 
+@pytest.mark.slow  # in .ci/run's slow line; keeps the default run under 5 minutes
 def test_ray_actors_do_not_import_duckdb(tmp_path, ray_instance):
     """A real shard scored in a Ray actor, CPU and GPU pools alike, leaves DuckDB unimported there."""
     import ray.cloudpickle
@@ -139,6 +141,7 @@ def test_ray_actors_do_not_import_duckdb(tmp_path, ray_instance):
     assert seen == [24]  # the task's documents once, not once per pool
 
 
+@pytest.mark.slow  # in .ci/run's slow line; keeps the default run under 5 minutes
 def test_a_raising_task_fails_alone_on_ray(tmp_path, ray_instance):
     import ray.cloudpickle
 
@@ -188,6 +191,7 @@ def kill_first_writer(parts: Path, stop: threading.Event, killed: list[int]) -> 
         time.sleep(0.002)
 
 
+@pytest.mark.slow  # in .ci/run's slow line; keeps the default run under 5 minutes
 def test_ray_worker_killed_mid_shard_is_retried(tmp_path, make_corpus, fasttext_model, ray_instance):
     local, on_ray = workspaces(tmp_path, make_corpus, fasttext_model, "local", "ray")
     score_local(local)
