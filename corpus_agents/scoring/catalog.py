@@ -32,7 +32,7 @@ import re
 import sys
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,6 +182,14 @@ def _holder(lock_path: Path) -> str:
         return _holder_name(lock_path.read_text())
     except OSError:
         return "another process"
+
+
+def _map_paths(config: dict[str, Any], fn: Callable[[Any], Any]) -> dict[str, Any]:
+    """An agent config with `fn` applied to each value, and to each item of the lists of paths (PATH_LISTS)."""
+    return {
+        key: [fn(v) for v in value] if key in PATH_LISTS and isinstance(value, list) else fn(value)
+        for key, value in config.items()
+    }
 
 
 class _Sql:
@@ -613,12 +621,7 @@ class Catalog(_Sql):
                 return value if rel == value else WS_PREFIX + rel
             return value
 
-        return {
-            key: [stored(v) for v in value]
-            if key in PATH_LISTS and isinstance(value, list)
-            else stored(value)
-            for key, value in config.items()
-        }
+        return _map_paths(config, stored)
 
     def _resolved_config(self, config: dict[str, Any]) -> dict[str, Any]:
         def resolved(value: Any) -> Any:
@@ -626,12 +629,7 @@ class Catalog(_Sql):
                 return str(self.dir / value.removeprefix(WS_PREFIX))
             return value
 
-        return {
-            key: [resolved(v) for v in value]
-            if key in PATH_LISTS and isinstance(value, list)
-            else resolved(value)
-            for key, value in config.items()
-        }
+        return _map_paths(config, resolved)
 
     def _relocate(self) -> None:
         """Rewrite absolute paths into this workspace, or into where it was last opened, as relative ones;

@@ -10,6 +10,7 @@ import duckdb
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from helpers import TINY as HELPER_TINY
 
 from corpus_agents.cli import main
 from corpus_agents.config import load_config
@@ -21,12 +22,10 @@ from corpus_agents.training.runs import static_selection
 from corpus_agents.training.trainer import Trainer
 
 TINY = [
-    "model.preset=tiny", "model.seq_len=64", "model.overrides={hidden_size: 32, intermediate_size: 64, "
-    "num_hidden_layers: 2, num_attention_heads: 2, num_key_value_heads: 1}",
-    "tokenizer.vocab_size=512", "tokenizer.sample_docs=300", "train.steps=6", "train.batch_size=2",
-    "train.warmup_steps=2", "train.log_every=2", "rounds.every=3", "rewards.max_tokens=64",
-    "console.probes_per_label=3",
-]  # fmt: skip
+    *HELPER_TINY,
+    "train.steps=6",
+    "train.log_every=2",
+]  # the shared tiny run, changed where this test needs it
 RUNS = {  # run id -> extra overrides: two seeds of the method, one of random selection
     "method-seed0": ["train.seed=0"],
     "method-seed1": ["train.seed=1"],

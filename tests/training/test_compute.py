@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import TINY as HELPER_TINY
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -92,12 +93,11 @@ def test_rewards_count_the_tokens_they_process_without_padding(tokenizer) -> Non
 
 
 TINY = [
-    "model.preset=tiny", "model.seq_len=64", "model.overrides={hidden_size: 32, intermediate_size: 64, "
-    "num_hidden_layers: 2, num_attention_heads: 2, num_key_value_heads: 1}",
-    "tokenizer.vocab_size=512", "tokenizer.sample_docs=300", "train.steps=6", "train.batch_size=2",
-    "train.warmup_steps=2", "train.log_every=3", "rounds.every=2", "rewards.max_tokens=64",
+    *HELPER_TINY,
+    "train.steps=6",
+    "rounds.every=2",
     "console.probes_per_label=2",
-]  # fmt: skip
+]  # the shared tiny run, changed where this test needs it
 
 
 @pytest.fixture(scope="module")

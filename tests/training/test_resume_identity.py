@@ -20,16 +20,6 @@ from corpus_agents.training.selector import RUN_FILE, config_changes
 from corpus_agents.training.trainer import lr_lambda
 
 
-@pytest.fixture
-def workspace(tmp_path: Path, scored_workspace) -> tuple[Path, Path]:
-    ws = scored_workspace(tmp_path, 60)
-    config = tmp_path / "pipeline.yaml"
-    config.write_text(
-        "references:\n  - {name: docs, path: '{workspace}/reference.parquet', prompt: '{prompt}', answer: '{answer}'}\n"
-    )
-    return ws, config
-
-
 def run(ws: Path, config: Path, run_id: str, *extra: str) -> tuple[int, str]:
     proc = train(ws, config, run_id, *extra)
     out, _ = proc.communicate(timeout=600)
