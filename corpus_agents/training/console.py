@@ -879,7 +879,13 @@ class Console:
         q = quota[g]
         u = rows["u_round"][order]
         taken = (before + tok <= q) | ((before < q) & (u * tok < q - before))
-        return _snapshot_rows(cells, rows, np.concatenate([np.nonzero(whole[group])[0], order[taken]]))
+        picked = np.concatenate([np.nonzero(whole[group])[0], order[taken]])
+        if len(picked) == 0 and len(order):
+            # Every quota is under one document and no coin came up: the largest quota's cell gives its
+            # first document, so that a budget above zero never selects nothing.
+            first = int(np.searchsorted(g, int(np.argmax(quota))))
+            picked = order[first : first + 1]
+        return _snapshot_rows(cells, rows, picked)
 
     def _ordered_rows(self, cells: pa.Table, round: int, budget_tokens: int, mode: str) -> pa.Table:
         """`topk`, `gumbel`, `random`: the longest prefix of the mode's order within the budget. Levels

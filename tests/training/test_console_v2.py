@@ -305,6 +305,17 @@ def expected_cell_quotas(console: Console, round_: int, budget: int) -> dict[tup
     }
 
 
+def test_sample_selection_under_one_document_still_selects_one(catalog: Catalog, tmp_path: Path) -> None:
+    """A budget of one token puts every cell's quota under one document, so each crossing document is
+    taken only by its coin (here none comes up): the selection is not empty but the first document of the
+    largest quota's cell, the same one each time."""
+    console = make_console(catalog, agents=["real", "noise"], tau=1.0)
+    run_rounds(console, 1)
+    first = read_snapshot(console.select(1, 1, tmp_path / "a.parquet"))[0]
+    again = read_snapshot(console.select(1, 1, tmp_path / "b.parquet"))[0]
+    assert first.num_rows == 1 and first["doc_id"].to_pylist() == again["doc_id"].to_pylist()
+
+
 def test_sample_selection_realises_q_per_cell(catalog: Catalog, tmp_path: Path) -> None:
     console = make_console(catalog, agents=["real", "noise"], tau=1.0)
     run_rounds(console, 2)
