@@ -858,7 +858,12 @@ def report(workspace: str, run_ids: tuple[str, ...], out: str | None, group: str
     type=POSITIVE,
     default=1_000_000,
     show_default=True,
-    help="Token budget of a --static selection.",
+    help="Token budget of a --static selection: real tokens of --tokenizer (EOS included), else estimated.",
+)
+@click.option(
+    "--tokenizer",
+    help="Tokenizer directory or hub name that a --static selection's budget counts (default: the "
+    "--init-from run's; without one the catalog's bytes-per-token estimate).",
 )
 @click.option(
     "--mode",
@@ -889,6 +894,7 @@ def select_cmd(
     mode: str | None,
     config_path: str | None,
     init_from: str | None,
+    tokenizer: str | None,
     print_config: bool,
 ) -> None:
     """Summarise a run's selection of a round, or make a static one (fusion + top-k, no training feedback).
@@ -912,7 +918,9 @@ def select_cmd(
 
     with Workspace.open(workspace, read_only=not static) as ws:
         if static:
-            ws.static_selection(run_id, tokens, console=config.console.to_dict(), init_from=init_from)
+            ws.static_selection(
+                run_id, tokens, console=config.console.to_dict(), init_from=init_from, tokenizer=tokenizer
+            )
             round_ = 0
         click.echo(ws.describe_selection(run_id, round_))
 

@@ -376,15 +376,27 @@ class Workspace:
         mode: SelectionMode | None = None,
         console: Mapping[str, Any] | None = None,
         init_from: str | None = None,
+        tokenizer: str | None = None,
     ) -> Path:
         """Fuse the agents with the console's round-0 state (the `console` section of a pipeline, or the
         learnt weights of run `init_from`) and select `tokens` without training: round 0 of run `run`.
-        `mode` overrides the console's (default: its preset's, `sample` for v2). Returns the snapshot's
-        path; `selection(run, 0)` reads it."""
+        `tokens` are real tokens of `tokenizer` (a directory or hub name; default: the tokenizer run
+        `init_from` trained with), each document's EOS included, counted through the workspace's token
+        cache; with no tokenizer, the catalog's bytes-per-token estimate. `mode` overrides the console's
+        (default: its preset's, `sample` for v2). Returns the snapshot's path; `selection(run, 0)` reads it."""
+        from corpus_agents.training.export import run_tokenizer
+        from corpus_agents.training.reader import snapshot_tokens
         from corpus_agents.training.runs import static_selection
+        from corpus_agents.training.token_cache import token_cache_dir
 
         self._check_writable("make a selection")
         check_run_id(run)
         if init_from is not None:
             check_run_id(init_from)
-        return static_selection(self.catalog, run, tokens, mode, dict(console or {}), init_from)
+        tok = run_tokenizer(self.catalog.dir, init_from, tokenizer) if tokenizer or init_from else None
+        real_tokens = (
+            None
+            if tok is None
+            else lambda snapshot: snapshot_tokens(snapshot, tok.tokenizer, token_cache_dir(self.catalog.dir))
+        )
+        return static_selection(self.catalog, run, tokens, mode, dict(console or {}), init_from, real_tokens)

@@ -101,3 +101,7 @@ SELECT l.* FROM exported e JOIN doc_labels l USING (doc_id) ORDER BY l.doc_id;
 DELETE FROM agent_memory WHERE run_id = $run_id AND agent = $agent AND round >= $round;
 INSERT INTO agent_memory (run_id, round, agent, label_id, w)
 SELECT $run_id, $round, agent, label_id, 0.0 FROM agent_labels WHERE agent = $agent;
+
+-- name: selection_tokens
+-- A selection's tokens as the console counted them (the catalog's estimate).
+SELECT tokens FROM selections WHERE run_id = $run_id AND round = $round;

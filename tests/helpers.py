@@ -280,6 +280,9 @@ TINY = [
     "tokenizer.vocab_size=512", "tokenizer.sample_docs=300", "train.steps=9", "train.batch_size=2",
     "train.warmup_steps=2", "train.log_every=3", "rounds.every=3", "rewards.max_tokens=64",
     "console.probes_per_label=3",
+    # A round reads a few hundred real tokens; selecting four times that keeps a selection of whole
+    # documents (the ordered modes never go over the budget) from falling under one sequence.
+    "rounds.oversample=4",
 ]  # fmt: skip
 
 

@@ -12,7 +12,8 @@ was the other candidate; it is read through megatron-core's compiled helpers, wh
 plain arrays that numpy writes and any trainer memory-maps.
 
 Documents are tokenised as the built-in trainer reads them (`reader.encode_texts`: no special tokens, then
-EOS), in doc_id order, cut into files of about `shard_tokens` tokens (a document is never split; a file
+EOS), through the workspace's token cache (`WS/cache/tokens`, which training fills: what a run read is not
+tokenised again), in doc_id order, cut into files of about `shard_tokens` tokens (a document is never split; a file
 ends with the first document that reaches the count), and shuffled inside each file with (seed, file
 number), as datatrove's tokenizer does by default: its readers read a file sequentially.
 
@@ -24,13 +25,13 @@ export.json records the totals last. A `datasets` dataset is built beside OUT an
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +41,14 @@ import pyarrow.parquet as pq
 
 from corpus_agents.errors import CorpusAgentsError
 from corpus_agents.scoring.catalog import Catalog
-from corpus_agents.scoring.corpus import iter_doc_batches, pack_doc_ids, unpack_doc_ids
+from corpus_agents.scoring.corpus import iter_doc_batches, open_parquet, pack_doc_ids, unpack_doc_ids
 from corpus_agents.storage import atomic_path, remove_path, temp_path
 from corpus_agents.training.models import load_tokenizer
-from corpus_agents.training.reader import encode_texts
+from corpus_agents.training.reader import encode_texts, flatten
 from corpus_agents.training.runs import RunPaths, selection_path
 from corpus_agents.training.selection import ShardRef, read_snapshot
 from corpus_agents.training.selector import read_run_record
+from corpus_agents.training.token_cache import TokenCache, token_cache_dir
 
 FORMATS = ("parquet", "tokens", "hf")
 MANIFEST = "export.json"  # in OUT: the export's settings, then its totals once complete
@@ -84,12 +86,15 @@ class ExportTokenizer:
     eos_id: int
     vocab_size: int
     fingerprint: str
+    cache: TokenCache | None = None  # the workspace's token cache (`document_tokens`)
 
     @classmethod
-    def load(cls, name: str) -> ExportTokenizer:
+    def load(cls, name: str, cache_root: str | Path | None = None) -> ExportTokenizer:
+        """`name` (a directory or hub name), with the token cache under `cache_root` if given."""
         tok = load_tokenizer(name)
         digest = hashlib.sha256(tok.backend_tokenizer.to_str().encode()).hexdigest()[:16]
-        return cls(tok, name, int(tok.eos_token_id), len(tok), digest)
+        cache = None if cache_root is None else TokenCache(cache_root, tok)
+        return cls(tok, name, int(tok.eos_token_id), len(tok), digest, cache)
 
     @property
     def token_bytes(self) -> int:
@@ -105,22 +110,50 @@ def run_tokenizer(workspace: str | Path, run_id: str, name: str | None) -> Expor
         name = record.get("config", {}).get("tokenizer", {}).get("path")
         if name is None and (paths.tokenizer / "tokenizer.json").is_file():
             name = str(paths.tokenizer)
-    return None if name is None else ExportTokenizer.load(name)
+    return None if name is None else ExportTokenizer.load(name, token_cache_dir(workspace))
 
 
 def document_tokens(
-    tok: ExportTokenizer, shard_id: int, rows: np.ndarray, texts: list[str]
+    tok: ExportTokenizer, ref: ShardRef, rows: np.ndarray, texts: list[str]
 ) -> tuple[np.ndarray, np.ndarray]:
     """(token ids of the documents back to back, each followed by EOS; tokens per document, EOS included)
-    for rows `rows` of shard `shard_id`, as the trainer reads them.
+    for rows `rows` (sorted, as `Selection.texts` gives them) of shard `ref`, whose `texts` are read, as
+    the trainer reads them.
 
-    Every token an export writes or counts comes from here: a per-(tokenizer, shard) token cache plugs in
-    by returning the cached ids of (`shard_id`, `rows`) for `tok.fingerprint` instead of encoding `texts`.
+    Every token an export writes or counts comes from here. With `tok.cache` (the workspace's token cache,
+    which training filled with the same documents), rows it holds are not tokenised again and those it
+    lacks are added to it; the tokens are the same either way.
     """
-    ids = encode_texts(tok.tokenizer, texts)
-    lengths = np.fromiter(map(len, ids), np.int64, len(ids))
-    flat = np.fromiter(chain.from_iterable(ids), np.int64, int(lengths.sum()))
+    if tok.cache is None or tok.cache.path(ref, 0) is None:
+        lengths, flat = flatten(encode_texts(tok.tokenizer, texts))
+    else:
+        groups = np.searchsorted(_group_starts(ref.uri, ref.fingerprint), rows, side="right") - 1
+        parts = []
+        for g in np.unique(groups).tolist():
+            at = np.flatnonzero(groups == g)
+            parts.append(
+                tok.cache.tokens(
+                    ref,
+                    g,
+                    rows[at],
+                    lambda missing, at=at: flatten(
+                        encode_texts(
+                            tok.tokenizer, [texts[i] for i in at[np.searchsorted(rows[at], missing)]]
+                        )
+                    ),
+                )
+            )
+        lengths = np.concatenate([p[0] for p in parts])
+        flat = np.concatenate([p[1] for p in parts]).astype(np.int64)
     return np.insert(flat, np.cumsum(lengths), tok.eos_id), lengths + 1
+
+
+@functools.lru_cache(maxsize=64)
+def _group_starts(uri: str, fingerprint: str | None) -> np.ndarray:
+    """The first row of each row group of a shard (and its row count last), per registered version."""
+    meta = open_parquet(uri).metadata
+    rows = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    return np.concatenate([[0], np.cumsum(rows, dtype=np.int64)])
 
 
 @dataclass(frozen=True)
@@ -252,7 +285,9 @@ def _labelled(
             part = catalog.arrow("runs.sql", "export_labels")
         part = part.append_column("text", pa.array(texts, pa.string()))
         if tok is not None:
-            part = part.append_column("num_tokens", pa.array(document_tokens(tok, shard_id, rows, texts)[1]))
+            part = part.append_column(
+                "num_tokens", pa.array(document_tokens(tok, selection.shards[shard_id], rows, texts)[1])
+            )
         yield part
 
 
@@ -323,7 +358,7 @@ def _write_tokens(
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (tokens, lengths, doc_ids) of this file
     held = 0
     for shard_id, rows, texts in selection.texts(start):
-        flat, lengths = document_tokens(tok, shard_id, rows, texts)
+        flat, lengths = document_tokens(tok, selection.shards[shard_id], rows, texts)
         if len(flat) and (flat.min() < 0 or flat.max() > np.iinfo(dtype).max):
             raise CorpusAgentsError(f"tokenizer {tok.name} yields ids beyond {dtype.itemsize}-byte tokens")
         flat, doc_ids = flat.astype(dtype), pack_doc_ids(shard_id, rows)

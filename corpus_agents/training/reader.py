@@ -18,7 +18,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from corpus_agents.errors import CorpusError, one_line
 from corpus_agents.scoring.corpus import ShardCheck, check_column, decode_texts, open_parquet, resolve_column
 from corpus_agents.training.selection import ShardRef, read_snapshot
-from corpus_agents.training.token_cache import TokenCache, TokenEntry, gather
+from corpus_agents.training.token_cache import TokenCache, gather
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -299,16 +299,27 @@ class SelectionReader(IterableDataset):
         rows = plan.row_idx[plan.block_starts[b] : plan.block_starts[b + 1]]
         ref, group, pf, group_starts = self._checked_block(plan, b)
         assert self._cache is not None
-        entry = self._cache.load(ref, group)
-        missing = rows if entry is None else entry.missing(rows)
-        if len(missing):
-            lengths, tokens = flatten(
+        return self._cache.tokens(
+            ref,
+            group,
+            rows,
+            lambda missing: flatten(
                 self._encode(decode_texts(self._read_rows(ref, group, pf, group_starts, missing)))
-            )
-            new = TokenEntry.of(missing, lengths, tokens)
-            entry = new if entry is None else entry.merged(new)
-            self._cache.store(ref, group, entry)
-        return entry.take(rows)
+            ),
+        )
+
+    def document_tokens(self) -> int:
+        """Tokens the snapshot's documents are read as, all of them: each document's tokens under this
+        reader's tokenizer plus its EOS. Through the token cache when there is one (rows it lacks are
+        tokenised and added, so a later read of the snapshot finds them), else by tokenising every text."""
+        plan = self._get_plan()
+        total = len(plan.doc_id)  # the EOS of each
+        for b in range(len(plan.block_starts) - 1):
+            if self._cache is not None:
+                total += int(self._block_tokens(plan, b)[0].sum())
+            else:
+                total += sum(map(len, self._encode(decode_texts(self._read_block(plan, b)))))
+        return total
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         return encode_texts(self.tokenizer, texts)
@@ -472,4 +483,23 @@ def _own_tokenizer(tokenizer: Tokenizer | PreTrainedTokenizerBase) -> Tokenizer 
     return tokenizer
 
 
-__all__ = ["POSITION_FIELDS", "Flat", "SelectionReader", "collate", "encode_texts", "flatten", "pack"]
+def snapshot_tokens(
+    snapshot: str | os.PathLike,
+    tokenizer: Tokenizer | PreTrainedTokenizerBase,
+    token_cache: str | os.PathLike | None = None,
+) -> int:
+    """Tokens of every document of a selection snapshot as a `SelectionReader` reads them: each document's
+    tokens plus its EOS (`SelectionReader.document_tokens`)."""
+    return SelectionReader(snapshot, tokenizer, 1, 0, token_cache=token_cache).document_tokens()
+
+
+__all__ = [
+    "POSITION_FIELDS",
+    "Flat",
+    "SelectionReader",
+    "collate",
+    "encode_texts",
+    "flatten",
+    "pack",
+    "snapshot_tokens",
+]

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +25,9 @@ from corpus_agents.names import check_run_id
 from corpus_agents.scoring.catalog import Catalog
 from corpus_agents.training.compute import KINDS, Compute
 from corpus_agents.training.selection import read_snapshot
+
+if TYPE_CHECKING:
+    from corpus_agents.training.console import Console
 
 STATE_FILE = "trainer_state.pt"  # in a checkpoint directory: written last, so its presence marks it complete
 LOSS_DIGITS = 5  # losses are logged to 5 decimals, theta and w to 4: enough to compare runs, short lines
@@ -318,11 +322,48 @@ def selection_path(catalog: Catalog, run_id: str, round_: int | None) -> tuple[i
     return int(rows[0][0]), Path(catalog.resolve_path(rows[0][1]))
 
 
+def select_real_tokens(
+    console: Console,
+    round_: int,
+    budget: int,
+    path: Path,
+    real_tokens: Callable[[Path], int] | None,
+    *,
+    mode: str | None = None,
+    ratio: float | None = None,
+) -> Path:
+    """Select `budget` real tokens (as `real_tokens(snapshot)` counts a snapshot: its documents' tokens
+    under a tokenizer, each with its EOS) into `path`. The console
+    counts the catalog's estimate, so it is given `budget / ratio`; with `ratio` None it selects once by the
+    estimate, measures that selection's ratio and selects again. Without `real_tokens`: by the estimate."""
+    given = budget if not ratio else max(1, round(budget / ratio))
+    path = console.select(round_, given, path, mode=mode)
+    if real_tokens is None or ratio is not None:
+        return path
+    ratio = token_ratio(console.catalog, console.run_id, round_, real_tokens(path))
+    if ratio != 1.0:
+        path = console.select(round_, max(1, round(budget / ratio)), path, mode=mode)
+    return path
+
+
+def token_ratio(catalog: Catalog, run_id: str, round_: int, real: int) -> float:
+    """`real` tokens of a round's selection over the tokens the console counted for it (its estimate)."""
+    estimated = catalog.run("runs.sql", "selection_tokens", run_id=run_id, round=round_)[0][0]
+    return real / estimated if estimated else 1.0
+
+
 def static_selection(
-    catalog: Catalog, run_id: str, tokens: int, mode: str | None, console: dict, init_from: str | None
+    catalog: Catalog,
+    run_id: str,
+    tokens: int,
+    mode: str | None,
+    console: dict,
+    init_from: str | None,
+    real_tokens: Callable[[Path], int] | None = None,
 ) -> Path:
     """Fuse the agents with the console's round-0 state (config prior, or a run's learnt w and theta) and
-    select `tokens` without any training feedback: round 0 of run `run_id`."""
+    select `tokens` without any training feedback: round 0 of run `run_id`. `tokens` are real tokens as
+    `real_tokens` counts a snapshot (`select_real_tokens`), estimated ones without it."""
     from corpus_agents.training.console import Console, ConsoleConfig
 
     paths = RunPaths.of(catalog.dir, run_id)  # the run id is checked before the run is recorded
@@ -330,7 +371,7 @@ def static_selection(
     config = ConsoleConfig.from_dict({**console, **({"mode": mode} if mode else {})})
     with Console(catalog, run_id, config) as con:
         con.start(init_from=init_from)
-        return con.select(0, tokens, paths.selection(0))
+        return select_real_tokens(con, 0, tokens, paths.selection(0), real_tokens)
 
 
 def label_shares(catalog: Catalog, doc_ids: pa.Array) -> list[tuple[str, str, int, float]]:

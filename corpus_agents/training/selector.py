@@ -47,10 +47,11 @@ from corpus_agents.config import PipelineConfig
 from corpus_agents.errors import CorpusAgentsError
 from corpus_agents.scoring.catalog import Catalog
 from corpus_agents.scoring.corpus import read_doc_texts
+from corpus_agents.scoring.driver import model_hashes
 from corpus_agents.storage import atomic_path
 from corpus_agents.training.compute import FORWARD, FORWARD_BACKWARD, Compute, batch_tokens, flop_params
 from corpus_agents.training.distributed import Distributed
-from corpus_agents.training.reader import SelectionReader
+from corpus_agents.training.reader import SelectionReader, snapshot_tokens
 from corpus_agents.training.runs import (
     LogWriter,
     Record,
@@ -60,7 +61,9 @@ from corpus_agents.training.runs import (
     StepRecord,
     ensure_schema,
     record_compute,
+    select_real_tokens,
     summary_line,
+    token_ratio,
 )
 from corpus_agents.training.token_cache import token_cache_dir
 
@@ -312,7 +315,9 @@ class Selector:
         self.new_run = True
         if catalog is not None:
             ensure_schema(catalog)
-            self.agent_fingerprints = {a.name: a.fingerprint() for a in catalog.agents()}
+            hashes = model_hashes(catalog)  # model and side files hashed again only once they change
+            self.agent_fingerprints = {a.name: a.fingerprint(hashes) for a in catalog.agents()}
+            hashes.save()
             unknown = [a for a in self.reset_agents if a not in self.agent_fingerprints]
             if unknown:
                 raise CorpusAgentsError(f"--reset-agent {unknown[0]}: no such agent in {catalog.dir}")
@@ -528,10 +533,28 @@ class Selector:
         return one_step_rewards(model, optimizer, docs, self.probe_batches, compute=compute)  # one_step
 
     def _select(self, round_: int) -> Path:
-        """The round's selection snapshot, for every rank's tokens (rank 0 only)."""
+        """The round's selection snapshot, for every rank's tokens (rank 0 only).
+
+        The budget, U * tokens per step * oversample, is in real tokens as the stream reads them (each
+        document's tokens under the run's tokenizer plus its EOS; `runs.select_real_tokens`): the console,
+        which counts the catalog's estimate, is given it over the real/estimated ratio of every document of
+        the previous round's selection, counted through the token cache that the stream filled with them;
+        round 0 measures a first selection by the estimate and selects again. The ratio depends only on the
+        selections, never on what the cache happened to hold, so a resumed run selects the same documents."""
         budget = int(self.config.rounds.every * self.tokens_per_step * self.config.rounds.oversample)
         mode = "random" if round_ == 0 else None  # round 0 is the random warm-up
-        return self.console.select(round_, budget, self.paths.selection(round_), mode=mode)
+        ratio = None
+        if round_ > 0:
+            previous = self._real_tokens(self.paths.selection(round_ - 1))
+            ratio = token_ratio(self.catalog, self.run_id, round_ - 1, previous)
+        path = self.paths.selection(round_)
+        return select_real_tokens(
+            self.console, round_, budget, path, self._real_tokens, mode=mode, ratio=ratio
+        )
+
+    def _real_tokens(self, snapshot: Path) -> int:
+        """Tokens of every document of `snapshot` as the stream reads them, through the token cache."""
+        return snapshot_tokens(snapshot, self.tokenizer, token_cache_dir(self.workspace))
 
     def _record_consumed(self) -> None:
         """Add the round's consumed doc ids of every rank to the seen counts (on rank 0), once per round."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -178,6 +178,24 @@ class TokenCache:
                 )
         except OSError:
             pass
+
+    def tokens(
+        self,
+        ref: ShardRef,
+        group: int,
+        rows: np.ndarray,
+        encode: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(token counts, tokens concatenated) of `rows` (shard rows in row group `group`), from the row
+        group's entry; the rows it lacks are tokenised by `encode(missing rows)` -> (token counts, tokens
+        concatenated) and added to it. Check the shard's bytes before calling (as a read does)."""
+        entry = self.load(ref, group)
+        missing = rows if entry is None else entry.missing(rows)
+        if len(missing):
+            new = TokenEntry.of(missing, *encode(missing))
+            entry = new if entry is None else entry.merged(new)
+            self.store(ref, group, entry)
+        return entry.take(rows)
 
     def token_counts(self, shards: Mapping[int, ShardRef], doc_ids: np.ndarray) -> np.ndarray:
         """Tokens of each of `doc_ids` (no special tokens, no EOS) where cached, -1 where not."""

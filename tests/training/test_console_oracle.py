@@ -153,6 +153,9 @@ class OldConsole:
 def same_selection(console: Console, path: Path, round: int, budget: int, mode: str) -> None:
     new = read_snapshot(console.select(round, budget, path, mode=mode))[0]
     old = OldConsole(console).select(round, budget, mode)
+    if mode == "sample" and old.num_rows == 0 and budget > 0:
+        assert new.num_rows == 1  # a budget under every cell's documents: one document, never none
+        return
     assert new["doc_id"].to_pylist() == old["doc_id"].to_pylist(), (mode, budget)
     assert new["row_group"].to_pylist() == old["row_group"].to_pylist()
     np.testing.assert_allclose(new["priority"].to_numpy(), old["priority"].to_numpy(), rtol=1e-9)

@@ -5,6 +5,7 @@ finished by a re-run is identical to an uninterrupted one; OUT holding something
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -186,3 +187,23 @@ def test_cli_export_formats(run, tmp_path: Path) -> None:
     )
     result = invoke("export", ws, "--run", "static", "--out", tmp_path / "t", "--format", "hf", expect=2)
     assert "other settings (format, seed, shard_tokens)" in result.stderr
+
+
+def test_exports_fill_and_then_read_the_workspace_token_cache(
+    run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An export tokenises through the workspace's token cache (the one training fills): a cold export
+    fills it; a warm one tokenises nothing and writes the same bytes."""
+    ws = run[0]
+    shutil.rmtree(ws / "cache" / "tokens", ignore_errors=True)
+    cold = export(ws, tmp_path / "cold", "tokens", shard_tokens=2000)
+    assert list((ws / "cache" / "tokens").rglob("rg-*.npz"))
+
+    def no_tokenising(*args, **kwargs):
+        raise AssertionError("a warm export tokenised a document")
+
+    monkeypatch.setattr(export_module, "encode_texts", no_tokenising)
+    warm = export(ws, tmp_path / "warm", "tokens", shard_tokens=2000)
+    assert warm.tokens == cold.tokens and warm.files == cold.files
+    for path in sorted((tmp_path / "cold").glob("part-*")):
+        assert path.read_bytes() == (tmp_path / "warm" / path.name).read_bytes(), path.name

@@ -376,7 +376,7 @@ def test_train_with_a_pipeline_naming_reference_tasks_from_a_bare_clone(
         "model.seq_len=64", "model.overrides={hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, "
         "num_attention_heads: 2, num_key_value_heads: 1}", "tokenizer.vocab_size=512", "tokenizer.sample_docs=200",
         "train.steps=4", "train.batch_size=2", "train.warmup_steps=1", "train.log_every=2", "rounds.every=2",
-        "rewards.max_tokens=32", "console.probes_per_label=2", "console.agents=[domain, kind]",
+        "rewards.max_tokens=32", "console.probes_per_label=2", "console.agents=[domain, kind]", "rounds.oversample=4",
     ]  # fmt: skip
     args = ["train", str(ws), "--pipeline", "pipelines/reference-tasks.yaml", "--run", "paper-tasks"]
     proc = cli_offline(clone, *args, *[a for item in tiny for a in ("--set", item)])
