@@ -618,6 +618,11 @@ def markdown(res: dict[str, Any]) -> str:
                 + " | ".join(_range(lost[k]) for k in (*IDLE, "work beyond raw predict"))
                 + " |"
             )
+        lines.append("")
+        for t in res["timelines"]:
+            median = statistics.median(ratios[t["workers"]])
+            verdict = "meets" if median >= 0.8 else f"misses by {0.8 - median:.2f}"
+            lines.append(f"- {t['workers']} worker(s): ratio per core {median:.2f}, target 0.8: {verdict}")
         for t in res["timelines"]:
             if t["workers"] < 2:
                 continue
