@@ -95,12 +95,63 @@ def cli(*args: str) -> float:
 
 
 # ----- child: one pipeline run in a fresh process ---------------------------------------------------------
+def timed_score_shard(task: Any, progress: Any = None) -> list[Any]:
+    """`parts.score_shard`, its results stamped with (worker pid, start, end) on the system-wide monotonic
+    clock (perf_counter), so the parent can draw each worker's timeline. Runs in the pool workers: the child
+    passes it to the executor in place of `score_shard` (workers import this file as `__mp_main__`)."""
+    from corpus_agents.scoring.parts import score_shard
+
+    started = time.perf_counter()
+    results = score_shard(task, progress)
+    ended = time.perf_counter()
+    for r in results:
+        r.span = (os.getpid(), started, ended)
+    return results
+
+
+def instrument(commits: list[tuple[float, float, int]]) -> None:
+    """Record each task's span (`timed_score_shard`) and each commit batch (start, end, parts) of this run."""
+    from corpus_agents.scoring import driver
+
+    commit_batch = driver.commit_batch
+
+    def timed_commit_batch(catalog: Any, results: list[Any], *args: Any, **kwargs: Any) -> list[Any]:
+        started = time.perf_counter()
+        left = commit_batch(catalog, results, *args, **kwargs)
+        commits.append((started, time.perf_counter(), len(results) - len(left)))
+        return left
+
+    driver.commit_batch = timed_commit_batch
+    driver.score_shard = timed_score_shard
+
+
+def timeline(summary: Any, commits: list[tuple[float, float, int]], start: float, end: float) -> dict:
+    """Each worker's tasks (shard, start, end) and the parent's commit batches, in seconds from the start
+    of `run_scoring`."""
+    spans: dict[int, dict[int, tuple[float, float]]] = {}
+    for r in summary.committed + summary.failed:
+        if hasattr(r, "span"):
+            pid, t0, t1 = r.span
+            spans.setdefault(pid, {})[r.shard_id] = (t0 - start, t1 - start)
+    return {
+        "wall_s": end - start,
+        "workers": [
+            sorted([shard, round(t0, 4), round(t1, 4)] for shard, (t0, t1) in tasks.items())
+            for tasks in spans.values()
+        ],
+        "commits": [[round(t0 - start, 4), round(t1 - start, 4), n] for t0, t1, n in commits],
+    }
+
+
 def child_run(workspace: str, agents: list[str], workers: int, profile: str | None) -> dict[str, Any]:
     """Time `run_scoring` on a fresh workspace copy (called in a fresh interpreter) and check what it wrote."""
     from corpus_agents.scoring.catalog import Catalog
     from corpus_agents.scoring.driver import run_scoring
     from corpus_agents.scoring.executors.local import stop_pool_server
 
+    commits: list[tuple[float, float, int]] = []
+    if not profile:
+        instrument(commits)
     with Catalog(workspace) as cat:
         profiler = cProfile.Profile() if profile else None
         load0, cpu0, wall0 = loadavg(), cpu_seconds(), time.perf_counter()
@@ -126,6 +177,7 @@ def child_run(workspace: str, agents: list[str], workers: int, profile: str | No
         "rows_committed": rows,
         "run_scoring_inner_s": summary.seconds,
         "stages_s": stages,
+        "timeline": timeline(summary, commits, wall0, wall0 + wall),
         "loadavg_before": load0,
         "loadavg_after": loadavg(),
     }
@@ -275,6 +327,62 @@ def stage_breakdown(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "docs": runs[0]["docs"],
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "share": {k: round(v / total, 4) if total else 0.0 for k, v in seconds.items()},
+    }
+
+
+def core_seconds(tl: dict[str, Any], workers: int) -> dict[str, float]:
+    """Where a run's workers x wall core-seconds went, from its timeline: busy in tasks, idle before a
+    worker's first task (pool start, imports), idle between its tasks, idle while another worker finishes the
+    last tasks (tail), and after the last task (final commits, pool shutdown); plus the parent's commit
+    seconds, all and after the last task. The idle parts add up with busy to workers x wall."""
+    wall, lanes = tl["wall_s"], [w for w in tl["workers"] if w]
+    lanes += [[] for _ in range(workers - len(lanes))]  # a worker that got no task idled throughout
+    ends = [max(t[2] for t in lane) for lane in lanes if lane]
+    last = max(ends, default=0.0)
+    out = {"busy": 0.0, "start": 0.0, "between": 0.0, "tail": 0.0, "end": 0.0}
+    for lane in lanes:
+        if not lane:
+            out["start"] += last
+        else:
+            lane = sorted(lane, key=lambda t: t[1])
+            out["busy"] += sum(t[2] - t[1] for t in lane)
+            out["start"] += lane[0][1]
+            out["between"] += sum(b[1] - a[2] for a, b in zip(lane, lane[1:]))
+            out["tail"] += last - lane[-1][2]
+        out["end"] += wall - last
+    out["first_task_s"] = max((min(t[1] for t in lane) for lane in lanes if lane), default=0.0)
+    out["commit_s"] = sum(c[1] - c[0] for c in tl["commits"])
+    out["commit_after_last_task_s"] = sum(max(0.0, c[1] - max(c[0], last)) for c in tl["commits"])
+    out["wall_s"] = wall
+    return out
+
+
+#: The parts of `core_seconds` that are idle cores, in the order the report shows them.
+IDLE = ("start", "between", "tail", "end")
+
+
+def timeline_breakdown(
+    runs: list[dict[str, Any]], raws: list[dict[str, Any]], workers: int
+) -> dict[str, Any]:
+    """Median over rounds of `core_seconds`, the timeline of the median-wall round, and what the ratio per
+    core loses to each part: 1 - raw / (workers x wall) = (each idle part + (busy - raw)) / (workers x wall),
+    exactly, in each round; busy - raw is the tasks' work beyond the raw predict (read, decode, write, model
+    loads, and the cores the parent's commits take from them)."""
+    each = [core_seconds(r["timeline"], workers) for r in runs]
+    median_run = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
+    lost = [
+        {
+            **{k: e[k] / (workers * r["wall_s"]) for k in IDLE},
+            "work beyond raw predict": (e["busy"] - raw["wall_s"]) / (workers * r["wall_s"]),
+        }
+        for e, r, raw in zip(each, runs, raws)
+    ]
+    return {
+        "workers": workers,
+        "median": {k: round(statistics.median(e[k] for e in each), 3) for k in each[0]},
+        "busy_share": [e["busy"] / (workers * e["wall_s"]) for e in each],
+        "ratio_lost": {k: [x[k] for x in lost] for k in lost[0]},
+        "median_round_timeline": median_run["timeline"],
     }
 
 
@@ -469,6 +577,70 @@ def markdown(res: dict[str, Any]) -> str:
                 f"| {a['fixed_wall_s']:.2f} | {a['fixed_cpu_s']:.2f} | {_range(a['steady_ratio_per_core'])} | "
                 f"{_range(a['steady_cpu_ratio'])} |"
             )
+    if res.get("timelines"):
+        lines += [
+            "",
+            "## Timeline of the quality runs: where each core's time goes",
+            "",
+            "Each task's start and end in its worker and each commit batch of the parent, recorded in every "
+            "quality run above (`timed_score_shard`); workers × wall core-seconds split into busy (in tasks) "
+            "and idle: before a worker's first task (the planning; with a pool, its start: the fork server's "
+            "imports, the fork), between its tasks (one in-process worker: the commits), in the tail (it is "
+            "done, another worker still scores) and after the last task (the last commits, pool shutdown). In "
+            "core-s, median over rounds; ÷ workers it is wall seconds.",
+            "",
+            "| workers | wall s | busy | idle before first task | between tasks | tail | after last task | "
+            "first task starts at s | parent commits s (after last task) | busy share |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for t in res["timelines"]:
+            m = t["median"]
+            lines.append(
+                f"| {t['workers']} | {m['wall_s']:.2f} | {m['busy']:.2f} | {m['start']:.2f} | {m['between']:.2f} "
+                f"| {m['tail']:.2f} | {m['end']:.2f} | {m['first_task_s']:.2f} | {m['commit_s']:.2f} "
+                f"({m['commit_after_last_task_s']:.2f}) | {_range(t['busy_share'])} |"
+            )
+        lines += [
+            "",
+            "What the ratio per core loses to each (1 − ratio = the idle parts and the tasks' work beyond the raw "
+            "predict, each ÷ workers × wall, exactly in each round; busy − raw: read, decode, write, model loads, "
+            "and the cores the parent's commits take from the workers). Median [min–max] over rounds:",
+            "",
+            "| workers | ratio per core | idle before first task | between tasks | tail | after last task "
+            "| work beyond raw predict |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        ratios = {e["workers"]: e["ratio_per_core"] for e in res["pipeline"] if e["agents"] == ["quality"]}
+        for t in res["timelines"]:
+            lost = t["ratio_lost"]
+            lines.append(
+                f"| {t['workers']} | {_range(ratios[t['workers']])} | "
+                + " | ".join(_range(lost[k]) for k in (*IDLE, "work beyond raw predict"))
+                + " |"
+            )
+        lines.append("")
+        for t in res["timelines"]:
+            median = statistics.median(ratios[t["workers"]])
+            verdict = "meets" if median >= 0.8 else f"misses by {0.8 - median:.2f}"
+            lines.append(f"- {t['workers']} worker(s): ratio per core {median:.2f}, target 0.8: {verdict}")
+        for t in res["timelines"]:
+            if t["workers"] < 2:
+                continue
+            tl = t["median_round_timeline"]
+            lines += [
+                "",
+                f"The median round's run with {t['workers']} workers ({tl['wall_s']:.2f} s), "
+                "`shard start–end` per worker, then the parent's commit batches (`start–end ×parts`):",
+                "",
+                "```",
+                *(
+                    f"worker {i + 1}: "
+                    + " ".join(f"{sh}:{a:.2f}–{b:.2f}" for sh, a, b in sorted(lane, key=lambda x: x[1]))
+                    for i, lane in enumerate(tl["workers"])
+                ),
+                "commits:  " + " ".join(f"{a:.2f}–{b:.2f}×{n}" for a, b, n in tl["commits"]),
+                "```",
+            ]
     mp = res["multi_agent"]
     lines += [
         "",
@@ -779,6 +951,12 @@ def main() -> None:
                     ]
             res["pipeline"].append(entry)
         res["amortised"] = amortised(rounds, worker_counts)
+        res["timelines"] = [
+            timeline_breakdown(
+                [g[("pipeline", "quality", w)] for g in rounds], [g[("raw", "quality", 0)] for g in rounds], w
+            )
+            for w in worker_counts
+        ]
         separate = [sum(g[("pipeline", n, 1)]["wall_s"] for n in trio) for g in rounds]
         separate_cpu = [sum(g[("pipeline", n, 1)]["cpu_s"] for n in trio) for g in rounds]
         together = [g[("pipeline", "+".join(trio), 1)] for g in rounds]

@@ -502,6 +502,10 @@ def score(
       corpus-agents score ws --sample-fraction 0.01
       corpus-agents score ws --executor ray --address auto
     """
+    from corpus_agents.scoring.executors.local import start_pool_server
+
+    if executor == "local" and (workers or os.cpu_count() or 1) > 1:
+        start_pool_server()  # its imports overlap ours and the catalog's opening
     from corpus_agents.workspace import Workspace
 
     with Workspace.open(workspace) as ws:

@@ -85,7 +85,7 @@ def test_a_part_left_renamed_but_uncommitted_is_reused(tmp_path, make_corpus, mo
     def crash(*args, **kwargs):
         raise SystemExit(137)
 
-    monkeypatch.setattr(catalog.Catalog, "commit_part", crash)
+    monkeypatch.setattr(catalog.Catalog, "commit_parts", crash)
     CliRunner().invoke(main, ["score", ws, "--workers", "1", "--quiet"])
     published = sorted(parts.rglob("*.parquet"))  # commits come in batches: both parts may be published
     assert len(published) >= 1

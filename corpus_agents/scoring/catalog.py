@@ -834,23 +834,35 @@ class Catalog(_Sql):
     ) -> None:
         """Load a finished part's scores and its manifest row (with its per-stage seconds) in one transaction:
         committed exactly once."""
+        self.commit_parts(
+            [Part(agent, shard_id, fingerprint, path, num_rows, complete, read_s, decode_s, score_s, write_s)]
+        )
+
+    def commit_parts(self, parts: Sequence[Part]) -> None:
+        """Load finished parts' scores and manifest rows (with their per-stage seconds) in one transaction,
+        their shards' cells recounted once at its end: all committed exactly once, or none. One transaction
+        for several parts pays the catalog's per-commit costs (the write to disk, the cell statistics' key)
+        once."""
+        if not parts:
+            return
         with self.transaction():
-            self.run(
-                "catalog.sql",
-                "commit_part",
-                agent=agent,
-                shard_id=shard_id,
-                fingerprint=fingerprint,
-                path=self.stored_path(path),
-                read_path=path,
-                num_rows=num_rows,
-                complete=complete,
-                read_s=read_s,
-                decode_s=decode_s,
-                score_s=score_s,
-                write_s=write_s,
-            )
-            self._recount_cells([shard_id])
+            for part in parts:
+                self.run(
+                    "catalog.sql",
+                    "commit_part",
+                    agent=part.agent,
+                    shard_id=part.shard_id,
+                    fingerprint=part.fingerprint,
+                    path=self.stored_path(part.path),
+                    read_path=part.path,
+                    num_rows=part.num_rows,
+                    complete=part.complete,
+                    read_s=part.read_s,
+                    decode_s=part.decode_s,
+                    score_s=part.score_s,
+                    write_s=part.write_s,
+                )
+            self._recount_cells(sorted({part.shard_id for part in parts}))
 
     def drop_parts(self, keys: list[tuple[str, int]]) -> None:
         """Remove committed (agent, shard_id) parts and their scores, all in one transaction."""

@@ -6,9 +6,12 @@ manifest row in one transaction), so a crash at any moment leaves either a commi
 counts; a renamed but uncommitted part is reused by the next run.
 
 While the workers score, the driver does not hold the catalog's DuckDB connection: it commits finished parts
-in batches at most every COMMIT_EVERY_S, each batch at most COMMIT_BATCH_S long, then releases the
-connection, so `query`, `status` and `runs` can read the catalog meanwhile. A batch whose turn comes while a
-reader is inside waits for the next one (the workers keep scoring); the last batch waits for the readers.
+in batches at most every COMMIT_EVERY_S (or as soon as a pool worker has no task left: its core is free),
+each batch at most COMMIT_BATCH_S long, then releases the connection, so `query`, `status` and `runs` can
+read the catalog meanwhile. A batch whose turn comes while a reader is inside waits for the next one (the
+workers keep scoring); the last batch waits for the readers. A batch commits several parts per transaction
+(sized by `CommitPace` to fit the batch's time): the catalog's per-transaction costs are paid once for them.
+A pool takes the largest tasks first (`balanced`), and its fork server starts before the planning.
 """
 
 from __future__ import annotations
@@ -101,6 +104,17 @@ def plan_tasks(
     return tasks, skipped
 
 
+def balanced(tasks: list[ShardTask]) -> list[ShardTask]:
+    """Tasks in the order a pool should take them: the largest first (bytes of the rows to read, in
+    proportion to a shard's size), so the run does not end with one worker on a large shard while the others
+    idle. The plan's order among tasks of the same size."""
+
+    def size(task: ShardTask) -> float:
+        return task.shard.num_bytes * task.num_docs / max(1, task.shard.num_rows)
+
+    return sorted(tasks, key=size, reverse=True)
+
+
 def check_scoring_options(
     *,
     limit: int | None = None,
@@ -144,11 +158,12 @@ def commit_results(
     summary: RunSummary,
     expected_rows: dict[tuple[str, int], int] | None = None,
 ) -> None:
-    """Commit finished parts (each in its own transaction) and record failures.
+    """Commit finished parts (all in one transaction: `Catalog.commit_parts`) and record failures.
 
     `expected_rows` ((agent, shard_id) -> documents planned) guards the catalog: a part that does not hold
     exactly the planned documents is recorded as failed, never committed (an empty part committed as
     complete would be skipped by every later run)."""
+    done = []
     for r in results:
         expected = (expected_rows or {}).get((r.agent, r.shard_id))
         if not r.error and expected is not None and r.num_rows != expected:
@@ -159,24 +174,53 @@ def commit_results(
             catalog.record_failure(r.agent, r.shard_id, r.error)
             summary.failed.append(r)
         else:
-            catalog.commit_part(
+            done.append(r)
+    catalog.commit_parts(
+        [
+            Part(
                 r.agent,
                 r.shard_id,
                 r.fingerprint,
                 r.path,
                 r.num_rows,
                 r.complete,
-                read_s=r.read_s,
-                decode_s=r.decode_s,
-                score_s=r.score_s,
-                write_s=r.write_s,
-            )
-            summary.committed.append(r)
+                r.read_s,
+                r.decode_s,
+                r.score_s,
+                r.write_s,
+            )  # fmt: skip
+            for r in done
+        ]
+    )
+    summary.committed += done
 
 
 def model_hashes(catalog: Catalog) -> FileHashes:
     """The workspace's remembered model file hashes (`WS/cache/model-hashes.json`)."""
     return FileHashes(Path(catalog.dir) / "cache" / "model-hashes.json", root=catalog.dir)
+
+
+@dataclass
+class CommitPace:
+    """Seconds a commit transaction took per document on this run's commits so far, to size the next one to
+    fit a batch's time; None until one was measured (the first transaction commits a single result)."""
+
+    s_per_doc: float | None = None
+
+    def take(self, results: list[PartResult], budget_s: float) -> int:
+        """How many of `results` (at least one) one transaction should commit to end within `budget_s`."""
+        if self.s_per_doc is None:
+            return 1
+        n, cost = 0, 0.0
+        for r in results:
+            cost += max(r.num_rows, 1) * self.s_per_doc
+            if n and cost > budget_s:
+                break
+            n += 1
+        return n
+
+    def record(self, results: list[PartResult], seconds: float) -> None:
+        self.s_per_doc = seconds / max(1, sum(r.num_rows for r in results))
 
 
 def commit_batch(
@@ -186,17 +230,24 @@ def commit_batch(
     expected_rows: dict[tuple[str, int], int] | None,
     *,
     max_s: float,
+    pace: CommitPace | None = None,
 ) -> list[PartResult]:
-    """Commit results (`commit_results`, one part at a time) until `max_s` has passed, then release the
-    catalog's connection; returns the results left for the next batch (at least one is committed)."""
+    """Commit results (`commit_results`, in transactions that `pace` sizes to the time left) until `max_s`
+    has passed, then release the catalog's connection; returns the results left for the next batch (at least
+    one is committed)."""
+    pace = pace or CommitPace()
     started = time.monotonic()
     done = 0
     try:
-        for r in results:
-            commit_results(catalog, [r], summary, expected_rows)
-            done += 1
-            if time.monotonic() - started >= max_s:
+        while done < len(results):
+            left = max_s - (time.monotonic() - started)
+            if done and left <= 0:
                 break
+            chunk = results[done : done + pace.take(results[done:], left)]
+            before = time.monotonic()
+            commit_results(catalog, chunk, summary, expected_rows)
+            pace.record(chunk, time.monotonic() - before)
+            done += len(chunk)
     finally:
         catalog.release()
     return results[done:]
@@ -260,7 +311,7 @@ def run_scoring(
         TimeRemainingColumn,
     )
 
-    from corpus_agents.scoring.executors.local import run_local
+    from corpus_agents.scoring.executors.local import run_local, start_pool_server
 
     if executor not in ("local", "ray"):
         raise ValueError(f"unknown executor {executor!r}: local or ray")
@@ -269,6 +320,8 @@ def run_scoring(
         raise ValueError(f"workers must be >= 1, not {workers!r}")
     if agent_names is not None and not agent_names:
         raise ValueError("agent_names is empty: name at least one agent, or pass None for all")
+    if executor == "local" and (workers or 1) > 1:
+        start_pool_server()  # its imports overlap the planning below
     if executor == "ray":
         from corpus_agents.scoring.executors.ray import check_ray, run_ray
 
@@ -319,20 +372,30 @@ def run_scoring(
             completed = bar.tasks[0].completed + n
             bar.update(bar_id, completed=completed, rate=f"{completed / elapsed:,.0f}")
 
+        pool = min(workers or 1, max(1, len(tasks)))
         if executor == "ray":
             stream = run_ray(tasks, score_shard, on_progress, address=address, workers=workers)
         else:
-            stream = run_local(tasks, score_shard, on_progress, workers=min(workers or 1, max(1, len(tasks))))
+            stream = run_local(balanced(tasks) if pool > 1 else tasks, score_shard, on_progress, workers=pool)
         catalog.release()  # planned: readers may look while the workers score
         pending: list[PartResult] = []
+        pace = CommitPace()
         last_commit = time.monotonic()
+        unfinished = len(tasks)
         for results in stream:
             pending += results
-            if time.monotonic() - last_commit >= COMMIT_EVERY_S and catalog.connect(wait_s=0):
-                pending = commit_batch(catalog, pending, summary, expected_rows, max_s=COMMIT_BATCH_S)
+            unfinished -= 1
+            # A pool worker with no task left leaves its core to the commits: no reason to wait for the next
+            # batch's turn, and the commits left for the end shrink to the last task's.
+            idle_core = executor == "local" and 1 < pool and unfinished < pool
+            due = idle_core or time.monotonic() - last_commit >= COMMIT_EVERY_S
+            if due and catalog.connect(wait_s=0):
+                pending = commit_batch(
+                    catalog, pending, summary, expected_rows, max_s=COMMIT_BATCH_S, pace=pace
+                )
                 last_commit = time.monotonic()
         while pending:  # the rest, waiting for readers if need be, and letting waiting ones in between
-            pending = commit_batch(catalog, pending, summary, expected_rows, max_s=COMMIT_BATCH_S)
+            pending = commit_batch(catalog, pending, summary, expected_rows, max_s=COMMIT_BATCH_S, pace=pace)
             if pending:
                 time.sleep(READER_TURN_S)
     summary.docs = total

@@ -1,15 +1,25 @@
 """The scoring driver on a real catalog: which parts `plan_tasks` plans (done, stale, partial with --limit or
---sample-fraction), and what committing a part records (its per-stage times)."""
+--sample-fraction), the order a pool takes them in, and what committing parts records (its per-stage times;
+several parts per transaction, all or none)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
 from helpers import commit_tasks, make_workspace
 
 from corpus_agents.scoring.catalog import Catalog
-from corpus_agents.scoring.driver import plan_tasks, run_scoring
-from corpus_agents.scoring.parts import part_path
+from corpus_agents.scoring.driver import (
+    CommitPace,
+    RunSummary,
+    balanced,
+    commit_batch,
+    plan_tasks,
+    run_scoring,
+)
+from corpus_agents.scoring.parts import part_path, score_shard
 
 SHARDS, ROWS = 3, 40
 STAGES = ("read_s", "decode_s", "score_s", "write_s")
@@ -92,3 +102,51 @@ def test_each_part_records_its_own_stage_times(catalog):
         part = parts[(result.agent, result.shard_id)]
         assert [getattr(part, s) for s in STAGES] == pytest.approx([getattr(result, s) for s in STAGES])
         assert all(getattr(part, s) >= 0 for s in STAGES) and part.score_s > 0 and part.write_s > 0
+
+
+def test_a_pool_takes_the_largest_tasks_first_and_equal_ones_in_plan_order(catalog):
+    tasks, _ = plan_tasks(catalog, catalog.agents(), batch_rows=16)
+    rows = np.arange(10, dtype=np.int64)
+    small = dataclasses.replace(tasks[0], rows=rows)  # 10 of the 40 rows of shard 0
+    order = balanced([small, tasks[1], tasks[2]])
+    assert [t.shard.shard_id for t in order] == [1, 2, 0] and order[-1] is small
+    big = dataclasses.replace(tasks[2], shard=dataclasses.replace(tasks[2].shard, num_bytes=10**9))
+    assert [t.shard.shard_id for t in balanced([tasks[0], tasks[1], big])] == [2, 0, 1]
+
+
+def test_a_batch_commits_several_parts_per_transaction_within_its_time(catalog, monkeypatch):
+    tasks, _ = plan_tasks(catalog, catalog.agents(), batch_rows=16)
+    results = [r for task in tasks for r in score_shard(task)]
+    transactions = []
+    commit_parts = Catalog.commit_parts
+    monkeypatch.setattr(
+        Catalog,
+        "commit_parts",
+        lambda cat, parts: (transactions.append(len(parts)), commit_parts(cat, parts)),
+    )
+    summary, pace = RunSummary(), CommitPace()
+    left = commit_batch(catalog, results, summary, None, max_s=0.0, pace=pace)
+    # no time at all: one part (which measures the pace), then the connection goes back to readers
+    assert transactions == [1] and len(left) == len(results) - 1 and not catalog.connected
+    assert pace.s_per_doc is not None and pace.s_per_doc > 0
+    pace.s_per_doc = 1e-12  # the rest fits in one transaction
+    left = commit_batch(catalog, left, summary, None, max_s=60.0, pace=pace)
+    assert transactions == [1, len(results) - 1] and left == []
+    assert sorted((r.agent, r.shard_id) for r in summary.committed) == sorted(catalog.parts())
+    assert len(catalog.parts()) == 2 * SHARDS and catalog.execute("SELECT count(*) FROM scores")[0][0] == (
+        2 * SHARDS * ROWS
+    )
+
+
+def test_a_transaction_of_parts_commits_all_or_none(catalog, tmp_path):
+    tasks, _ = plan_tasks(catalog, catalog.agents(), batch_rows=16)
+    good = [r for task in tasks[:2] for r in score_shard(task)]
+    bad = score_shard(tasks[2])
+    (tmp_path / "not-parquet.parquet").write_text("no")
+    bad[0].path = str(tmp_path / "not-parquet.parquet")
+    cells = catalog.execute("SELECT * FROM cell_stats ORDER BY ALL")
+    summary = RunSummary()
+    with pytest.raises(Exception, match="(?i)parquet"):
+        commit_batch(catalog, good + bad, summary, None, max_s=60.0, pace=CommitPace(1e-12))
+    assert catalog.parts() == {} and catalog.execute("SELECT count(*) FROM scores")[0][0] == 0
+    assert catalog.execute("SELECT * FROM cell_stats ORDER BY ALL") == cells

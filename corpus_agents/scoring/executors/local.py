@@ -39,6 +39,17 @@ def pool_context() -> mp.context.BaseContext:
     return ctx
 
 
+def start_pool_server() -> None:
+    """Start this process's fork server now if it is not running: it imports the scoring modules in its own
+    process while the caller goes on (opening the catalog, planning), so the pool created next forks its
+    workers at once instead of waiting for those imports. Nothing to start where there are no fork servers."""
+    if "forkserver" in mp.get_all_start_methods():
+        from multiprocessing import forkserver
+
+        pool_context()  # sets the modules it preloads
+        forkserver.ensure_running()
+
+
 def stop_pool_server() -> None:
     """Stop this process's fork server, if running, and wait for it (the next pool starts a new one). Its
     CPU time, and its workers', then counts in this process's `RUSAGE_CHILDREN`."""
