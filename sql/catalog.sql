@@ -194,6 +194,13 @@ SET lock_configuration = true;
 -- connections of a process to one file: a second reader finds the first one's sandbox in place).
 SELECT current_setting('lock_configuration');
 
+-- name: memory_limit
+-- DuckDB's memory limit (the database's, as DuckDB shows it: '18.8 GiB') and whether settings are locked.
+SELECT current_setting('memory_limit'), current_setting('lock_configuration');
+
+-- name: set_memory_limit
+SET memory_limit = $limit;
+
 -- name: lock_settings
 -- A reader's connection when shards or parts are on object storage (fsspec needs external access).
 SET lock_configuration = true;

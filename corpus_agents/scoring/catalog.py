@@ -184,6 +184,33 @@ def _holder(lock_path: Path) -> str:
         return "another process"
 
 
+_SIZE_UNITS = {"bytes": 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40, "PiB": 2**50}
+_SIZE_UNITS.update(KB=10**3, MB=10**6, GB=10**9, TB=10**12, PB=10**15)
+
+
+def _setting_bytes(value: str) -> float:
+    """A DuckDB size setting as DuckDB shows it ('18.8 GiB', '512.0 MiB', '0 bytes') in bytes; an
+    unknown form counts as no limit."""
+    number, _, unit = value.strip().partition(" ")
+    try:
+        return float(number) * _SIZE_UNITS[unit or "B"]
+    except (KeyError, ValueError):
+        return float("inf")
+
+
+def _setting_midpoint(value: str) -> str:
+    """A size setting to give back to DuckDB as it showed it: DuckDB shows it cut down to 0.1 of its unit
+    ('18.8 GiB' for anything in [18.8, 18.9) GiB), so the middle of that interval is within 0.05 of the
+    unit of what it was and shows as before (setting '18.8 GiB' itself would show '18.7 GiB')."""
+    number, _, unit = value.strip().partition(" ")
+    if unit in ("", "bytes", "B"):
+        return value
+    try:
+        return f"{float(number) + 0.05:.2f} {unit}"
+    except ValueError:
+        return value
+
+
 def _map_paths(config: dict[str, Any], fn: Callable[[Any], Any]) -> dict[str, Any]:
     """An agent config with `fn` applied to each value, and to each item of the lists of paths (PATH_LISTS)."""
     return {
@@ -284,6 +311,22 @@ class _Sql:
             self._con.rollback()
             raise
         self._con.commit()
+
+    @contextlib.contextmanager
+    def memory_capped(self, limit: int) -> Iterator[None]:
+        """DuckDB's memory limit at most `limit` bytes for the body, then as it was. The limit is the
+        database's (every connection of the catalog's), and DuckDB keeps every block a query read in
+        memory until it reaches it (80% of RAM by default): a scan of a large table stays resident. Nothing
+        changes where the limit is lower already or the settings are locked (a reader's sandbox)."""
+        ((current, locked),) = self.run("catalog.sql", "memory_limit")
+        if str(locked).lower() == "true" or _setting_bytes(current) <= limit:
+            yield
+            return
+        self.run("catalog.sql", "set_memory_limit", limit=f"{limit // 2**20} MiB")
+        try:
+            yield
+        finally:
+            self.run("catalog.sql", "set_memory_limit", limit=_setting_midpoint(current))
 
     @contextlib.contextmanager
     def registered(self, name: str, table: pa.Table) -> Iterator[None]:

@@ -14,13 +14,12 @@ from typing import Any, TypeVar, get_args
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from corpus_agents.config import TOKEN_BYTES, ConsoleConfig, SelectionMode
 from corpus_agents.errors import CorpusAgentsError
 from corpus_agents.scoring.catalog import Catalog, quote_literal
 from corpus_agents.sqlfiles import fragment
-from corpus_agents.training.selection import ShardRef, write_snapshot
+from corpus_agents.training.selection import SNAPSHOT_ROW_GROUP, ShardRef, write_snapshot_parts
 
 SQL_FILE = "console.sql"
 _T = TypeVar("_T")
@@ -33,6 +32,13 @@ _LATEST = 2**31 - 1
 _CHUNK_ROWS = 1_000_000
 # ... and of a pass over `doc_cells` (no join but the run's seen counts, read once per range).
 _CELL_CHUNK_ROWS = 4_000_000
+# DuckDB's memory limit during a console call (see Console._agents_registered): it bounds what DuckDB keeps
+# of the blocks a pass read. A pass works range by range in far less; the one join that needs more is a
+# later round's count of the seen documents (one hash table over them): at 100M documents (10M seen) it
+# goes out of core below about this and takes half as long again (benchmarks/results/selection.md).
+_DUCKDB_MEMORY = 1024 * 2**20
+# Candidates from which a cut sorts only the end of the order (`_prefix_within`).
+_PARTIAL_SORT_ROWS = 100_000
 # The largest hash (an unsigned 64-bit integer): a threshold that keeps every document.
 _H_ALL = 2**64 - 1
 # A standard error is never taken below this (a round whose rewards fit exactly would give infinite precision).
@@ -419,47 +425,89 @@ def _quota_table(
     )
 
 
-def _order_by(key: np.ndarray, h: np.ndarray, doc_id: np.ndarray) -> np.ndarray:
-    """np.lexsort((doc_id, h, key)), by one sort of the first of key, h that varies; the full lexsort only
-    when that one has ties."""
-    if len(key) == 0:
+def _order_by(key: np.ndarray | None, h: np.ndarray, doc_id: np.ndarray) -> np.ndarray:
+    """np.lexsort((doc_id, h, key)) (no key: all equal), by one sort of the first of key, h that varies;
+    the full lexsort only when that one has ties."""
+    if len(h) == 0:
         return np.zeros(0, dtype=np.int64)
-    first = h if (key == key[0]).all() else key
+    if key is not None and (key == key[0]).all():
+        key = None
+    first = h if key is None else key
     order = np.argsort(first)
     ordered = first[order]
-    if (ordered[1:] == ordered[:-1]).any():
-        return np.lexsort((doc_id, h, key))
+    tied = bool((ordered[1:] == ordered[:-1]).any())
+    del ordered
+    if tied:
+        return np.lexsort((doc_id, h) if key is None else (doc_id, h, key))
     return order
 
 
-def _snapshot_rows(
-    cells: pa.Table, rows: Mapping[str, np.ndarray], taken: np.ndarray | None = None
-) -> pa.Table:
-    """A selection's rows as a snapshot holds them, in doc_id order: the pass's `rows` (doc_id, row_group,
-    tokens, grp; those of index `taken`, default all), each with its cell's priority and packed cell."""
+def _prefix_within(
+    key: np.ndarray | None, h: np.ndarray, doc_id: np.ndarray, tokens: np.ndarray, budget: float
+) -> np.ndarray:
+    """The indices of the longest prefix of the order np.lexsort((doc_id, h, key)) (no key: all equal)
+    whose `tokens` (each >= 1, so the running sum grows) sum to at most `budget`, in no particular order.
+    Only the prefix's end is sorted: the documents below a pivot of the first key that varies come first
+    in the order whatever their own order, so when their tokens fit they are taken unsorted and only the
+    others are ordered (`_order_by`); else (a pivot too far) everything is."""
+    n = len(h)
+    if key is not None and n and (key == key[0]).all():
+        key = None
+    first = h if key is None else key
+    total = float(tokens.sum(dtype=np.int64))
+    at = int(0.95 * n * min(1.0, budget / max(total, 1.0)))  # a little short of the expected prefix
+    if n >= _PARTIAL_SORT_ROWS and 0 < at < n:
+        below = first < np.partition(first, at)[at]
+        fit = int(tokens[below].sum(dtype=np.int64))
+        if fit <= budget:
+            head, rest = np.flatnonzero(below), np.flatnonzero(~below)
+            del below
+            order = rest[_order_by(None if key is None else key[rest], h[rest], doc_id[rest])]
+            cum = fit + np.cumsum(tokens[order], dtype=np.int64)
+            return np.concatenate([head, order[: int(np.searchsorted(cum, budget, side="right"))]])
+    order = _order_by(key, h, doc_id)
+    cum = np.cumsum(tokens[order], dtype=np.int64)
+    return order[: int(np.searchsorted(cum, budget, side="right"))]
+
+
+def _in_doc_order(rows: Mapping[str, np.ndarray], *taken: np.ndarray) -> np.ndarray:
+    """The indices `taken` (several arrays, in any order, no index twice) of the pass's `rows` in doc_id
+    order: pass_select gives its rows in doc_id order, so that is index order."""
+    mask = np.zeros(len(rows["doc_id"]), dtype=bool)
+    for index in taken:
+        mask[index] = True
+    order = np.flatnonzero(mask)
+    del mask
     doc_id = rows["doc_id"]
-    if taken is None:
-        taken = np.arange(len(doc_id))
-    else:  # in the rows' order: pass_select gives them in doc_id order
-        mask = np.zeros(len(doc_id), dtype=bool)
-        mask[taken] = True
-        taken = np.flatnonzero(mask)
-    doc_id = doc_id[taken]
     if len(doc_id) > 1 and (doc_id[1:] < doc_id[:-1]).any():
-        taken = taken[np.argsort(doc_id, kind="stable")]
-        doc_id = rows["doc_id"][taken]
-    grp = rows["grp"][taken]
-    return pa.table(
-        {
-            "doc_id": pa.array(doc_id),
-            "shard_id": pa.array((doc_id >> 32).astype(np.int32)),
-            "row_idx": pa.array((doc_id & 0xFFFFFFFF).astype(np.int32)),
-            "row_group": pa.array(rows["row_group"][taken]),
-            "priority": pa.array(cells["priority"].to_numpy()[grp]),
-            "tokens": pa.array(rows["tokens"][taken]),
-            "cell": pa.array(cells["cell"].to_numpy()[grp]),
-        }
-    )
+        order = order[np.argsort(doc_id[order], kind="stable")]
+    return order
+
+
+def _shard_ids(doc_id: np.ndarray, taken: np.ndarray) -> list[int]:
+    """The shards of the documents of index `taken`, SNAPSHOT_ROW_GROUP documents at a time."""
+    used: set[int] = set()
+    for at in range(0, len(taken), SNAPSHOT_ROW_GROUP):
+        used.update(np.unique(doc_id[taken[at : at + SNAPSHOT_ROW_GROUP]] >> 32).tolist())
+    return sorted(used)
+
+
+def _snapshot_parts(cells: pa.Table, rows: Mapping[str, np.ndarray], taken: np.ndarray) -> Iterator[pa.Table]:
+    """A selection's snapshot rows (SNAPSHOT_SCHEMA), SNAPSHOT_ROW_GROUP at a time: the pass's `rows`
+    (doc_id, row_group, grp) of index `taken` (in doc_id order), each with its cell's priority."""
+    priority = cells["priority"].to_numpy()
+    for at in range(0, len(taken), SNAPSHOT_ROW_GROUP):
+        index = taken[at : at + SNAPSHOT_ROW_GROUP]
+        doc_id = rows["doc_id"][index]
+        yield pa.table(
+            {
+                "doc_id": pa.array(doc_id),
+                "shard_id": pa.array((doc_id >> 32).astype(np.int32)),
+                "row_idx": pa.array((doc_id & 0xFFFFFFFF).astype(np.int32)),
+                "row_group": pa.array(rows["row_group"][index]),
+                "priority": pa.array(priority[rows["grp"][index]]),
+            }
+        )
 
 
 class Console:
@@ -498,13 +546,15 @@ class Console:
 
     @contextlib.contextmanager
     def _agents_registered(self) -> Iterator[None]:
-        """`console_agents` registered for the length of one call (re-entrant)."""
+        """`console_agents` registered for the length of one call (re-entrant), and DuckDB's memory
+        capped at _DUCKDB_MEMORY meanwhile (`memory_capped`): its passes read every document's cells, which
+        DuckDB would otherwise keep in memory."""
         if self._with_agents:
             yield
             return
         self._with_agents += 1
         try:
-            with self.db.registered("console_agents", self._agents):
+            with self.db.registered("console_agents", self._agents), self.db.memory_capped(_DUCKDB_MEMORY):
                 yield
         finally:
             self._with_agents -= 1
@@ -819,20 +869,30 @@ class Console:
             else:
                 cells = self.db.arrow(SQL_FILE, "cells", **params, mode=mode)
         if mode == "sample":
-            rows = self._sample_rows(cells, round, budget_tokens)
+            cells, rows, taken = self._sample_rows(cells, round, budget_tokens)
         else:
-            rows = self._ordered_rows(cells, round, budget_tokens, mode)
-        tokens = pc.sum(rows["tokens"]).as_py() or 0
-        entropy, top_share, num_cells = selection_spread(rows["cell"].to_numpy(), rows["tokens"].to_numpy())
+            cells, rows, taken = self._ordered_rows(cells, round, budget_tokens, mode)
+        taken_tokens = rows.pop("tokens")[taken]
+        tokens = int(taken_tokens.sum(dtype=np.int64))
+        entropy, top_share, num_cells = selection_spread(
+            cells["cell"].to_numpy()[rows["grp"][taken]], taken_tokens
+        )
+        del taken_tokens
         shards = {s.shard_id: ShardRef.of(s) for s in self.catalog.shards()}
-        path = write_snapshot(path, rows, shards, root=self.catalog.dir)
+        path = write_snapshot_parts(
+            path,
+            _snapshot_parts(cells, rows, taken),
+            _shard_ids(rows["doc_id"], taken),
+            shards,
+            root=self.catalog.dir,
+        )
         self.db.run(
             SQL_FILE,
             "insert_selection",
             run_id=self.run_id,
             round=round,
             path=str(path),
-            num_docs=rows.num_rows,
+            num_docs=len(taken),
             tokens=tokens,
             mode=mode,
             budget=budget_tokens,
@@ -842,10 +902,14 @@ class Console:
         )
         return path
 
-    def _sample_rows(self, cells: pa.Table, round: int, budget_tokens: int) -> pa.Table:
+    def _sample_rows(
+        self, cells: pa.Table, round: int, budget_tokens: int
+    ) -> tuple[pa.Table, dict[str, np.ndarray], np.ndarray]:
         """`sample`: per-cell quotas (`sample_quotas`); in each cell, its documents in the order of a hash
         seeded by (seed, round): those that fit the quota whole are taken, and the one that crosses it with
-        probability (quota - tokens before it) / its tokens, so a cell's expected tokens are its quota."""
+        probability (quota - tokens before it) / its tokens, so a cell's expected tokens are its quota.
+        Returns the cells with a quota, the pass's candidates (`_select_pass`) and the selected ones'
+        indices in doc_id order."""
         cfg = self.config
         tokens = cells["tokens"].to_numpy().astype(np.float64)
         score = cells["score"].to_numpy().astype(np.float64)
@@ -867,6 +931,7 @@ class Console:
             if not short.any():
                 break
             widen[short] *= 4
+            del rows, group  # before the wider pass
         # Cells taken whole need no order; the others' candidates in (cell, h, doc_id) order.
         part = np.nonzero(~whole[group])[0]
         doc_id, h = rows["doc_id"][part], rows["h"][part]
@@ -879,18 +944,22 @@ class Console:
         q = quota[g]
         u = rows["u_round"][order]
         taken = (before + tok <= q) | ((before < q) & (u * tok < q - before))
-        picked = np.concatenate([np.nonzero(whole[group])[0], order[taken]])
-        if len(picked) == 0 and len(order):
+        whole_at, taken_at = np.nonzero(whole[group])[0], order[taken]
+        if len(whole_at) + len(taken_at) == 0 and len(order):
             # Every quota is under one document and no coin came up: the largest quota's cell gives its
             # first document, so that a budget above zero never selects nothing.
             first = int(np.searchsorted(g, int(np.argmax(quota))))
-            picked = order[first : first + 1]
-        return _snapshot_rows(cells, rows, picked)
+            taken_at = order[first : first + 1]
+        return cells, rows, _in_doc_order(rows, whole_at, taken_at)
 
-    def _ordered_rows(self, cells: pa.Table, round: int, budget_tokens: int, mode: str) -> pa.Table:
+    def _ordered_rows(
+        self, cells: pa.Table, round: int, budget_tokens: int, mode: str
+    ) -> tuple[pa.Table, dict[str, np.ndarray], np.ndarray]:
         """`topk`, `gumbel`, `random`: the longest prefix of the mode's order within the budget. Levels
         (topk: distinct priorities; the others: one) that fit whole are taken whole; in the first that
-        does not, its documents in order (fine descending, then h, then doc_id) up to what is left."""
+        does not, its documents in order (fine descending, then h, then doc_id) up to what is left.
+        Returns the cells up to that level, the pass's candidates (`_select_pass`) and the selected ones'
+        indices in doc_id order."""
         cfg = self.config
         level = cells["level"].to_numpy()
         tokens = cells["tokens"].to_numpy().astype(np.int64)
@@ -936,13 +1005,29 @@ class Console:
             if got >= remaining or complete:
                 break
             widen *= 4
-        edge_at = np.nonzero(in_edge)[0]
-        fine = rows["fine"][edge_at].astype(np.float64) if "fine" in rows else np.full(len(edge_at), np.nan)
-        key = np.where(np.isnan(fine), np.inf, -fine)
-        order = edge_at[_order_by(key, rows["h"][edge_at], rows["doc_id"][edge_at])]
-        cum = np.cumsum(rows["tokens"].astype(np.int64)[order])
-        taken = order[cum <= remaining]
-        return _snapshot_rows(cells, rows, np.concatenate([np.nonzero(~in_edge)[0], taken]))
+            del rows, in_edge  # before the wider pass
+        # The edge's candidates in order (when it holds every candidate, as in gumbel, without copies);
+        # h and fine are not needed past the order.
+        every = bool(in_edge.all())
+        edge_at = None if every else np.flatnonzero(in_edge)
+        key = rows.pop("fine", None)
+        if key is not None:  # fine descending, a missing one last
+            key = (key if every else key[edge_at]).astype(np.float64, copy=False)
+            np.negative(key, out=key)
+            key[np.isnan(key)] = np.inf
+        h = rows.pop("h")
+        taken = _prefix_within(
+            key,
+            h if every else h[edge_at],
+            rows["doc_id"] if every else rows["doc_id"][edge_at],
+            rows["tokens"] if every else rows["tokens"][edge_at],
+            remaining,
+        )
+        del key, h
+        if edge_at is not None:
+            taken = edge_at[taken]
+            del edge_at
+        return cells, rows, _in_doc_order(rows, np.flatnonzero(~in_edge), taken)
 
     def _select_pass(self, quotas: pa.Table, round: int, mode: str) -> dict[str, np.ndarray]:
         """The candidates of a selection (`pass_select`) as numpy columns: doc_id, row_group, tokens, grp,
@@ -950,8 +1035,12 @@ class Console:
         cfg = self.config
         by_score = mode == "topk" and cfg.tie_break != "hash"
         extra = ["fine"] if mode == "gumbel" or by_score else ["u_round"] if mode == "sample" else []
+        names = ["doc_id", "row_group", "tokens", "grp", "h", *extra]
+        pieces: dict[str, list[np.ndarray]] = {name: [] for name in names}
         with self.db.registered("console_quotas", quotas):
-            rows = self._pass(
+            # each range's rows copied to numpy as it comes, its Arrow table dropped: no Arrow copy of
+            # the whole pass is ever held
+            for table in self._pass_tables(
                 "pass_select",
                 fill={"extra": "".join(f", {c}" for c in extra)},
                 seed=cfg.seed,
@@ -960,14 +1049,14 @@ class Console:
                 by_score=by_score,
                 gumbel_tau=cfg.gumbel_tau,
                 with_tie=True,
-            )
-        # numpy copies, one column at a time, each Arrow column dropped once copied: no second copy held
-        out = {}
-        for name in ["doc_id", "row_group", "tokens", "grp", "h", *extra]:
-            out[name] = rows.column(name).to_numpy()
-            rows = rows.drop_columns([name])
-        return out
+            ):
+                for name in names:
+                    pieces[name].append(table.column(name).to_numpy())
+                del table
+        # one column at a time, its pieces dropped once joined
+        return {name: np.concatenate(pieces.pop(name)) for name in names}
 
+    @_using_agents
     def record_consumed(
         self, doc_ids: Iterable[int] | pa.Array | pa.ChunkedArray | np.ndarray, round: int | None = None
     ) -> None:
@@ -1187,7 +1276,11 @@ class Console:
         stored = {a: (n, int(stride)) for a, n, stride in self.db.run(SQL_FILE, "catalog_agents")}
         return stored == {a: (n, stride) for a, n, stride in self.agent_labels}
 
-    def _pass(
+    def _pass(self, name: str, **kwargs: Any) -> pa.Table:
+        """`_pass_tables`, concatenated."""
+        return pa.concat_tables(list(self._pass_tables(name, **kwargs)))
+
+    def _pass_tables(
         self,
         name: str,
         *,
@@ -1196,12 +1289,12 @@ class Console:
         with_tie: bool = False,
         fill: Mapping[str, str] | None = None,
         **params: Any,
-    ) -> pa.Table:
+    ) -> Iterator[pa.Table]:
         """One streaming pass over the selectable documents (`pass_docs`: each document's packed labels,
         tokens and seen count), range by range of doc ids (see pass_chunks), through the query `name` of
         sql/console.sql (`{pass}` in it: the pass; `fill`: its other fragments; `params`: bound parameters);
-        returns what that query keeps, concatenated. Only one range's rows and what the query keeps are ever
-        in memory. The pass scans the catalog's `doc_cells` (its cells re-packed for the run's agents through
+        yields what that query keeps of each range, range by range. Only one range's rows and what the
+        query keeps are ever in memory. The pass scans the catalog's `doc_cells` (its cells re-packed for the run's agents through
         `console_cellmap` when they differ); over a read-only catalog whose cells are stale, it joins every
         agent's scores instead (`pass_docs_scores`)."""
         current = self.catalog.ensure_cells()
@@ -1261,6 +1354,5 @@ class Console:
         with contextlib.ExitStack() as stack:
             if cell_map is not None:
                 stack.enter_context(self.db.registered("console_cellmap", cell_map))
-            return pa.concat_tables(
-                [self.db.execute_arrow(query, {**params, "lo": lo, "hi": hi}) for lo, hi in ranges]
-            )
+            for lo, hi in ranges:
+                yield self.db.execute_arrow(query, {**params, "lo": lo, "hi": hi})

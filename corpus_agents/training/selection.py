@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +36,8 @@ SNAPSHOT_SCHEMA = pa.schema(
     ]
 )
 _SHARDS_KEY = b"corpus_agents.shards"
+# Rows per row group of a snapshot (pq.write_table's default).
+SNAPSHOT_ROW_GROUP = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -62,12 +65,26 @@ def write_snapshot(
 ) -> Path:
     """Write `rows` (SNAPSHOT_SCHEMA columns) atomically with the shard map in the file metadata; shards
     under `root` (the workspace) are named relative to the snapshot's directory."""
+    table = rows.select(SNAPSHOT_SCHEMA.names).cast(SNAPSHOT_SCHEMA)
+    used = pc.unique(table["shard_id"]).to_pylist() if table.num_rows else []
+    return write_snapshot_parts(path, [table], used, shards, root=root)
+
+
+def write_snapshot_parts(
+    path: str | os.PathLike,
+    parts: Iterable[pa.Table],
+    shard_ids: Iterable[int],
+    shards: dict[int, ShardRef],
+    *,
+    root: Path | None = None,
+) -> Path:
+    """`write_snapshot` of rows that come part by part (SNAPSHOT_SCHEMA tables, in order), so that only one
+    part is in memory: `shard_ids` are the shards their rows come from. Row groups are cut as
+    `pq.write_table` cuts them (SNAPSHOT_ROW_GROUP rows) when every part but the last has that many rows."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = rows.select(SNAPSHOT_SCHEMA.names).cast(SNAPSHOT_SCHEMA)
-    used = set(pc.unique(table["shard_id"]).to_pylist()) if table.num_rows else set()
     shard_map = {}
-    for s in sorted(used):
+    for s in sorted(set(shard_ids)):
         ref = shards[s]
         entry = {k: v for k, v in asdict(ref).items() if v is not None}
         local = (
@@ -79,9 +96,10 @@ def write_snapshot(
             entry["uri"] = os.path.relpath(local, path.parent.resolve())
             entry["relative"] = True
         shard_map[str(s)] = entry
-    table = table.replace_schema_metadata({_SHARDS_KEY: json.dumps(shard_map).encode()})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    schema = SNAPSHOT_SCHEMA.with_metadata({_SHARDS_KEY: json.dumps(shard_map).encode()})
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for part in parts:
+            writer.write_table(part.cast(schema), row_group_size=SNAPSHOT_ROW_GROUP)
     return path
 
 

@@ -243,3 +243,17 @@ def test_busy_workspace_during_a_hung_score(tmp_path, make_corpus, fasttext_mode
     result = invoke("score", ws, "--workers", "1", "--quiet")
     assert "committed 2 parts, 0 already done, 0 failed" in result.stdout
     assert_fully_scored(ws)
+
+
+def test_memory_capped_lowers_duckdbs_limit_for_the_block_only(tmp_path):
+    with Catalog(tmp_path / "ws", create=True) as cat:
+        before = cat.execute("SELECT current_setting('memory_limit')")[0][0]
+        with cat.memory_capped(256 * 2**20):
+            assert cat.execute("SELECT current_setting('memory_limit')")[0][0] == "256.0 MiB"
+            with cat.memory_capped(2**40):  # never raised
+                assert cat.execute("SELECT current_setting('memory_limit')")[0][0] == "256.0 MiB"
+        assert cat.execute("SELECT current_setting('memory_limit')")[0][0] == before
+        for _ in range(3):  # given back as it was, call after call
+            with cat.memory_capped(256 * 2**20):
+                pass
+        assert cat.execute("SELECT current_setting('memory_limit')")[0][0] == before

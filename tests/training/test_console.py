@@ -498,3 +498,19 @@ def test_read_only_catalog_counts_stale_cells_without_writing(catalog: Catalog) 
     with console._agents_registered():
         assert console._cells(with_seen=True).equals(counted)
     assert catalog.ensure_cells() and catalog.get_meta("cells_key") is not None
+
+
+@pytest.mark.parametrize("with_key", [True, False])
+def test_the_cut_sorts_only_the_end_of_the_order_and_takes_what_a_full_sort_takes(with_key: bool) -> None:
+    rng = np.random.default_rng(7)
+    n = 2 * console_module._PARTIAL_SORT_ROWS
+    key = rng.integers(0, 5000, n).astype(np.float64) if with_key else None  # ties, broken by h then doc_id
+    h = rng.integers(0, 2**20, n, dtype=np.uint64)
+    doc_id = rng.permutation(n).astype(np.int64)
+    tokens = rng.integers(1, 400, n).astype(np.int32)
+    full = np.lexsort((doc_id, h) if key is None else (doc_id, h, key))
+    for budget in (0, 10, int(tokens.sum()) // 3, int(tokens.sum()) - 5, int(tokens.sum()) * 2):
+        cum = np.cumsum(tokens[full], dtype=np.int64)
+        expected = np.sort(full[cum <= budget])
+        got = np.sort(console_module._prefix_within(key, h, doc_id, tokens, budget))
+        np.testing.assert_array_equal(got, expected)
