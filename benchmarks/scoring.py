@@ -19,6 +19,7 @@ are both recorded: on a shared machine the CPU-time ratios are the ones that do 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import datetime
 import importlib.metadata
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,11 +111,13 @@ def timed_score_shard(task: Any, progress: Any = None) -> list[Any]:
     return results
 
 
-def instrument(commits: list[tuple[float, float, int]]) -> None:
-    """Record each task's span (`timed_score_shard`) and each commit batch (start, end, parts) of this run."""
+@contextlib.contextmanager
+def instrument(commits: list[tuple[float, float, int]]) -> Iterator[None]:
+    """Record each task's span (`timed_score_shard`) and each commit batch (start, end, parts) while inside;
+    the driver's own functions are put back on leaving (a test runs `child_run` in its own process)."""
     from corpus_agents.scoring import driver
 
-    commit_batch = driver.commit_batch
+    commit_batch, score_shard = driver.commit_batch, driver.score_shard
 
     def timed_commit_batch(catalog: Any, results: list[Any], *args: Any, **kwargs: Any) -> list[Any]:
         started = time.perf_counter()
@@ -121,8 +125,11 @@ def instrument(commits: list[tuple[float, float, int]]) -> None:
         commits.append((started, time.perf_counter(), len(results) - len(left)))
         return left
 
-    driver.commit_batch = timed_commit_batch
-    driver.score_shard = timed_score_shard
+    driver.commit_batch, driver.score_shard = timed_commit_batch, timed_score_shard
+    try:
+        yield
+    finally:
+        driver.commit_batch, driver.score_shard = commit_batch, score_shard
 
 
 def timeline(summary: Any, commits: list[tuple[float, float, int]], start: float, end: float) -> dict:
@@ -150,9 +157,7 @@ def child_run(workspace: str, agents: list[str], workers: int, profile: str | No
     from corpus_agents.scoring.executors.local import stop_pool_server
 
     commits: list[tuple[float, float, int]] = []
-    if not profile:
-        instrument(commits)
-    with Catalog(workspace) as cat:
+    with instrument(commits) if not profile else contextlib.nullcontext(), Catalog(workspace) as cat:
         profiler = cProfile.Profile() if profile else None
         load0, cpu0, wall0 = loadavg(), cpu_seconds(), time.perf_counter()
         if profiler:
