@@ -69,6 +69,7 @@ def test_sql_returns_a_relation_read_as_polars_pandas_or_arrow(ws: Path) -> None
             w.sql("SELECT * FROM no_such_table")
 
 
+@pytest.mark.slow  # in .ci/run's slow line; keeps the default run under 5 minutes
 def test_read_only_takes_no_lock_and_refuses_writes(ws: Path) -> None:
     reader = corpus_agents.open(ws)
     other = corpus_agents.open(ws)  # readers share a workspace

@@ -179,6 +179,7 @@ def assert_busy_message(result: subprocess.CompletedProcess[str], pid: int, comm
     assert f"pid {pid} " in lines[0] and command in lines[0], lines[0]
 
 
+@pytest.mark.slow  # in .ci/run's slow line; keeps the default run under 5 minutes
 def test_busy_workspace_names_the_holder(tmp_path, make_corpus):
     corpus = tmp_path / "corpus"
     make_corpus(corpus, num_shards=1, rows_per_shard=20)

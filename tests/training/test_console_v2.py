@@ -240,6 +240,7 @@ def test_update_takes_the_draw_that_draw_probes_recorded(
     assert calls == [1, 1]
 
 
+@pytest.mark.slow  # in .ci/run's slow line; keeps the default run under 5 minutes
 def test_stratified_draw_is_uniform_within_each_label(catalog: Catalog) -> None:
     """Over 300 rounds, every document of the 40-document label is drawn about 300 * 8 / 40 = 60 times: the
     counts pass a chi-square test of uniformity; the label's draw ignores the other agents' labels."""

@@ -362,6 +362,7 @@ def test_build_from_the_hub_maps_each_source_to_the_task_layout(
         reference_sets.build(out, ["squad"], "hub", echo=lambda _: None)
 
 
+@pytest.mark.slow  # in .ci/run's slow line; keeps the default run under 5 minutes
 def test_train_with_a_pipeline_naming_reference_tasks_from_a_bare_clone(
     tmp_path: Path, scored_workspace
 ) -> None:

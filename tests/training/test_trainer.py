@@ -123,6 +123,7 @@ def train_killed_after_checkpoint(
     )
 
 
+@pytest.mark.slow  # in .ci/run's slow line; keeps the default run under 5 minutes
 def test_random_selection_measures_no_rewards(workspace: tuple[Path, Path]) -> None:
     """Random selection ignores rewards, so the baseline spends no compute on probes; its rounds still run."""
     ws, config = workspace

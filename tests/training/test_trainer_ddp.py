@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import TINY, console_tables, final_weights
 
@@ -25,6 +26,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # in .ci/run's slow line; keeps the default run under 5 minutes
 def test_two_ranks_share_probes_and_selection_and_rank_0_records_the_rounds(
     workspace: tuple[Path, Path],
 ) -> None:
