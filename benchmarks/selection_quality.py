@@ -363,7 +363,8 @@ def run_jobs(
     each), and write each run's result as it finishes (`collect`)."""
     lanes = [lane_workspace(ws, args.work / f"lane-{i}") for i in range(args.s["lanes"])]
     todo = [(c, s) for c, s in jobs if not result_path(args, f"{c}-seed{s}").is_file()]
-    todo.sort(key=lambda job: -(2 if job[0] == "random-2x" else 1))  # longest first
+    # seed by seed (a sitting leaves whole seeds behind), the longest run of a seed first
+    todo.sort(key=lambda job: (job[1], -(2 if job[0] == "random-2x" else 1)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     running: dict[int, tuple[subprocess.Popen, str, int, float]] = {}
     logs = args.work / "logs"
