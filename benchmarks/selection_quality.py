@@ -436,14 +436,58 @@ def collect(
             "SELECT round, cell_entropy, top_cell_share FROM selections WHERE run_id = ? ORDER BY round",
             [run_dir.name],
         )
+        console = console_diagnostics(cat, run_dir.name)
     result = {
         "run": run_dir.name, "config": config, "seed": seed, "curve": curve,
         "selection": [{"round": r, "cell_entropy": e, "top_cell_share": t} for r, e, t in spread],
+        "console": console,
         "final_compute": rounds[-1].get("compute_total"), "wall_s": None if wall_s is None else round(wall_s),
         "git": args.git, **evaluate_run(run_dir, args.tasks),
     }  # fmt: skip
     atomic_json(result_path(args, run_dir.name), result)
     return result
+
+
+def console_diagnostics(cat: Any, run: str) -> list[dict[str, Any]]:
+    """Per round and agent, what the console measured: theta after the round, the agent's advantage over
+    random selection with its standard error, and the split-half reliability of its label effects (console v2;
+    the paper's preset records theta and its reward only, random none of them)."""
+    rows = cat.execute(
+        "SELECT round, agent, theta, reward, reward_se, reliability FROM collab_weights WHERE run_id = ? "
+        "ORDER BY round, agent",
+        [run],
+    )
+    return [
+        {"round": r, "agent": a, "theta": t, "advantage": adv, "advantage_se": se, "reliability": rel}
+        for r, a, t, adv, se, rel in rows
+    ]
+
+
+def backfill_console(args: argparse.Namespace) -> None:
+    """Add the console diagnostics to run results written before they were recorded, from the lane that
+    trained each run. A lane whose catalog a training run holds is left for a later call."""
+    from corpus_agents.errors import WorkspaceBusyError
+    from corpus_agents.scoring.catalog import Catalog
+
+    added, busy = 0, set()
+    for path in sorted((args.results / "runs").glob("*.json")):
+        result = json.loads(path.read_text())
+        if "console" in result:
+            continue
+        lanes = [p.parents[1] for p in args.work.glob(f"lane-*/runs/{result['run']}")]
+        if not lanes or lanes[0] in busy:
+            continue
+        try:
+            with Catalog(lanes[0], read_only=True) as cat:
+                result["console"] = console_diagnostics(cat, result["run"])
+        except WorkspaceBusyError:
+            busy.add(lanes[0])
+            continue
+        atomic_json(path, result)
+        added += 1
+    if added or busy:
+        print(f"console diagnostics added to {added} run results"
+              + (f"; {len(busy)} busy lane(s) left for a later --summary-only" if busy else ""))  # fmt: skip
 
 
 # ----- downstream evaluation -----------------------------------------------------------------------------
@@ -627,6 +671,9 @@ def summarize(
                 row["to_random_final"][f"{name}_mean"] = float(np.mean(got)) if got else None
                 row["to_random_final"][f"{name}_ci95"] = list(bootstrap_ci(got)) if len(got) > 1 else None
                 row["to_random_final"][f"{name}_not_reached"] = len(per_seed) - len(got)
+        measured = console_summary(list(runs.values()))
+        if measured:
+            row["console"] = measured
         noise = [a for a in NOISE_AGENTS if all(a in p["theta"] for r in runs.values() for p in r["curve"])]
         if noise:
             rounds = min(len(r["curve"]) for r in runs.values())
@@ -645,6 +692,34 @@ def summarize(
         "table": table,
         "comparisons": comparisons,
     }
+
+
+def console_summary(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Per agent, over the runs that recorded console diagnostics: mean theta after the last round, mean
+    split-half reliability and the share of rounds whose advantage over random is at least 2 standard errors
+    from 0 (rounds after the warm-up); and the selection's mean cell entropy over those rounds. None when no
+    run measured an advantage (random and the paper's preset do not; nor results from before the
+    diagnostics)."""
+    runs = [r for r in runs if any(c.get("advantage_se") for c in r.get("console", []))]
+    if not runs:
+        return None
+    agents: dict[str, dict[str, Any]] = {}
+    for agent in sorted({c["agent"] for r in runs for c in r["console"]}):
+        rows = [[c for c in r["console"] if c["agent"] == agent] for r in runs]
+        later = [c for rs in rows for c in rs if c["round"] > 0]
+        rel = [c["reliability"] for c in later if c["reliability"] is not None]
+        z = [abs(c["advantage"]) / c["advantage_se"] for c in later
+             if c["advantage"] is not None and c["advantage_se"]]  # fmt: skip
+        agents[agent] = {
+            "final_theta": float(np.mean([rs[-1]["theta"] for rs in rows if rs])),
+            "reliability": float(np.mean(rel)) if rel else None,
+            "share_z2": float(np.mean([v >= 2 for v in z])) if z else None,
+            "rounds": len(later),
+        }
+    entropy = [
+        x["cell_entropy"] for r in runs for x in r["selection"][1:] if x.get("cell_entropy") is not None
+    ]
+    return {"n": len(runs), "agents": agents, "cell_entropy": float(np.mean(entropy)) if entropy else None}
 
 
 #: The comparisons the README states, (a, b): a - b in held-out loss (negative: a is better).
@@ -779,6 +854,27 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         )  # fmt: skip
         lines.append(f"| {config} | {ci('tokens_ratio')} | {ci('compute_ratio')} | "
                      f"{r['tokens_ratio_not_reached']} | {per_seed} |")  # fmt: skip
+    measured = {c: row["console"] for c, row in table.items() if "console" in row}
+    if measured:
+        lines += [
+            "",
+            "## What the console measured (rounds after the warm-up, over the seeds that recorded it)",
+            "",
+            "reliability: split-half reliability of the agent's label effects (0: its labels carry no signal the "
+            "probes can see); |adv| ≥ 2 se: share of rounds whose advantage over random is at least two standard "
+            "errors from 0; cell entropy: the selection's entropy over cells (nats).",
+            "",
+            "| config | seeds | cell entropy | agent | final theta | reliability | \\|adv\\| ≥ 2 se |",
+            "| --- | ---: | ---: | --- | ---: | ---: | ---: |",
+        ]
+
+        def num(v: float | None, digits: int = 2) -> str:
+            return "-" if v is None else f"{v:.{digits}f}"
+
+        for config, m in measured.items():
+            for agent, a in m["agents"].items():
+                lines.append(f"| {config} | {m['n']} | {num(m['cell_entropy'])} | {agent} | {a['final_theta']:.3f} "
+                             f"| {num(a['reliability'])} | {num(a['share_z2'])} |")  # fmt: skip
     noise = {c: row["noise_theta"] for c, row in table.items() if "noise_theta" in row}
     if noise:
         lines += ["", "## Where theta put the controls (mean over seeds, per round)", ""]
@@ -857,6 +953,7 @@ def main(argv: list[str] | None = None) -> None:
         jobs = [(c if c != "best-single" else f"single-{best}", s) for s in args.seeds for c in args.configs
                 if c != "best-single" or best]  # fmt: skip
         run_jobs(args, ws, config_file, jobs, real)
+    backfill_console(args)
     meta["wall_s"] = round(time.time() - started)
     print(write_table(args, real, meta))
 

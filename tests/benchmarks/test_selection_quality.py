@@ -57,6 +57,27 @@ def test_best_single_is_chosen_on_probe_halves_only() -> None:
     assert sq.best_single(results, ["a", "b"], seeds=sq.SELECTION_SEEDS[1:]) == "a"
 
 
+def test_console_summary() -> None:
+    """Per agent: final theta, mean reliability and the share of rounds 2 se from 0, over rounds after the
+    warm-up; configurations without a learning console get none."""
+
+    def run(rows: list[tuple[int, str, float, float | None, float | None, float | None]]) -> dict:
+        console = [{"round": r, "agent": a, "theta": t, "advantage": adv, "advantage_se": se, "reliability": rel}
+                   for r, a, t, adv, se, rel in rows]  # fmt: skip
+        return {"console": console, "selection": [{"cell_entropy": 9.0}, {"cell_entropy": 1.0},
+                                                  {"cell_entropy": 2.0}]}  # fmt: skip
+
+    a = run([(0, "x", 0.5, None, None, None), (1, "x", 0.6, 0.3, 0.1, 0.9), (2, "x", 0.7, 0.1, 0.1, None)])
+    b = run([(0, "x", 0.5, None, None, None), (1, "x", 0.2, -0.5, 0.1, 0.1), (2, "x", 0.3, 0.0, 0.1, 0.2)])
+    got = sq.console_summary([a, b])
+    assert got["n"] == 2 and got["cell_entropy"] == pytest.approx(1.5)  # the warm-up's selection left out
+    x = got["agents"]["x"]
+    assert x["final_theta"] == pytest.approx(0.5) and x["rounds"] == 4
+    assert x["reliability"] == pytest.approx(0.4)  # (0.9 + 0.1 + 0.2) / 3: a missing one is left out
+    assert x["share_z2"] == pytest.approx(0.5)  # |z| = 3, 1, 5, 0
+    assert sq.console_summary([run([(0, "x", 1.0, None, None, None)]), {"curve": []}]) is None
+
+
 @pytest.mark.slow
 def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
     work, out = tmp_path / "work", tmp_path / "out"
@@ -97,10 +118,24 @@ def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
     text = (out / f"{sq.NAME}.md").read_text()
     assert "*secondary*" in text and "| method | random |" in text
     assert sq.NOT_DISTINGUISHABLE in text  # two seeds are never enough to state a difference
+    # What the console measured is recorded per round and agent; random measures no advantage.
+    method = results["method-seed0"]["console"]
+    assert {c["agent"] for c in method} == {"domain", "topic"} and max(c["round"] for c in method) >= 9
+    assert any(c["advantage"] is not None and c["reliability"] is not None for c in method)
+    assert not any(c["advantage_se"] for c in results["random-seed0"]["console"])  # no probes, no measure
+    assert set(table["table"]["method"]["console"]["agents"]) == {"domain", "topic"}
+    assert "console" not in table["table"]["random"]
+    assert "## What the console measured" in text
     # A second call finds every run's result and trains nothing.
     stamps = {p.name: p.stat().st_mtime_ns for p in runs.glob("*.json")}
     sq.main(argv)
     assert {p.name: p.stat().st_mtime_ns for p in runs.glob("*.json")} == stamps
+    # A result written before the diagnostics existed gains them from its lane, unchanged otherwise.
+    path = runs / "method-seed0.json"
+    old = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in old.items() if k != "console"}))
+    sq.main([*argv, "--summary-only"])
+    assert json.loads(path.read_text()) == old
 
 
 @pytest.mark.slow
