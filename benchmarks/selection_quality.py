@@ -55,6 +55,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import shlex
 import shutil
@@ -710,8 +711,10 @@ def console_summary(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
         rel = [c["reliability"] for c in later if c["reliability"] is not None]
         z = [abs(c["advantage"]) / c["advantage_se"] for c in later
              if c["advantage"] is not None and c["advantage_se"]]  # fmt: skip
+        t = [x for x in (advantage_t(rs) for rs in rows) if x is not None]
         agents[agent] = {
             "final_theta": float(np.mean([rs[-1]["theta"] for rs in rows if rs])),
+            "t": {"mean": float(np.mean(t)), "min": float(min(t)), "max": float(max(t))} if t else None,
             "reliability": float(np.mean(rel)) if rel else None,
             "share_z2": float(np.mean([v >= 2 for v in z])) if z else None,
             "rounds": len(later),
@@ -720,6 +723,14 @@ def console_summary(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
         x["cell_entropy"] for r in runs for x in r["selection"][1:] if x.get("cell_entropy") is not None
     ]
     return {"n": len(runs), "agents": agents, "cell_entropy": float(np.mean(entropy)) if entropy else None}
+
+
+def advantage_t(rows: list[dict[str, Any]]) -> float | None:
+    """One run's t of an agent's advantage over random across its measured rounds (runs.sql's agent_signal)."""
+    adv = np.array([c["advantage"] for c in rows if c["advantage_se"]], dtype=float)
+    if len(adv) < 3 or adv.std(ddof=1) == 0:
+        return None
+    return float(adv.mean() / (adv.std(ddof=1) / math.sqrt(len(adv))))
 
 
 #: The comparisons the README states, (a, b): a - b in held-out loss (negative: a is better).
@@ -860,12 +871,14 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
             "",
             "## What the console measured (rounds after the warm-up, over the seeds that recorded it)",
             "",
-            "reliability: split-half reliability of the agent's label effects (0: its labels carry no signal the "
-            "probes can see); |adv| ≥ 2 se: share of rounds whose advantage over random is at least two standard "
-            "errors from 0; cell entropy: the selection's entropy over cells (nats).",
+            "t: per run, the agent's mean advantage over random selection divided by its standard error across "
+            "the run's rounds (|t| below 2: no signal shown), mean [min, max] over seeds; reliability: split-half "
+            "reliability of its label effects, mean over rounds and seeds; |adv| ≥ 2 se: share of rounds whose "
+            "advantage is at least two of that round's standard errors from 0 (0.05 if those were calibrated); "
+            "cell entropy: the selection's entropy over cells (nats).",
             "",
-            "| config | seeds | cell entropy | agent | final theta | reliability | \\|adv\\| ≥ 2 se |",
-            "| --- | ---: | ---: | --- | ---: | ---: | ---: |",
+            "| config | seeds | cell entropy | agent | final theta | t | reliability | \\|adv\\| ≥ 2 se |",
+            "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
         ]
 
         def num(v: float | None, digits: int = 2) -> str:
@@ -873,8 +886,13 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
 
         for config, m in measured.items():
             for agent, a in m["agents"].items():
+                t = (
+                    "-"
+                    if a["t"] is None
+                    else f"{a['t']['mean']:+.1f} [{a['t']['min']:+.1f}, {a['t']['max']:+.1f}]"
+                )
                 lines.append(f"| {config} | {m['n']} | {num(m['cell_entropy'])} | {agent} | {a['final_theta']:.3f} "
-                             f"| {num(a['reliability'])} | {num(a['share_z2'])} |")  # fmt: skip
+                             f"| {t} | {num(a['reliability'])} | {num(a['share_z2'])} |")  # fmt: skip
     noise = {c: row["noise_theta"] for c, row in table.items() if "noise_theta" in row}
     if noise:
         lines += ["", "## Where theta put the controls (mean over seeds, per round)", ""]

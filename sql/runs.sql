@@ -46,16 +46,6 @@ loss AS (
     FROM (SELECT run_id, step, tokens, avg(heldout_loss) AS mean_loss FROM round_metrics GROUP BY ALL)
     GROUP BY run_id
 ),
--- Whether each agent carries any signal (console v2 runs): at the last round, the split-half reliability of
--- its label effects (rel) and its largest |effect| / se (z); an agent with rel ~ 0 and z < 2 has none.
-signal AS (
-    SELECT c.run_id, string_agg(c.agent || ' rel ' || coalesce(CAST(round(c.reliability, 2) AS VARCHAR), '-')
-                                || ' z ' || CAST(round(m.z, 1) AS VARCHAR), ', ' ORDER BY c.agent) AS signal
-    FROM collab_weights c JOIN last USING (run_id, round)
-    JOIN (SELECT run_id, round, agent, max(abs(reward) / se) AS z FROM agent_memory WHERE se > 0 GROUP BY ALL) m
-        USING (run_id, round, agent)
-    GROUP BY c.run_id
-),
 cost AS (  -- the cumulative cost at each record: training + probes + reference gradients
     SELECT run_id, step,
            sum(total_flops) FILTER (WHERE kind <> 'eval') AS flops,
@@ -69,10 +59,25 @@ compute AS (
 )
 SELECT r.run_id, r.init_from, last.round AS rounds, loss.steps, loss.tokens AS train_tokens,
        compute.compute_flops, round(compute.probe_share, 4) AS probe_share,
-       round(loss.heldout_loss, 4) AS heldout_loss, theta.theta, signal.signal
+       round(loss.heldout_loss, 4) AS heldout_loss, theta.theta
 FROM runs r LEFT JOIN last USING (run_id) LEFT JOIN theta USING (run_id) LEFT JOIN loss USING (run_id)
-LEFT JOIN compute USING (run_id) LEFT JOIN signal USING (run_id)
+LEFT JOIN compute USING (run_id)
 ORDER BY r.created_at;
+
+-- name: agent_signal
+-- Whether each agent carries signal (console v2 runs), over every round that measured its advantage over
+-- random selection (collab_weights.reward, with reward_se): the rounds, the mean advantage, t = that mean
+-- divided by its standard error across the rounds, and the mean split-half reliability of its label effects.
+-- Each round's probes are fresh and the advantage is read on the half its preferences were not learnt from,
+-- so an agent without signal has rounds of mean 0 whatever it learnt before: t is a one-sample t over the
+-- rounds (NULL below 3 rounds). A single round's advantage / reward_se is not such a test: the two halves'
+-- estimates share their data, so its spread is wider than 1 under no signal (about 1.2 to 1.5).
+SELECT run_id, agent, count(*) AS rounds, avg(reward) AS advantage,
+       CASE WHEN count(*) >= 3 THEN avg(reward) / nullif(stddev_samp(reward) / sqrt(count(*)), 0) END AS t,
+       avg(reliability) AS reliability
+FROM collab_weights WHERE reward_se > 0
+GROUP BY run_id, agent
+ORDER BY run_id, agent;
 
 -- name: selection_of
 -- The given round's selection, or the run's last one when the round is NULL.

@@ -2,8 +2,10 @@
 
 Per run: the training loss (the run's log), the held-out loss per reference task (round_metrics), the
 cumulative compute at each round (round_compute), theta and each agent's memory w per round
-(collab_weights, agent_memory) and the share of each agent's labels among the documents selected each round. While a training run holds the workspace the catalog cannot be
-opened: everything but the selection shares is then read from the runs' logs.
+(collab_weights, agent_memory), whether each agent carries signal (runs.sql's agent_signal) and the share
+of each agent's labels among the documents selected each round. While a training run holds the workspace
+the catalog cannot be opened: everything but the selection shares and the signal is then read from the
+runs' logs.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from corpus_agents.scoring.catalog import Catalog
 from corpus_agents.training.runs import (
     RunLog,
     RunPaths,
+    agent_signal,
     ensure_schema,
     label_shares,
     logged_runs,
@@ -45,6 +48,10 @@ _SCHEMAS = {
     "shares": {
         "run_id": pl.String, "round": pl.Int64, "agent": pl.String, "label": pl.String,
         "docs": pl.Int64, "share": pl.Float64,
+    },
+    "signal": {
+        "run_id": pl.String, "agent": pl.String, "rounds": pl.Int64, "advantage": pl.Float64, "t": pl.Float64,
+        "reliability": pl.Float64,
     },
 }  # fmt: skip
 
@@ -79,6 +86,8 @@ class ReportData:
     notes: list[str] = field(default_factory=list)
     #: cumulative training tokens, cost and reward FLOPs per round record (none for runs logged before)
     compute: pl.DataFrame = field(default_factory=lambda: _frame("compute", []))
+    #: per run and agent: rounds with a measured advantage over random, its mean, t over the rounds, reliability
+    signal: pl.DataFrame = field(default_factory=lambda: _frame("signal", []))
 
     def with_config(self, frame: pl.DataFrame) -> pl.DataFrame:
         """`frame` with a `config` column (the run's configuration)."""
@@ -144,6 +153,7 @@ def collect(
         compute = _frame("compute", catalog.run("report.sql", "compute", runs=runs))
         theta = _frame("theta", catalog.run("report.sql", "theta", runs=runs))
         memory = _frame("memory", catalog.run("report.sql", "memory", runs=runs))
+        signal = _frame("signal", [row for row in agent_signal(catalog) if row[0] in runs])
         notes: list[str] = []
         share_rows: list[tuple] = []
         for run_id, round_, stored, *_ in catalog.run("report.sql", "selections", runs=runs):
@@ -164,6 +174,7 @@ def collect(
         status={r: _status(logs[r], heldout.filter(pl.col("run_id") == r).height > 0) for r in runs},
         notes=notes,
         compute=compute,
+        signal=signal,
     )
 
 
@@ -185,7 +196,8 @@ def _collect_from_logs(ws: Path, run_ids: list[str] | None, group: str | None, b
         shares=_frame("shares", []),
         status={r: _status(logs[r], bool(logs[r].rounds)) for r in runs},
         notes=[
-            f"read from the runs' logs ({busy}); the selection shares need the catalog: re-run when it is free"
+            f"read from the runs' logs ({busy}); the selection shares and the agents' signal need the catalog: "
+            "re-run when it is free"
         ],
         compute=_frame("compute", compute),
     )

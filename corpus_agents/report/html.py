@@ -51,6 +51,27 @@ def _mean_std(mean: float | None, std: float | None, runs: int) -> str:
     return f"{mean:.4f} ± {std:.4f} ({runs} runs)"
 
 
+def _signal_section(data: ReportData) -> list[str]:
+    """Whether each agent carries signal, per run (console v2 runs; none when the catalog was busy)."""
+    if not data.signal.height:
+        return []
+    rows = [
+        [r["run_id"], r["agent"], r["rounds"], f"{r['advantage']:+.4f}",
+         "-" if r["t"] is None else f"{r['t']:+.1f}", "-" if r["reliability"] is None else f"{r['reliability']:.2f}"]
+        for r in data.signal.iter_rows(named=True)
+    ]  # fmt: skip
+    return [
+        "<h2>Signal per agent</h2>",
+        "<p>Each round the console measures every agent's advantage over random selection: how much better its "
+        "preferred labels did on the probes than the corpus's own label mix, on the half of the probes its "
+        "preferences were not learnt from. <b>t</b> is the rounds' mean advantage over its standard error across "
+        "the rounds: an agent with no signal has |t| below about 2 (t with rounds &minus; 1 degrees of "
+        "freedom); after 10 rounds, t above about 2.3 says its preferences beat random selection. "
+        "<b>reliability</b>, the split-half agreement of its label effects, is a weaker sign.</p>",
+        _table(["run", "agent", "rounds measured", "mean advantage", "t", "reliability"], rows),
+    ]
+
+
 def render_html(data: ReportData, workspace: Path, plots: list[tuple[str, str]]) -> str:
     """The page: runs, final held-out loss per configuration (mean ± std over seeds), then the plots."""
     summary = run_summary(data)
@@ -101,6 +122,7 @@ def render_html(data: ReportData, workspace: Path, plots: list[tuple[str, str]])
              "compute (FLOPs)", "spent on rewards", "last held-out loss (mean of tasks)", "at tokens"],
             run_rows,
         ),
+        *_signal_section(data),
         "<h2>Final held-out loss</h2>",
         "<p>At each run's last evaluation; mean ± sample standard deviation over the configuration's runs; "
         "the lowest mean of each task in bold.</p>",

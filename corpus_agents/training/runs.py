@@ -304,11 +304,28 @@ def record_compute(
 
 def list_runs(catalog: Catalog) -> pa.Table:
     """One row per run: rounds, training steps and tokens, total compute (training, probes and reference
-    gradients, in FLOPs) and the share of it spent on rewards, held-out loss of its last evaluation and the
-    latest theta per agent. A read-only catalog of a workspace that never trained: no rows, no columns."""
+    gradients, in FLOPs) and the share of it spent on rewards, held-out loss of its last evaluation, the
+    latest theta per agent and whether each agent carries signal (`agent_signal`: per agent, `t` over the
+    rounds and the mean reliability `rel`). A read-only catalog of a workspace that never trained: no rows,
+    no columns."""
     if not ensure_schema(catalog):
         return pa.table({})
-    return catalog.arrow("runs.sql", "list_runs")
+    table = catalog.arrow("runs.sql", "list_runs")
+    signal: dict[str, list[str]] = {}
+    for run_id, agent, _, _, t, rel in agent_signal(catalog):
+        signal.setdefault(run_id, []).append(f"{agent} t {_num(t, 1)} rel {_num(rel, 2)}")
+    column = [", ".join(signal[r]) if r in signal else None for r in table["run_id"].to_pylist()]
+    return table.append_column("signal", pa.array(column, pa.string()))
+
+
+def agent_signal(catalog: Catalog) -> list[tuple[str, str, int, float, float | None, float | None]]:
+    """(run_id, agent, rounds, mean advantage over random, t over the rounds, mean reliability) of every
+    console v2 run's agents; runs.sql's `agent_signal` says how to read them."""
+    return catalog.run("runs.sql", "agent_signal")
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def selection_path(catalog: Catalog, run_id: str, round_: int | None) -> tuple[int, Path]:

@@ -5,6 +5,7 @@ that a finished run is not trained again."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -67,14 +68,17 @@ def test_console_summary() -> None:
         return {"console": console, "selection": [{"cell_entropy": 9.0}, {"cell_entropy": 1.0},
                                                   {"cell_entropy": 2.0}]}  # fmt: skip
 
-    a = run([(0, "x", 0.5, None, None, None), (1, "x", 0.6, 0.3, 0.1, 0.9), (2, "x", 0.7, 0.1, 0.1, None)])
+    a = run([(0, "x", 0.5, None, None, None), (1, "x", 0.6, 0.3, 0.1, 0.9), (2, "x", 0.7, 0.1, 0.1, None),
+             (3, "x", 0.8, 0.2, 0.1, 0.5)])  # fmt: skip
     b = run([(0, "x", 0.5, None, None, None), (1, "x", 0.2, -0.5, 0.1, 0.1), (2, "x", 0.3, 0.0, 0.1, 0.2)])
     got = sq.console_summary([a, b])
     assert got["n"] == 2 and got["cell_entropy"] == pytest.approx(1.5)  # the warm-up's selection left out
     x = got["agents"]["x"]
-    assert x["final_theta"] == pytest.approx(0.5) and x["rounds"] == 4
-    assert x["reliability"] == pytest.approx(0.4)  # (0.9 + 0.1 + 0.2) / 3: a missing one is left out
-    assert x["share_z2"] == pytest.approx(0.5)  # |z| = 3, 1, 5, 0
+    assert x["final_theta"] == pytest.approx(0.55) and x["rounds"] == 5
+    assert x["reliability"] == pytest.approx(0.425)  # (0.9 + 0.5 + 0.1 + 0.2) / 4: a missing one is left out
+    assert x["share_z2"] == pytest.approx(0.6)  # |z| = 3, 1, 2, 5, 0
+    t = 0.2 / (0.1 / math.sqrt(3))  # run a's advantages 0.3, 0.1, 0.2; run b has too few rounds for a t
+    assert x["t"] == pytest.approx({"mean": t, "min": t, "max": t})
     assert sq.console_summary([run([(0, "x", 1.0, None, None, None)]), {"curve": []}]) is None
 
 

@@ -156,6 +156,11 @@ def test_report_writes_a_page_whose_images_are_valid_pngs(trained: Path, tmp_pat
     assert runs["random-seed0"]["probe_share"] == 0 and 0 < runs["method-seed0"]["probe_share"] < 1
     assert runs["method-seed0"]["compute_flops"] > runs["random-seed0"]["compute_flops"] > 0
     assert f"<td>{runs['method-seed0']['compute_flops']:.3g}</td>" in page
+    # Whether each agent carries signal: the method's runs measured it, random selection did not.
+    signal = collect(trained).signal
+    assert set(signal["run_id"]) == {"method-seed0", "method-seed1"}
+    assert set(signal["agent"]) == {"domain", "kind"} and (signal["rounds"] >= 1).all()
+    assert "<h2>Signal per agent</h2>" in page
 
 
 def test_report_of_a_busy_workspace_reads_the_run_logs(trained: Path, tmp_path: Path, monkeypatch) -> None:
@@ -164,7 +169,7 @@ def test_report_of_a_busy_workspace_reads_the_run_logs(trained: Path, tmp_path: 
         held.parts()
         index = write_report(trained, ["method-seed0", "method-seed1"], tmp_path / "busy")
     page = index.read_text(encoding="utf-8")
-    assert "is in use by" in page and "selection shares need the catalog" in page
+    assert "is in use by" in page and "need the catalog" in page
     images = re.findall(r'<img src="([^"]+)"', page)
     assert {
         "train_loss.png",

@@ -26,7 +26,7 @@ from corpus_agents.training.console import (
     sample_quotas,
     update_memory,
 )
-from corpus_agents.training.runs import list_runs
+from corpus_agents.training.runs import agent_signal, ensure_schema, list_runs
 from corpus_agents.training.selection import read_snapshot
 
 N_DOCS = 2400
@@ -394,13 +394,36 @@ def test_noise_control_is_floored_while_the_real_agent_gains(catalog: Catalog) -
         "SELECT reward, se, num_probes FROM agent_memory WHERE run_id = 'run' AND round = 1 AND agent = 'real'"
     )
     assert all(se > 0 and n >= 16 for _, se, n in effects)
-    # `corpus-agents runs` shows it: per agent, the reliability and the largest |effect| / se
+    # `corpus-agents runs` shows it: per agent, t of its advantage over the rounds and the mean reliability
     (listed,) = list_runs(catalog).to_pylist()
     signal = {
-        a: (rel, float(z)) for a, rel, z in re.findall(r"(\w+) rel ([\d.-]+) z ([\d.]+)", listed["signal"])
+        a: (float(t), float(rel))
+        for a, t, rel in re.findall(r"(\w+) t ([\d.-]+) rel ([\d.-]+)", listed["signal"])
     }
     assert set(signal) == {"noise", "real"}, listed["signal"]
-    assert float(signal["real"][0]) > 0.5 and signal["real"][1] > 3
+    assert signal["real"][0] > 3 and signal["real"][1] > 0.5
+    assert abs(signal["noise"][0]) < 2, listed["signal"]
+
+
+def test_agent_signal_t_over_rounds(catalog: Catalog) -> None:
+    """t is the rounds' mean advantage over its standard error across them (one-sample t), rounds with no
+    measured advantage (the warm-up) left out; the paper's preset measures none."""
+    ensure_schema(catalog)
+    catalog.execute("INSERT INTO runs (run_id, config) VALUES ('hand', '{}'), ('paper', '{}')")
+    rows = [(0, 0.0, None, None), (1, 0.3, 0.1, 0.9), (2, 0.1, 0.1, None), (3, 0.2, 0.2, 0.5)]
+    for round_, adv, se, rel in rows:
+        catalog.execute(
+            "INSERT INTO collab_weights (run_id, round, agent, theta, reward, reward_se, reliability) "
+            "VALUES ('hand', ?, 'a', 0.5, ?, ?, ?), ('paper', ?, 'a', 0.5, ?, NULL, NULL)",
+            [round_, adv, se, rel, round_, adv],
+        )
+    (got,) = agent_signal(catalog)
+    advs = np.array([0.3, 0.1, 0.2])
+    assert got[:4] == ("hand", "a", 3, pytest.approx(0.2))
+    assert got[4] == pytest.approx(advs.mean() / (advs.std(ddof=1) / math.sqrt(3)))
+    assert got[5] == pytest.approx(0.7)
+    listed = {r["run_id"]: r["signal"] for r in list_runs(catalog).to_pylist()}
+    assert listed == {"hand": "a t 3.5 rel 0.70", "paper": None}
 
 
 def test_fixed_theta_keeps_the_controls_share(catalog: Catalog) -> None:
