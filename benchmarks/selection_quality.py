@@ -696,9 +696,10 @@ def summarize(
 
 
 def console_summary(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Per agent, over the runs that recorded console diagnostics: mean theta after the last round, mean
-    split-half reliability and the share of rounds whose advantage over random is at least 2 standard errors
-    from 0 (rounds after the warm-up); and the selection's mean cell entropy over those rounds. None when no
+    """Per agent, over the runs that recorded console diagnostics: mean theta after the last round, each run's
+    t of its advantage over random across rounds (mean, min, max over runs), mean split-half reliability and
+    the share of rounds whose advantage is at least 2 of the round's standard errors from 0 (rounds after the
+    warm-up); and the selection's mean cell entropy over those rounds. None when no
     run measured an advantage (random and the paper's preset do not; nor results from before the
     diagnostics)."""
     runs = [r for r in runs if any(c.get("advantage_se") for c in r.get("console", []))]
