@@ -6,7 +6,9 @@ One command builds (or reuses) the corpus (`benchmarks/corpus/build.py`), scores
 one byte-level BPE, then trains the same Llama at one token budget under every configuration and seed:
 
 - main configurations (10 paired seeds, every comparison the README states):
-  random (uniform selection every round), random-2x (twice the tokens), best-single (the best single real
+  random (uniform selection every round), random-2x (twice the tokens), random-eqc (random at the method's
+  total compute: its training steps are the method's of the same seed times the method's compute over its
+  training FLOPs, so both finish their LR schedule at equal cost), best-single (the best single real
   agent, chosen as below), fixed (all real agents, theta fixed: `eta_theta = 0`, memories still learnt),
   method (console v2 defaults), method-paper (`console.preset: paper`), method-noise and fixed-noise (the
   real agents plus the two noise agents);
@@ -91,7 +93,7 @@ RESULTS = REPO / "benchmarks" / "results"
 NAME = "selection_quality_v2"
 REAL_AGENTS = ["quality", "domain", "topic"]
 NOISE_AGENTS = ["noise1", "noise2"]
-MAIN_CONFIGS = ["random", "random-2x", "best-single", "fixed", "method", "method-paper", "method-noise",
+MAIN_CONFIGS = ["random", "random-2x", "random-eqc", "best-single", "fixed", "method", "method-paper", "method-noise",
                 "fixed-noise"]  # fmt: skip
 MAIN_SEEDS = list(range(10))
 SELECTION_SEEDS = [100, 101, 102]  # the single agents' (secondary) seeds: best-single is chosen on these
@@ -107,7 +109,9 @@ thread; a run has ~8 s of start-up, ~0.5 s per held-out evaluation (11 per run) 
   + 9 secondary single-agent runs = 99 T-units of training,
   plus fixed costs 10*13.5 + 10*13.5 + 10*36 + 30*76.5 + 20*103.5 + 9*36 = 5,300 lane-seconds.
 Five hours on two lanes is 36,000 lane-seconds: 5,300 + 99 * T / 6,500 <= 36,000 gives T <= 2.0M. The default
-is 1,600 steps * 1,024 = 1.64M tokens (~18% margin for evaluation and scoring): about 4.2 h of lanes."""
+is 1,600 steps * 1,024 = 1.64M tokens (~18% margin for evaluation and scoring): about 4.2 h of lanes.
+random-eqc (added after seeds 0-2 of the rest had landed) trains 1.36 T (the method's compute over its
+training FLOPs): 10 * 1.36 T more, about 0.9 h of lanes."""
 #: Sizing of the `gpu` preset (not measured: no GPU was available when it was written).
 GPU_SIZING = """~22M parameters (hidden 384, 10 layers, 6 heads, MLP 1152, 8192-token tied vocabulary; N of the
 6*N*D rule ~22M), 13,700 steps * 64 * 512 = 449M tokens = 20 tokens per parameter, bf16, probes on the GPU
@@ -164,6 +168,11 @@ def config_overrides(name: str, steps: int, real: list[str]) -> list[str]:
     return {
         "random": ["console.mode=random", agents(real)],
         "random-2x": ["console.mode=random", agents(real), f"train.steps={2 * steps}"],
+        "random-eqc": [
+            "console.mode=random",
+            agents(real),
+            f"train.steps={steps}",
+        ],  # steps: equal_compute_steps
         "fixed": [agents(real), "console.eta_theta=0"],
         "method": [agents(real)],
         "method-paper": [agents(real), "console.preset=paper"],
@@ -364,8 +373,9 @@ def run_jobs(
     each), and write each run's result as it finishes (`collect`)."""
     lanes = [lane_workspace(ws, args.work / f"lane-{i}") for i in range(args.s["lanes"])]
     todo = [(c, s) for c, s in jobs if not result_path(args, f"{c}-seed{s}").is_file()]
-    # seed by seed (a sitting leaves whole seeds behind), the longest run of a seed first
-    todo.sort(key=lambda job: (job[1], -(2 if job[0] == "random-2x" else 1)))
+    # seed by seed (a sitting leaves whole seeds behind), the longest run of a seed first, random-eqc last (it
+    # needs the method's run of its seed)
+    todo.sort(key=lambda job: (job[1], job[0] == "random-eqc", -(2 if job[0] == "random-2x" else 1)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     running: dict[int, tuple[subprocess.Popen, str, int, float]] = {}
     logs = args.work / "logs"
@@ -373,21 +383,25 @@ def run_jobs(
     failed = []
     while todo or running:
         for i, lane in enumerate(lanes):
-            if i in running or not todo:
+            # the first job this lane can start: a killed run resumes in the lane that holds its checkpoints,
+            # and random-eqc waits for the method's result of its seed
+            if i in running:
                 continue
-            config, seed = todo.pop(0)
+            pick = next((k for k, job in enumerate(todo) if ready(args, job, lane, lanes)), None)
+            if pick is None:
+                continue
+            config, seed = todo.pop(pick)
             run = f"{config}-seed{seed}"
             if run_finished(lane / "runs" / run):  # trained before a kill, not yet collected
                 collect(args, lane / "runs" / run, lane, config, seed)
                 continue
             started = (lane / "runs" / run / "checkpoints").is_dir()
-            other = [ln for ln in lanes if ln != lane and (ln / "runs" / run / "checkpoints").is_dir()]
-            if other:  # a killed run resumes in the lane that holds its checkpoints
-                todo.insert(0, (config, seed))
-                continue
+            steps = args.s["steps"]
+            if config == "random-eqc":
+                steps = equal_compute_steps(json.loads(result_path(args, f"method-seed{seed}").read_text()))
             cmd = cli("train", str(lane), "--pipeline", str(config_file), "--run", run,
                       "--set", f"train.seed={seed}", "--set", f"console.seed={seed}",
-                      *[a for o in config_overrides(config, args.s["steps"], real) for a in ("--set", o)])  # fmt: skip
+                      *[a for o in config_overrides(config, steps, real) for a in ("--set", o)])  # fmt: skip
             if started:
                 cmd.append("--resume")
             print(f"[lane {i}] {shlex.join(cmd[3:])}", flush=True)
@@ -396,6 +410,9 @@ def run_jobs(
                           time.time())  # fmt: skip
         if running:
             time.sleep(1)  # polls the lanes; each run ends by itself or fails
+        elif todo and not any(ready(args, job, lane, lanes) for job in todo for lane in lanes):
+            raise SystemExit(f"cannot start {', '.join(f'{c}-seed{s}' for c, s in todo)}: random-eqc needs the "
+                             "method's result of its seed (add `method` to --configs)")  # fmt: skip
         for i, (proc, config, seed, t0) in list(running.items()):
             if proc.poll() is None:
                 continue
@@ -409,6 +426,23 @@ def run_jobs(
                 collect(args, lanes[i] / "runs" / run, lanes[i], config, seed, wall_s=time.time() - t0)
     if failed:
         raise SystemExit(f"runs failed: {', '.join(failed)}")
+
+
+def ready(args: argparse.Namespace, job: tuple[str, int], lane: Path, lanes: list[Path]) -> bool:
+    """Whether `lane` can start `job` now: no other lane holds its checkpoints, and for random-eqc the method's
+    result of its seed is written."""
+    config, seed = job
+    run = f"{config}-seed{seed}"
+    if any(ln != lane and (ln / "runs" / run / "checkpoints").is_dir() for ln in lanes):
+        return False
+    return config != "random-eqc" or result_path(args, f"method-seed{seed}").is_file()
+
+
+def equal_compute_steps(method: dict[str, Any]) -> int:
+    """random-eqc's training steps: the method's steps times its total compute (training, probes, reference
+    gradients) over its training FLOPs, so random trains at the method's cost and finishes its schedule."""
+    final = method["curve"][-1]
+    return round(final["step"] * final["compute_flops"] / method["final_compute"]["train_flops"])
 
 
 def result_path(args: argparse.Namespace, run: str) -> Path:
@@ -736,7 +770,8 @@ def advantage_t(rows: list[dict[str, Any]]) -> float | None:
 
 #: The comparisons the README states, (a, b): a - b in held-out loss (negative: a is better).
 COMPARISONS = [
-    ("method", "random"), ("method", "random-2x"), ("method", "method-paper"), ("method", "fixed"),
+    ("method", "random"), ("method", "random-eqc"), ("method", "random-2x"), ("method", "method-paper"),
+    ("method", "fixed"),
     ("method-noise", "fixed-noise"), ("method", "best-single"), ("best-single", "random"), ("fixed", "random"),
     ("method-paper", "random"), ("random-2x", "random"),
 ]  # fmt: skip

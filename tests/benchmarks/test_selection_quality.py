@@ -86,12 +86,12 @@ def test_console_summary() -> None:
 def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
     work, out = tmp_path / "work", tmp_path / "out"
     argv = ["--tiny", "--work", str(work), "--out", str(out), "--seeds", "0", "1",
-            "--configs", "random", "method", "fixed-noise"]  # fmt: skip
+            "--configs", "random", "random-eqc", "method", "fixed-noise"]  # fmt: skip
     sq.main(argv)
     runs = out / sq.NAME / "runs"
     results = {p.stem: json.loads(p.read_text()) for p in runs.glob("*.json")}
     assert sorted(results) == sorted(
-        f"{c}-seed{s}" for c in ("random", "method", "fixed-noise") for s in (0, 1)
+        f"{c}-seed{s}" for c in ("random", "random-eqc", "method", "fixed-noise") for s in (0, 1)
     )
     for r in results.values():
         assert len(r["curve"]) >= 11  # rounds 0..9 and the final point, held-out loss at each
@@ -108,6 +108,12 @@ def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
         assert warmups["random"] == warmups["method"] == warmups["fixed-noise"]
     assert results["random-seed0"]["curve"][0]["mean"] != results["random-seed1"]["curve"][0]["mean"]
     assert warmup(work, "random-seed0") != warmup(work, "random-seed1")
+    # random-eqc trains random selection at the method's total compute of its seed (to within a step)
+    for seed in (0, 1):
+        method, eqc = results[f"method-seed{seed}"], results[f"random-eqc-seed{seed}"]
+        assert eqc["curve"][-1]["step"] == sq.equal_compute_steps(method) > method["curve"][-1]["step"]
+        step_flops = eqc["final_compute"]["train_flops"] / eqc["curve"][-1]["step"]
+        assert abs(eqc["curve"][-1]["compute_flops"] - method["curve"][-1]["compute_flops"]) <= step_flops
     # Random spends no compute on rewards; the learning configurations do, and it is counted.
     assert (
         results["method-seed0"]["curve"][-1]["compute_flops"]
