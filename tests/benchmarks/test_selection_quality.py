@@ -82,6 +82,25 @@ def test_console_summary() -> None:
     assert sq.console_summary([run([(0, "x", 1.0, None, None, None)]), {"curve": []}]) is None
 
 
+def test_a_lane_starts_only_runs_it_can(tmp_path: Path) -> None:
+    """A killed run resumes only in the lane holding its checkpoints; random-eqc waits for its seed's method
+    result, whose compute fixes its steps."""
+    import argparse
+
+    args = argparse.Namespace(results=tmp_path / "results")
+    lanes = [tmp_path / "lane-0", tmp_path / "lane-1"]
+    (lanes[1] / "runs" / "method-seed0" / "checkpoints").mkdir(parents=True)
+    assert not sq.ready(args, ("method", 0), lanes[0], lanes)
+    assert sq.ready(args, ("method", 0), lanes[1], lanes) and sq.ready(args, ("fixed", 0), lanes[0], lanes)
+    assert not sq.ready(args, ("random-eqc", 0), lanes[0], lanes)
+    method = {"curve": [{"step": 1600, "compute_flops": 1.357e13}], "final_compute": {"train_flops": 1.0e13}}
+    sq.atomic_json(sq.result_path(args, "method-seed0"), method)
+    assert sq.ready(args, ("random-eqc", 0), lanes[0], lanes) and not sq.ready(
+        args, ("random-eqc", 1), lanes[0], lanes
+    )
+    assert sq.equal_compute_steps(method) == 2171
+
+
 @pytest.mark.slow
 def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
     work, out = tmp_path / "work", tmp_path / "out"
