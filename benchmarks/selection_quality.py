@@ -93,8 +93,8 @@ RESULTS = REPO / "benchmarks" / "results"
 NAME = "selection_quality_v2"
 REAL_AGENTS = ["quality", "domain", "topic"]
 NOISE_AGENTS = ["noise1", "noise2"]
-MAIN_CONFIGS = ["random", "random-2x", "random-eqc", "best-single", "fixed", "method", "method-paper", "method-noise",
-                "fixed-noise"]  # fmt: skip
+MAIN_CONFIGS = ["random", "random-2x", "random-eqc", "best-single", "fixed", "method", "method-paper",
+                "method-noise", "fixed-noise"]  # fmt: skip
 MAIN_SEEDS = list(range(10))
 SELECTION_SEEDS = [100, 101, 102]  # the single agents' (secondary) seeds: best-single is chosen on these
 MIN_MAIN_SEEDS = 10  # a configuration with fewer seeds is marked secondary in the table
@@ -111,7 +111,7 @@ thread; a run has ~8 s of start-up, ~0.5 s per held-out evaluation (11 per run) 
 Five hours on two lanes is 36,000 lane-seconds: 5,300 + 99 * T / 6,500 <= 36,000 gives T <= 2.0M. The default
 is 1,600 steps * 1,024 = 1.64M tokens (~18% margin for evaluation and scoring): about 4.2 h of lanes.
 random-eqc (added after seeds 0-2 of the rest had landed) trains 1.36 T (the method's compute over its
-training FLOPs): 10 * 1.36 T more, about 0.9 h of lanes."""
+training FLOPs): 10 * 1.36 T more, about 1 h of lanes."""
 #: Sizing of the `gpu` preset (not measured: no GPU was available when it was written).
 GPU_SIZING = """~22M parameters (hidden 384, 10 layers, 6 heads, MLP 1152, 8192-token tied vocabulary; N of the
 6*N*D rule ~22M), 13,700 steps * 64 * 512 = 449M tokens = 20 tokens per parameter, bf16, probes on the GPU
@@ -168,11 +168,8 @@ def config_overrides(name: str, steps: int, real: list[str]) -> list[str]:
     return {
         "random": ["console.mode=random", agents(real)],
         "random-2x": ["console.mode=random", agents(real), f"train.steps={2 * steps}"],
-        "random-eqc": [
-            "console.mode=random",
-            agents(real),
-            f"train.steps={steps}",
-        ],  # steps: equal_compute_steps
+        # `steps` here is equal_compute_steps of the seed's method run
+        "random-eqc": ["console.mode=random", agents(real), f"train.steps={steps}"],
         "fixed": [agents(real), "console.eta_theta=0"],
         "method": [agents(real)],
         "method-paper": [agents(real), "console.preset=paper"],
@@ -373,6 +370,12 @@ def run_jobs(
     each), and write each run's result as it finishes (`collect`)."""
     lanes = [lane_workspace(ws, args.work / f"lane-{i}") for i in range(args.s["lanes"])]
     todo = [(c, s) for c, s in jobs if not result_path(args, f"{c}-seed{s}").is_file()]
+    orphans = [f"random-eqc-seed{s}" for c, s in todo if c == "random-eqc" and ("method", s) not in todo
+               and not result_path(args, f"method-seed{s}").is_file()]  # fmt: skip
+    if orphans:
+        raise SystemExit(
+            f"{', '.join(orphans)} need the method's run of their seed: add `method` to --configs"
+        )
     # seed by seed (a sitting leaves whole seeds behind), the longest run of a seed first, random-eqc last (it
     # needs the method's run of its seed)
     todo.sort(key=lambda job: (job[1], job[0] == "random-eqc", -(2 if job[0] == "random-2x" else 1)))
@@ -410,9 +413,6 @@ def run_jobs(
                           time.time())  # fmt: skip
         if running:
             time.sleep(1)  # polls the lanes; each run ends by itself or fails
-        elif todo and not any(ready(args, job, lane, lanes) for job in todo for lane in lanes):
-            raise SystemExit(f"cannot start {', '.join(f'{c}-seed{s}' for c, s in todo)}: random-eqc needs the "
-                             "method's result of its seed (add `method` to --configs)")  # fmt: skip
         for i, (proc, config, seed, t0) in list(running.items()):
             if proc.poll() is None:
                 continue
@@ -422,6 +422,9 @@ def run_jobs(
             print(f"[lane {i}] {run} {status} in {time.time() - t0:.0f} s", flush=True)
             if proc.returncode != 0:
                 failed.append(run)
+                if config == "method":  # its random-eqc cannot be sized
+                    todo = [job for job in todo if job != ("random-eqc", seed)]
+                    failed.append(f"random-eqc-seed{seed}")
             else:
                 collect(args, lanes[i] / "runs" / run, lanes[i], config, seed, wall_s=time.time() - t0)
     if failed:
@@ -441,8 +444,10 @@ def ready(args: argparse.Namespace, job: tuple[str, int], lane: Path, lanes: lis
 def equal_compute_steps(method: dict[str, Any]) -> int:
     """random-eqc's training steps: the method's steps times its total compute (training, probes, reference
     gradients) over its training FLOPs, so random trains at the method's cost and finishes its schedule."""
-    final = method["curve"][-1]
-    return round(final["step"] * final["compute_flops"] / method["final_compute"]["train_flops"])
+    final, compute = method["curve"][-1], method.get("final_compute") or {}
+    if not compute.get("train_flops"):
+        raise SystemExit(f"{method['run']} has no compute record, so random-eqc cannot be sized: rerun it")
+    return round(final["step"] * final["compute_flops"] / compute["train_flops"])
 
 
 def result_path(args: argparse.Namespace, run: str) -> Path:
@@ -509,8 +514,9 @@ def backfill_console(args: argparse.Namespace) -> None:
         result = json.loads(path.read_text())
         if "console" in result:
             continue
-        lanes = [p.parents[1] for p in args.work.glob(f"lane-*/runs/{result['run']}")]
-        if not lanes or lanes[0] in busy:
+        # the lane that finished the run (a run killed before its first checkpoint may have a folder in another)
+        lanes = [p.parents[1] for p in args.work.glob(f"lane-*/runs/{result['run']}") if run_finished(p)]
+        if len(lanes) != 1 or lanes[0] in busy:
             continue
         try:
             with Catalog(lanes[0], read_only=True) as cat:
@@ -762,7 +768,7 @@ def console_summary(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def advantage_t(rows: list[dict[str, Any]]) -> float | None:
     """One run's t of an agent's advantage over random across its measured rounds (runs.sql's agent_signal)."""
-    adv = np.array([c["advantage"] for c in rows if c["advantage_se"]], dtype=float)
+    adv = np.array([c["advantage"] for c in rows if (c["advantage_se"] or 0) > 0], dtype=float)
     if len(adv) < 3 or adv.std(ddof=1) == 0:
         return None
     return float(adv.mean() / (adv.std(ddof=1) / math.sqrt(len(adv))))

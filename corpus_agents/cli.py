@@ -792,11 +792,12 @@ def runs(workspace: str, as_json: bool) -> None:
 
     compute_flops is the run's cost so far: training plus the reward probes and reference gradients
     (6 x N x tokens each; held-out evaluation is not charged); probe_share is the part spent on rewards.
-    signal (console v2 runs), per agent over the rounds so far: `t`, its mean advantage over random selection
-    divided by that mean's standard error across the rounds, and `rel`, the mean split-half reliability of its
-    label effects. Under no signal t is about a Student t with rounds - 1 degrees of freedom: |t| below 2
-    means the agent has shown none; after 10 rounds, t above about 2.3 means its preferences beat random
-    selection. rel is a weaker sign: noise controls of 5 labels averaged 0.1 to 0.45 over a run.
+    signal (console v2 runs), per agent over the rounds that measured it (their number in brackets): `t`, its
+    mean advantage over random selection divided by that mean's standard error across those rounds, and `rel`,
+    the mean split-half reliability of its label effects. Under no signal t is about a Student t with
+    (measured rounds - 1) degrees of freedom, so it is usually below 2; with 9 measured rounds, t above 2.3
+    is evidence at the 5% level that the agent's preferences beat random selection. rel is a weaker sign: it
+    is clipped at 0, so even an agent of pure noise averages above 0.
 
     \b
     Examples:

@@ -65,9 +65,11 @@ def _signal_section(data: ReportData) -> list[str]:
         "<p>Each round the console measures every agent's advantage over random selection: how much better its "
         "preferred labels did on the probes than the corpus's own label mix, on the half of the probes its "
         "preferences were not learnt from. <b>t</b> is the rounds' mean advantage over its standard error across "
-        "the rounds: an agent with no signal has |t| below about 2 (t with rounds &minus; 1 degrees of "
-        "freedom); after 10 rounds, t above about 2.3 says its preferences beat random selection. "
-        "<b>reliability</b>, the split-half agreement of its label effects, is a weaker sign.</p>",
+        "the measured rounds. Under no signal it is about Student's t with (measured rounds &minus; 1) degrees "
+        "of freedom, so usually below 2 in size; with 9 measured rounds, t above 2.3 is evidence at the 5% level "
+        "that the agent's preferences beat random selection (with many agents and runs on a page, expect some "
+        "chance exceedances). <b>reliability</b>, the split-half agreement of its label effects, is a weaker "
+        "sign: it is clipped at 0, so even pure noise averages above 0.</p>",
         _table(["run", "agent", "rounds measured", "mean advantage", "t", "reliability"], rows),
     ]
 

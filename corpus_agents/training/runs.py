@@ -306,14 +306,14 @@ def list_runs(catalog: Catalog) -> pa.Table:
     """One row per run: rounds, training steps and tokens, total compute (training, probes and reference
     gradients, in FLOPs) and the share of it spent on rewards, held-out loss of its last evaluation, the
     latest theta per agent and whether each agent carries signal (`agent_signal`: per agent, `t` over the
-    rounds and the mean reliability `rel`). A read-only catalog of a workspace that never trained: no rows,
-    no columns."""
+    rounds, the number of rounds it rests on and the mean reliability `rel`). A read-only catalog of a
+    workspace that never trained: no rows, no columns."""
     if not ensure_schema(catalog):
         return pa.table({})
     table = catalog.arrow("runs.sql", "list_runs")
     signal: dict[str, list[str]] = {}
-    for run_id, agent, _, _, t, rel in agent_signal(catalog):
-        signal.setdefault(run_id, []).append(f"{agent} t {_num(t, 1)} rel {_num(rel, 2)}")
+    for run_id, agent, rounds, _, t, rel in agent_signal(catalog):
+        signal.setdefault(run_id, []).append(f"{agent} t {_num(t, 1)} ({rounds}) rel {_num(rel, 2)}")
     column = [", ".join(signal[r]) if r in signal else None for r in table["run_id"].to_pylist()]
     return table.append_column("signal", pa.array(column, pa.string()))
 

@@ -397,33 +397,74 @@ def test_noise_control_is_floored_while_the_real_agent_gains(catalog: Catalog) -
     # `corpus-agents runs` shows it: per agent, t of its advantage over the rounds and the mean reliability
     (listed,) = list_runs(catalog).to_pylist()
     signal = {
-        a: (float(t), float(rel))
-        for a, t, rel in re.findall(r"(\w+) t ([\d.-]+) rel ([\d.-]+)", listed["signal"])
+        a: (float(t), float(rel), int(n))
+        for a, t, n, rel in re.findall(r"(\w+) t ([\d.-]+) \((\d+)\) rel ([\d.-]+)", listed["signal"])
     }
     assert set(signal) == {"noise", "real"}, listed["signal"]
-    assert signal["real"][0] > 3 and signal["real"][1] > 0.5
+    assert signal["real"][0] > 3 and signal["real"][1] > 0.5 and signal["real"][2] == 5  # rounds 1-5
     assert abs(signal["noise"][0]) < 2, listed["signal"]
+
+
+def test_t_over_rounds_is_a_valid_test_under_no_signal() -> None:
+    """Monte Carlo of the console's own rules for an agent of pure noise (5 labels, effects N(0, se^2) in each
+    half, memories learnt across 9 rounds with forgetting): the one-sample t of its advantage over the rounds
+    exceeds the 5% two-sided critical value (2.306 at 8 degrees of freedom) about 5% of the time, although a
+    single round's Adv / se is wider than a unit normal (the halves' estimates share their data)."""
+    rng = np.random.default_rng(0)
+    k, runs, rounds = 5, 1000, 9
+    share = {"a": np.full(k, 1 / k)}
+    t_values, z_values = [], []
+    for _ in range(runs):
+        w, precision, adv = np.zeros(k), np.zeros(k), []
+        for _ in range(rounds):
+            se = rng.uniform(0.03, 0.12, (2, k))
+            beta = rng.normal(0.0, se)
+            halves = tuple(marginal_like(list(beta[h]), list(se[h])) for h in (0, 1))
+            memories = tuple({"a": update_memory(w, precision, beta[h], se[h], 0.5)[0]} for h in (0, 1))
+            a, a_se, _ = advantage_over_random(halves, memories, share, tau=0.25)
+            adv.append(a["a"])
+            z_values.append(a["a"] / a_se["a"])
+            whole_precision = (1 / se**2).sum(0)
+            whole = (beta / se**2).sum(0) / whole_precision
+            w, precision = update_memory(w, precision, whole, 1 / np.sqrt(whole_precision), 0.5)
+        x = np.array(adv)
+        t_values.append(x.mean() / (x.std(ddof=1) / math.sqrt(rounds)))
+    rate = float(np.mean(np.abs(t_values) > 2.306))
+    assert 0.02 < rate < 0.075, rate  # 5% up to Monte Carlo error (sd ~0.7% at 1,000 runs)
+    assert np.std(z_values) > 1.1  # why runs and report use t over rounds, not a round's Adv / se
 
 
 def test_agent_signal_t_over_rounds(catalog: Catalog) -> None:
     """t is the rounds' mean advantage over its standard error across them (one-sample t), rounds with no
-    measured advantage (the warm-up) left out; the paper's preset measures none."""
+    measured advantage (the warm-up) left out; none below 3 rounds or with no spread; the paper's preset
+    measures none."""
     ensure_schema(catalog)
-    catalog.execute("INSERT INTO runs (run_id, config) VALUES ('hand', '{}'), ('paper', '{}')")
-    rows = [(0, 0.0, None, None), (1, 0.3, 0.1, 0.9), (2, 0.1, 0.1, None), (3, 0.2, 0.2, 0.5)]
-    for round_, adv, se, rel in rows:
-        catalog.execute(
-            "INSERT INTO collab_weights (run_id, round, agent, theta, reward, reward_se, reliability) "
-            "VALUES ('hand', ?, 'a', 0.5, ?, ?, ?), ('paper', ?, 'a', 0.5, ?, NULL, NULL)",
-            [round_, adv, se, rel, round_, adv],
-        )
-    (got,) = agent_signal(catalog)
+    runs = ["hand", "paper", "few", "flat"]
+    catalog.execute("INSERT INTO runs (run_id, config) VALUES " + ", ".join(f"('{r}', '{{}}')" for r in runs))
+    rows = {
+        "hand": [(0, 0.0, None, None), (1, 0.3, 0.1, 0.9), (2, 0.1, 0.1, None), (3, 0.2, 0.2, 0.5)],
+        "paper": [(0, 0.0, None, None), (1, 0.3, None, None), (2, 0.1, None, None), (3, 0.2, None, None)],
+        "few": [(1, 0.3, 0.1, None), (2, 0.1, 0.1, None)],
+        "flat": [(1, 0.2, 0.1, 0.4), (2, 0.2, 0.1, 0.4), (3, 0.2, 0.1, 0.4)],
+    }
+    for run, measured in rows.items():
+        for round_, adv, se, rel in measured:
+            catalog.execute(
+                "INSERT INTO collab_weights (run_id, round, agent, theta, reward, reward_se, reliability) "
+                "VALUES (?, ?, 'a', 0.5, ?, ?, ?)",
+                [run, round_, adv, se, rel],
+            )
+    got = {row[0]: row for row in agent_signal(catalog)}
+    assert set(got) == {"hand", "few", "flat"}
     advs = np.array([0.3, 0.1, 0.2])
-    assert got[:4] == ("hand", "a", 3, pytest.approx(0.2))
-    assert got[4] == pytest.approx(advs.mean() / (advs.std(ddof=1) / math.sqrt(3)))
-    assert got[5] == pytest.approx(0.7)
+    assert got["hand"][1:4] == ("a", 3, pytest.approx(0.2))
+    assert got["hand"][4] == pytest.approx(advs.mean() / (advs.std(ddof=1) / math.sqrt(3)))
+    assert got["hand"][5] == pytest.approx(0.7)
+    assert got["few"][4] is None and got["few"][5] is None and got["flat"][4] is None
     listed = {r["run_id"]: r["signal"] for r in list_runs(catalog).to_pylist()}
-    assert listed == {"hand": "a t 3.5 rel 0.70", "paper": None}
+    assert listed == {
+        "hand": "a t 3.5 (3) rel 0.70", "paper": None, "few": "a t - (2) rel -", "flat": "a t - (3) rel 0.40"
+    }  # fmt: skip
 
 
 def test_fixed_theta_keeps_the_controls_share(catalog: Catalog) -> None:
