@@ -116,16 +116,17 @@ def round_curves(cat: Catalog, run_id: str) -> dict[str, list[float]]:
     return {task: [r["heldout_loss"][task] for r in rounds] for task in rounds[0]["heldout_loss"]}
 
 
-def max_swing(curve: list[float]) -> float:
-    """The largest change of a loss between consecutive evaluations (either direction), from round 1 on:
-    the drop from the untrained model at round 0 is learning, not a swing."""
-    later = curve[1:]
-    return max((abs(b - a) for a, b in zip(later, later[1:])), default=0.0)
+def max_rise(curve: list[float]) -> float:
+    """The largest rise of a loss above its best earlier evaluation: how far the curve went back up (a
+    greedy console's round on one cell does that), 0 for a curve that only falls. Learning, however fast,
+    is not a rise."""
+    return max([0.0] + [b - min(curve[:i]) for i, b in enumerate(curve) if i > 0])
 
 
 def _print_curves(cat: Catalog, runs: tuple[str, ...], console: Console) -> None:
-    """Both runs' held-out loss per task per round side by side, and each run's largest swing between
-    consecutive rounds after the first, so a user sees whether the method's curves are as steady as random's."""
+    """Both runs' held-out loss per task per round side by side, and how far each run's curves went back up
+    (the largest rise above an earlier round's loss), so a user sees whether the method's curves are as
+    steady as random's."""
     curves = {run: round_curves(cat, run) for run in runs}
     tasks = list(curves[runs[0]])
     table = Table(title="held-out loss per round (lower is better)", title_justify="left")
@@ -140,15 +141,16 @@ def _print_curves(cat: Catalog, runs: tuple[str, ...], console: Console) -> None
         table.add_row(label, *cells)
     console.print()
     console.print(table)
-    swings = {run: {t: max_swing(c) for t, c in curves[run].items()} for run in runs}
+    rises = {run: {t: max_rise(c) for t, c in curves[run].items()} for run in runs}
     for run in runs:
-        per_task = ", ".join(f"{t} {v:.3f}" for t, v in swings[run].items())
+        per_task = ", ".join(f"{t} {v:.3f}" for t, v in rises[run].items())
         console.print(
-            f"  largest round-to-round swing from round 1 on, [bold]{run}[/]: {max(swings[run].values()):.3f} ({per_task})"
+            f"  largest rise of held-out loss above an earlier round's, [bold]{run}[/]: "
+            f"{max(rises[run].values()):.3f} ({per_task})"
         )
-    steadier = max(swings[runs[0]].values()) <= max(swings[runs[1]].values())
+    steadier = max(rises[runs[0]].values()) <= max(rises[runs[1]].values())
     console.print(
-        f"  {runs[0]} swings {'no more than' if steadier else 'more than'} {runs[1]} between rounds"
+        f"  {runs[0]}'s curves went back up {'no more than' if steadier else 'more than'} {runs[1]}'s between rounds"
     )
 
 
