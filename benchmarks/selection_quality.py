@@ -739,10 +739,9 @@ def console_summary(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Per agent, over the runs that recorded console diagnostics: mean theta after the last round, each run's
     t of its advantage over random across rounds (mean, min, max over runs), mean split-half reliability and
     the share of rounds whose advantage is at least 2 of the round's standard errors from 0 (rounds after the
-    warm-up); and the selection's mean cell entropy over those rounds. None when no
-    run measured an advantage (random and the paper's preset do not; nor results from before the
-    diagnostics)."""
-    runs = [r for r in runs if any(c.get("advantage_se") for c in r.get("console", []))]
+    warm-up); and the selection's mean cell entropy over those rounds. None when no run measured an advantage
+    (random and the paper's preset do not; nor results from before the diagnostics)."""
+    runs = [r for r in runs if any(measured(c) for c in r.get("console", []))]
     if not runs:
         return None
     agents: dict[str, dict[str, Any]] = {}
@@ -750,8 +749,7 @@ def console_summary(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
         rows = [[c for c in r["console"] if c["agent"] == agent] for r in runs]
         later = [c for rs in rows for c in rs if c["round"] > 0]
         rel = [c["reliability"] for c in later if c["reliability"] is not None]
-        z = [abs(c["advantage"]) / c["advantage_se"] for c in later
-             if c["advantage"] is not None and c["advantage_se"]]  # fmt: skip
+        z = [abs(c["advantage"]) / c["advantage_se"] for c in later if measured(c)]
         t = [x for x in (advantage_t(rs) for rs in rows) if x is not None]
         agents[agent] = {
             "final_theta": float(np.mean([rs[-1]["theta"] for rs in rows if rs])),
@@ -766,9 +764,14 @@ def console_summary(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {"n": len(runs), "agents": agents, "cell_entropy": float(np.mean(entropy)) if entropy else None}
 
 
+def measured(row: dict[str, Any]) -> bool:
+    """Whether a console diagnostics row measured an advantage (agent_signal's `reward_se > 0`)."""
+    return row["advantage"] is not None and (row["advantage_se"] or 0) > 0
+
+
 def advantage_t(rows: list[dict[str, Any]]) -> float | None:
     """One run's t of an agent's advantage over random across its measured rounds (runs.sql's agent_signal)."""
-    adv = np.array([c["advantage"] for c in rows if (c["advantage_se"] or 0) > 0], dtype=float)
+    adv = np.array([c["advantage"] for c in rows if measured(c)], dtype=float)
     if len(adv) < 3 or adv.std(ddof=1) == 0:
         return None
     return float(adv.mean() / (adv.std(ddof=1) / math.sqrt(len(adv))))
