@@ -472,20 +472,30 @@ def collect(
         for r in rounds
     ]  # fmt: skip
     with Catalog(lane) as cat:
-        spread = cat.execute(
-            "SELECT round, cell_entropy, top_cell_share FROM selections WHERE run_id = ? ORDER BY round",
-            [run_dir.name],
-        )
+        spread = selection_spread(cat, run_dir.name)
         console = console_diagnostics(cat, run_dir.name)
     result = {
         "run": run_dir.name, "config": config, "seed": seed, "curve": curve,
-        "selection": [{"round": r, "cell_entropy": e, "top_cell_share": t} for r, e, t in spread],
-        "console": console,
+        "selection": spread, "console": console,
         "final_compute": rounds[-1].get("compute_total"), "wall_s": None if wall_s is None else round(wall_s),
         "git": args.git, **evaluate_run(run_dir, args.tasks),
     }  # fmt: skip
     atomic_json(result_path(args, run_dir.name), result)
     return result
+
+
+def selection_spread(cat: Any, run: str) -> list[dict[str, Any]]:
+    """Per round, the selection's entropy over cells, its largest cell's share, and how many documents and
+    (estimated) tokens it took: tokens per document show which lengths a selection favours."""
+    rows = cat.execute(
+        "SELECT round, cell_entropy, top_cell_share, num_docs, tokens FROM selections WHERE run_id = ? "
+        "ORDER BY round",
+        [run],
+    )
+    return [
+        {"round": r, "cell_entropy": e, "top_cell_share": t, "num_docs": n, "tokens": k}
+        for r, e, t, n, k in rows
+    ]
 
 
 def console_diagnostics(cat: Any, run: str) -> list[dict[str, Any]]:
@@ -503,16 +513,17 @@ def console_diagnostics(cat: Any, run: str) -> list[dict[str, Any]]:
     ]
 
 
-def backfill_console(args: argparse.Namespace) -> None:
-    """Add the console diagnostics to run results written before they were recorded, from the lane that
-    trained each run. A lane whose catalog a training run holds is left for a later call."""
+def backfill(args: argparse.Namespace) -> None:
+    """Add the console diagnostics and the selections' document counts to run results written before they
+    were recorded, from the lane that trained each run. A lane whose catalog a training run holds is left
+    for a later call."""
     from corpus_agents.errors import WorkspaceBusyError
     from corpus_agents.scoring.catalog import Catalog
 
     added, busy = 0, set()
     for path in sorted((args.results / "runs").glob("*.json")):
         result = json.loads(path.read_text())
-        if "console" in result:
+        if "console" in result and all("num_docs" in x for x in result["selection"]):
             continue
         # the lane that finished the run (a run killed before its first checkpoint may have a folder in another)
         lanes = [p.parents[1] for p in args.work.glob(f"lane-*/runs/{result['run']}") if run_finished(p)]
@@ -521,13 +532,14 @@ def backfill_console(args: argparse.Namespace) -> None:
         try:
             with Catalog(lanes[0], read_only=True) as cat:
                 result["console"] = console_diagnostics(cat, result["run"])
+                result["selection"] = selection_spread(cat, result["run"])
         except WorkspaceBusyError:
             busy.add(lanes[0])
             continue
         atomic_json(path, result)
         added += 1
     if added or busy:
-        print(f"console diagnostics added to {added} run results"
+        print(f"console diagnostics and document counts added to {added} run results"
               + (f"; {len(busy)} busy lane(s) left for a later --summary-only" if busy else ""))  # fmt: skip
 
 
@@ -656,6 +668,14 @@ def curve(result: dict[str, Any], x: str) -> tuple[list[float], list[float]]:
     return [p[x] for p in result["curve"]], [p["mean"] for p in result["curve"]]
 
 
+def doc_tokens(result: dict[str, Any]) -> float:
+    """Tokens per selected document over a run's rounds after the warm-up (NaN for a result without counts)."""
+    rounds = result["selection"][1:]
+    if not rounds or not all(x.get("num_docs") for x in rounds):
+        return float("nan")
+    return sum(x["tokens"] for x in rounds) / sum(x["num_docs"] for x in rounds)
+
+
 def summarize(
     results: dict[str, dict[int, dict[str, Any]]],
     real: list[str],
@@ -693,6 +713,7 @@ def summarize(
                          for k in ("lambada_acc", "squad_mc_acc", "jeopardy_mc_acc") if all(k in r for r in runs.values())},
             "top_cell_share": stat([np.mean([x["top_cell_share"] for x in r["selection"][1:]] or [np.nan])
                                     for r in runs.values()]),
+            "doc_tokens": stat([doc_tokens(r) for r in runs.values()]),
         }  # fmt: skip
         if config == "best-single":
             row["agent"] = best
@@ -842,6 +863,8 @@ def baseline_entropy(
 
 def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     def ms(s: dict[str, float], digits: int = 3) -> str:
+        if np.isnan(s["mean"]):
+            return "-"
         return f"{s['mean']:.{digits}f}" + ("" if np.isnan(s["sd"]) else f" ± {s['sd']:.{digits}f}")
 
     table = summary["table"]
@@ -861,11 +884,13 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         "model reaches on a few hundred answers): " + ", ".join(f"{k} {v:.3f}" for k, v in base.items()),
         f"- best single agent (lowest probe-half loss on seeds {summary['selection_seeds']}): {summary['best_single']}",
         f"- configurations with fewer than {MIN_MAIN_SEEDS} seeds are marked *secondary*; mean ± SD over seeds",
+        "- tokens per selected doc: the selections' estimated tokens ÷ their documents, rounds after the "
+        "warm-up; random's is what a selection without a length preference takes",
         "",
     ]
     tasks = next(iter(table.values()))["task_loss"] if table else {}
     head = ["config", "seeds", "tokens", "compute (FLOPs)", *[f"{t} loss" for t in tasks], "mean loss",
-            "probe-half loss", "top cell share"]  # fmt: skip
+            "probe-half loss", "top cell share", "tokens per selected doc"]  # fmt: skip
     lines += ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(head) - 1)) + " |"]
     for config, row in table.items():
         name = (
@@ -875,7 +900,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         )
         cells = [name, str(row["n"]), f"{row['tokens']['mean']:,.0f}", f"{row['compute_flops']['mean']:.3g}",
                  *[ms(row["task_loss"][t]) for t in tasks], ms(row["mean_loss"]), ms(row["probe_loss"]),
-                 ms(row["top_cell_share"], 2)]  # fmt: skip
+                 ms(row["top_cell_share"], 2), ms(row["doc_tokens"], 0)]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -1016,7 +1041,7 @@ def main(argv: list[str] | None = None) -> None:
         jobs = [(c if c != "best-single" else f"single-{best}", s) for s in args.seeds for c in args.configs
                 if c != "best-single" or best]  # fmt: skip
         run_jobs(args, ws, config_file, jobs, real)
-    backfill_console(args)
+    backfill(args)
     meta["wall_s"] = round(time.time() - started)
     print(write_table(args, real, meta))
 

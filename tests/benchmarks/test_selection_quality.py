@@ -82,6 +82,13 @@ def test_console_summary() -> None:
     assert sq.console_summary([run([(0, "x", 1.0, None, None, None)]), {"curve": []}]) is None
 
 
+def test_tokens_per_selected_document() -> None:
+    """Over the rounds after the warm-up; a result recorded without document counts has none."""
+    sel = [{"num_docs": 1, "tokens": 999}, {"num_docs": 10, "tokens": 3000}, {"num_docs": 30, "tokens": 5000}]
+    assert sq.doc_tokens({"selection": sel}) == pytest.approx(8000 / 40)
+    assert math.isnan(sq.doc_tokens({"selection": [{"cell_entropy": 1.0}, {"cell_entropy": 2.0}]}))
+
+
 def test_a_lane_starts_only_runs_it_can(tmp_path: Path) -> None:
     """A killed run resumes only in the lane holding its checkpoints; random-eqc waits for its seed's method
     result, whose compute fixes its steps."""
@@ -153,16 +160,22 @@ def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
     assert any(c["advantage"] is not None and c["reliability"] is not None for c in method)
     assert not any(c["advantage_se"] for c in results["random-seed0"]["console"])  # no probes, no measure
     assert set(table["table"]["method"]["console"]["agents"]) == {"domain", "topic"}
+    # Each selection records its documents and tokens; the table gives tokens per selected document.
+    for r in results.values():
+        assert all(x["num_docs"] > 0 and x["tokens"] > 0 for x in r["selection"])
+    assert table["table"]["random"]["doc_tokens"]["mean"] > 0
     assert "console" not in table["table"]["random"]
     assert "## What the console measured" in text
     # A second call finds every run's result and trains nothing.
     stamps = {p.name: p.stat().st_mtime_ns for p in runs.glob("*.json")}
     sq.main(argv)
     assert {p.name: p.stat().st_mtime_ns for p in runs.glob("*.json")} == stamps
-    # A result written before the diagnostics existed gains them from its lane, unchanged otherwise.
+    # A result written before the diagnostics and document counts existed gains them from its lane,
+    # unchanged otherwise.
     path = runs / "method-seed0.json"
     old = json.loads(path.read_text())
-    path.write_text(json.dumps({k: v for k, v in old.items() if k != "console"}))
+    selection = [{k: v for k, v in x.items() if k not in ("num_docs", "tokens")} for x in old["selection"]]
+    path.write_text(json.dumps({**{k: v for k, v in old.items() if k != "console"}, "selection": selection}))
     sq.main([*argv, "--summary-only"])
     assert json.loads(path.read_text()) == old
 
