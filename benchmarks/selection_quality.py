@@ -1,5 +1,13 @@
-"""Benchmark, experiment v2: does the noise-aware console (v2) beat random selection and fixed weights at equal
+"""Benchmark, experiment v3: does the noise-aware console (v2) beat random selection and fixed weights at equal
 training tokens and at equal total compute, over paired seeds, with controls?
+
+Experiment v3 is experiment v2 with the `sample` sampler that has no length preference (docs/algorithm.md,
+"Selection: sample"). v2's results, made with the per-cell prefix sampler that preferred short documents, stay
+as they were in `benchmarks/results/selection_quality_v2{,.json,.md}`. The configurations that never select by
+`sample` (UNSAMPLED: random, random-2x, random-eqc, method-paper) are the same runs in both, so v3 carries
+their results over from v2 (marked `carried_from`; random-eqc only when the v3 method run of its seed spends the
+same compute) rather than training them again, and compares every sampled configuration with its v2 run of
+the same seed (the sampler's effect).
 
 One command builds (or reuses) the corpus (`benchmarks/corpus/build.py`), scores it with the real agents
 (quality, domain, topic) and two control agents (`noise1`, `noise2`: seeded random labels, 5 each), trains
@@ -36,9 +44,9 @@ distinguishable". Two frequency-only baselines are shown next to the losses: the
 cross-entropy under the corpus's unigram frequencies (what a model that knows only token frequencies
 reaches) and their in-sample unigram entropy (a lower bound no such model reaches).
 
-Each run's result is written, atomically, as it finishes: `benchmarks/results/selection_quality_v2/runs/
+Each run's result is written, atomically, as it finishes: `benchmarks/results/selection_quality_v3/runs/
 <config>-seed<s>.json`. A killed experiment resumes from them (and from the lanes' checkpoints), across
-sittings; the table `benchmarks/results/selection_quality_v2.{json,md}` is regenerated from whatever runs
+sittings; the table `benchmarks/results/selection_quality_v3.{json,md}` is regenerated from whatever runs
 exist, with the seed count of every configuration. The first ablation's results
 (`selection_quality.{json,md}`) are kept as they are.
 
@@ -90,7 +98,11 @@ from stats import (  # noqa: E402
 SHARED_REFERENCE = REPO.parent / "shared" / "data" / "reference"
 DEFAULT_WORK = Path(os.environ.get("CORPUS_AGENTS_BENCH_CACHE", "~/.cache/corpus-agents-bench")).expanduser()
 RESULTS = REPO / "benchmarks" / "results"
-NAME = "selection_quality_v2"
+NAME = "selection_quality_v3"
+#: Experiment v2 (the prefix sampler): where v3 carries the unsampled runs from and what it compares with.
+PREVIOUS = RESULTS / "selection_quality_v2"
+#: The configurations that never select by `sample`: their runs are the same in v2 and v3.
+UNSAMPLED = ["random", "random-2x", "random-eqc", "method-paper"]
 REAL_AGENTS = ["quality", "domain", "topic"]
 NOISE_AGENTS = ["noise1", "noise2"]
 MAIN_CONFIGS = ["random", "random-2x", "random-eqc", "best-single", "fixed", "method", "method-paper",
@@ -395,6 +407,10 @@ def run_jobs(
                 continue
             config, seed = todo.pop(pick)
             run = f"{config}-seed{seed}"
+            if config == "random-eqc":  # v2's run, now that the method's run of the seed is written
+                carry_over(args, [seed])
+                if result_path(args, run).is_file():
+                    continue
             if run_finished(lane / "runs" / run):  # trained before a kill, not yet collected
                 collect(args, lane / "runs" / run, lane, config, seed)
                 continue
@@ -452,6 +468,30 @@ def equal_compute_steps(method: dict[str, Any]) -> int:
 
 def result_path(args: argparse.Namespace, run: str) -> Path:
     return args.results / "runs" / f"{run}.json"
+
+
+def carry_over(args: argparse.Namespace, seeds: list[int] | None = None) -> int:
+    """Copy v2's results of the UNSAMPLED configurations (of `seeds`; default: all) that v3 does not have yet,
+    marked `carried_from`; random-eqc only once v3's method run of its seed is written and spends the same
+    compute (same training steps for random-eqc), else it is trained. Only for the default preset and
+    results directory. Returns how many were copied."""
+    if args.preset != "cpu" or args.tiny or args.results.resolve() != (RESULTS / NAME).resolve():
+        return 0
+    copied = 0
+    for config in UNSAMPLED:
+        for seed, result in sorted(load_results(PREVIOUS).get(config, {}).items()):
+            if (seeds is not None and seed not in seeds) or result_path(args, result["run"]).is_file():
+                continue
+            if config == "random-eqc":
+                method = result_path(args, f"method-seed{seed}")
+                if (
+                    not method.is_file()
+                    or equal_compute_steps(json.loads(method.read_text())) != result["curve"][-1]["step"]
+                ):
+                    continue
+            atomic_json(result_path(args, result["run"]), {**result, "carried_from": PREVIOUS.name})
+            copied += 1
+    return copied
 
 
 def collect(
@@ -748,12 +788,42 @@ def summarize(
     for a, b in COMPARISONS:
         if a in rows and b in rows:
             comparisons.append({"a": a, "b": b, **compare(rows[a], rows[b])})
+    carried: dict[str, list[int]] = {}  # configuration -> the seeds whose runs were carried over
+    for config, runs in rows.items():
+        for seed, r in sorted(runs.items()):
+            if r.get("carried_from"):
+                carried.setdefault(config, []).append(seed)
     return {
         "best_single": best,
         "selection_seeds": selection_seeds,
         "table": table,
         "comparisons": comparisons,
+        "carried": carried,
     }
+
+
+def against(
+    results: dict[str, dict[int, dict[str, Any]]],
+    previous: dict[str, dict[int, dict[str, Any]]],
+    real: list[str],
+    selection_seeds: list[int] = SELECTION_SEEDS,
+) -> list[dict[str, Any]]:
+    """Each sampled configuration against its run of the previous experiment (v2's prefix sampler) on the same
+    seeds: the sampler's effect, with the tokens per selected document of both."""
+    best = best_single(results, real, selection_seeds)
+    out = []
+    for config in MAIN_CONFIGS:
+        if config in UNSAMPLED:
+            continue
+        key = f"single-{best}" if config == "best-single" and best else config
+        now = {s: r for s, r in results.get(key, {}).items() if s not in selection_seeds}
+        then = {s: r for s, r in previous.get(key, {}).items() if s in now}
+        if then:
+            seeds = sorted(then)
+            out.append({"config": config, "seeds": seeds, **compare({s: now[s] for s in seeds}, then),
+                        "doc_tokens": float(np.mean([doc_tokens(now[s]) for s in seeds])),
+                        "doc_tokens_previous": float(np.mean([doc_tokens(then[s]) for s in seeds]))})  # fmt: skip
+    return out
 
 
 def console_summary(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -804,6 +874,7 @@ COMPARISONS = [
     ("method", "fixed"),
     ("method-noise", "fixed-noise"), ("method", "best-single"), ("best-single", "random"), ("fixed", "random"),
     ("method-paper", "random"), ("random-2x", "random"),
+    ("method-noise", "method"), ("fixed-noise", "fixed"), ("method-noise", "random"), ("fixed-noise", "random"),
 ]  # fmt: skip
 
 
@@ -870,7 +941,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     table = summary["table"]
     base = meta["unigram_entropy"]
     lines = [
-        "# Selection quality v2: console v2 vs random and fixed weights, paired seeds, controls",
+        "# Selection quality v3: console v2 vs random and fixed weights, paired seeds, controls, the unbiased sampler",
         "",
         f"- command: `{meta['command']}`",
         f"- date: {meta['date']}; machine: {meta['machine']['cpu_model']}, {meta['machine']['cores']} cores, "
@@ -886,6 +957,16 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"- configurations with fewer than {MIN_MAIN_SEEDS} seeds are marked *secondary*; mean ± SD over seeds",
         "- tokens per selected doc: the selections' estimated tokens ÷ their documents, rounds after the "
         "warm-up; random's is what a selection without a length preference takes",
+        *(
+            [
+                f"- carried over from {PREVIOUS.name} (they never select by `sample`, so they are the same runs): "
+                + "; ".join(
+                    f"{c} seeds {', '.join(map(str, seeds))}" for c, seeds in summary["carried"].items()
+                )
+            ]
+            if summary.get("carried")
+            else []
+        ),
         "",
     ]
     tasks = next(iter(table.values()))["task_loss"] if table else {}
@@ -935,6 +1016,18 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         )  # fmt: skip
         lines.append(f"| {config} | {ci('tokens_ratio')} | {ci('compute_ratio')} | "
                      f"{r['tokens_ratio_not_reached']} | {per_seed} |")  # fmt: skip
+    if summary.get("against_previous"):
+        lines += [
+            "",
+            f"## The sampler's effect: each sampled configuration against its {PREVIOUS.name} run (prefix sampler), "
+            "same seeds (a - b: this experiment's run minus the previous one's)",
+            "",
+            "| config | seeds | at equal training tokens | final | tokens per selected doc (now / then) |",
+            "| --- | --- | --- | --- | ---: |",
+        ]
+        for c in summary["against_previous"]:
+            lines.append(f"| {c['config']} | {', '.join(map(str, c['seeds']))} | {describe(c['equal_tokens'])} "
+                         f"| {describe(c['final'])} | {c['doc_tokens']:.0f} / {c['doc_tokens_previous']:.0f} |")  # fmt: skip
     measured = {c: row["console"] for c, row in table.items() if "console" in row}
     if measured:
         lines += [
@@ -973,8 +1066,17 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
 
 
 def write_table(args: argparse.Namespace, real: list[str], meta: dict[str, Any]) -> str:
-    """Regenerate the table (selection_quality_v2{,_gpu}.{json,md}) from every run result written so far."""
+    """Regenerate the table (selection_quality_v3{,_gpu}.{json,md}) from every run result written so far, with
+    each sampled configuration against its v2 run of the same seed when v2's results are there."""
     summary = summarize(load_results(args.results), real, args.selection_seeds)
+    if (
+        args.preset == "cpu"
+        and not args.tiny
+        and PREVIOUS.resolve() != args.results.resolve()
+        and PREVIOUS.is_dir()
+    ):
+        summary["against_previous"] = against(load_results(args.results), load_results(PREVIOUS), real,
+                                              args.selection_seeds)  # fmt: skip
     text = markdown(summary, meta)
     atomic_json(args.out / f"{args.results.name}.json", {"meta": meta, **summary})
     (args.out / f"{args.results.name}.md").write_text(text)
@@ -990,7 +1092,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help=f"override a preset setting ({', '.join(PRESETS['cpu'])})")  # fmt: skip
     parser.add_argument(
-        "--work", type=Path, default=None, help="default: the cache's selection-quality-v2-PRESET"
+        "--work", type=Path, default=None, help="default: the cache's selection-quality-v3-PRESET"
     )
     parser.add_argument("--corpus", type=Path, default=None, help="default: the cache's multidomain corpus")
     parser.add_argument("--configs", nargs="+", default=MAIN_CONFIGS, choices=MAIN_CONFIGS)
@@ -1003,7 +1105,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--seeds and --selection-seeds must not share a seed (choices are made on the latter)")
     args.s = settings(args.preset, args.tiny, args.sets)
     tag = args.preset + ("-tiny" if args.tiny else "")
-    args.work = (args.work or DEFAULT_WORK / f"selection-quality-v2-{tag}").expanduser().resolve()
+    args.work = (args.work or DEFAULT_WORK / f"selection-quality-v3-{tag}").expanduser().resolve()
     args.corpus = args.corpus or (
         args.work / "corpus" if args.tiny else DEFAULT_WORK / "multidomain" / "corpus"
     )
@@ -1013,6 +1115,7 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
+    carry_over(args)
     ws, real = prepare(args, args.s)
     tokenizer = train_tokenizer(ws, args.work / "tokenizer", args.s["vocab_size"])
     refs = references(args, args.s)

@@ -245,16 +245,13 @@ SELECT cell, seen, count(*) AS num_docs, sum(tokens) AS tokens FROM ({pass}) GRO
 -- any other gives those of hash h <= h_max and (gumbel, by_score) `fine` >= fine_min (gumbel: h >= h_min
 -- first, below which no key reaches fine_min, so only the others' keys are computed): a prefix of the cell's
 -- order (or of the level's) that holds its quota. `h` is a hash of doc_id seeded by (seed, round); `fine` is
--- topk's tie-break score (by_score) or gumbel's key priority / tau + Gumbel noise from h; `u_round` (sample)
--- draws the crossing document of a quota; console.py fills in {extra}: those of them the mode needs.
+-- topk's tie-break score (by_score) or gumbel's key priority / tau + Gumbel noise from h (sample's key, u(h) /
+-- p(c), is computed by console.py); console.py fills in {extra}: those of them the mode needs.
 SELECT doc_id, row_group, tokens, grp, h {extra} FROM (
     SELECT p.doc_id, p.row_group, p.tokens, q.grp, q.whole, p.h,
            CASE WHEN $mode = 'gumbel' THEN q.priority / $gumbel_tau
                                            - ln(-ln((CAST(p.h >> 11 AS DOUBLE) + 0.5) / CAST(2 ** 53 AS DOUBLE)))
                 WHEN $mode = 'topk' AND $by_score THEN p.tie END AS fine,
-           CASE WHEN $mode = 'sample' THEN
-               (CAST(hash(p.doc_id, CAST($seed AS BIGINT), CAST($round AS BIGINT), 'rounding') >> 11 AS DOUBLE) + 0.5)
-               / CAST(2 ** 53 AS DOUBLE) END AS u_round,
            q.h_max, q.h_min, q.fine_min
     FROM (SELECT *, hash(doc_id, CAST($seed AS BIGINT), CAST($round AS BIGINT)) AS h FROM ({pass})) p
     JOIN console_quotas q ON q.cell = p.cell AND q.seen = p.seen

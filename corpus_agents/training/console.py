@@ -392,6 +392,23 @@ def _gumbel_threshold(z: np.ndarray, tokens: np.ndarray, target: float) -> float
     return lo
 
 
+def _key_bound(p: np.ndarray, tokens: np.ndarray, docs: np.ndarray, budget: float) -> float:
+    """`sample`'s key bound k: the documents of key u / p(c) <= k are expected to hold the budget with a
+    margin of about four standard deviations (the tokens a cell gives at k, min(1, k p(c)) of its tokens,
+    vary with its documents' lengths); at least 1."""
+    if len(p) == 0:
+        return 1.0
+    mean_len = tokens.sum() / max(float(docs.sum()), 1.0)
+    want = 1.05 * budget + 4.0 * math.sqrt(budget * 4.0 * mean_len) + 4.0 * mean_len
+    lo, hi = 1.0, 1.0 / max(float(p.min()), 2.0**-52)
+    if float(tokens @ np.minimum(1.0, lo * p)) >= want:
+        return lo
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if float(tokens @ np.minimum(1.0, mid * p)) >= want else (mid, hi)
+    return hi
+
+
 def _quota_table(
     cells: pa.Table,
     whole: np.ndarray,
@@ -838,8 +855,8 @@ class Console:
         otherwise). Paper: S(x) = (sum_A theta_A * w_hat_A[l_A(x)]) / (1 + lambda * c(x)), w_hat min-max
         normalised, an unlabelled document counting 0.5 (neither preferred nor avoided).
 
-        `sample` (v2 only): per-cell token quotas from q(c) (`sample_quotas`), each cell's documents in
-        seeded-hash order; the tokens match the budget up to the rounding of one document per cell. `topk`:
+        `sample` (v2 only): per-cell token quotas from q(c) (`sample_quotas`), then sequential Poisson
+        sampling (`_sample_rows`): no length preference, the budget up to one document. `topk`:
         highest priority first, equal priorities (cells included) in an order seeded by (seed, round) or by
         the tie-break agent's raw score; `gumbel`: Gumbel-top-k over priority / gumbel_tau; `random`: a
         seeded uniform order (the warm-up). These take the longest prefix of their order within the budget
@@ -850,8 +867,8 @@ class Console:
         It runs in three steps, with no per-document state: (1) each cell's quota (or, for the ordered
         modes, which cells go whole and which share the boundary of the order), over the cells only; (2)
         the documents, in one streaming pass over `doc_cells` that keeps, of each cell, a hash-ordered prefix
-        that holds its quota (`_pass`); (3) the exact cut, over those candidates only, then the snapshot.
-        The selection is the same document for document as ordering every document would give.
+        that holds its share of the budget (`_pass`); (3) the exact cut, over those candidates only, then the
+        snapshot. The selection is the same document for document as ordering every document would give.
         """
         mode = mode or self.config.mode
         if mode not in MODES:
@@ -905,11 +922,13 @@ class Console:
     def _sample_rows(
         self, cells: pa.Table, round: int, budget_tokens: int
     ) -> tuple[pa.Table, dict[str, np.ndarray], np.ndarray]:
-        """`sample`: per-cell quotas (`sample_quotas`); in each cell, its documents in the order of a hash
-        seeded by (seed, round): those that fit the quota whole are taken, and the one that crosses it with
-        probability (quota - tokens before it) / its tokens, so a cell's expected tokens are its quota.
-        Returns the cells with a quota, the pass's candidates (`_select_pass`) and the selected ones'
-        indices in doc_id order."""
+        """`sample`: per-cell quotas (`sample_quotas`), then sequential Poisson sampling. A document of cell
+        c has inclusion probability p(c) = quota(c) / tokens(c), whatever its length; its key is u / p(c),
+        with u uniform from a hash seeded by (seed, round), and the selection is the longest prefix of the
+        key order within the budget. So every document of a cell is taken at the same rate per token, each
+        cell's expected tokens are its quota, and the round's tokens are the budget up to one document.
+        Returns the cells with a quota, the pass's candidates (`_select_pass`) and the selected ones' indices
+        in doc_id order."""
         cfg = self.config
         tokens = cells["tokens"].to_numpy().astype(np.float64)
         score = cells["score"].to_numpy().astype(np.float64)
@@ -919,38 +938,26 @@ class Console:
         )
         keep = quota > 0
         cells, quota, tokens = cells.filter(pa.array(keep)), quota[keep], tokens[keep]
-        whole = quota >= tokens
-        widen = np.ones(len(quota))
+        p = np.minimum(1.0, quota / np.maximum(tokens, 1.0))
+        # the candidates are the documents of key <= k (u <= k p(c)); k is chosen to hold the budget with a
+        # margin, and a pass that falls short is run again, wider
+        k = _key_bound(p, tokens, cells["num_docs"].to_numpy(), float(budget_tokens))
         while True:
-            frac = np.where(whole, 1.0, _fraction(quota * widen, tokens, cells["num_docs"].to_numpy()))
-            quotas = _quota_table(cells, whole, _h_threshold(frac), None)
-            rows = self._select_pass(quotas, round, "sample")
-            group = rows["grp"]
-            got = np.bincount(group, weights=rows["tokens"], minlength=len(quota))
-            short = (got < quota) & (frac < 1.0)
-            if not short.any():
+            frac = np.minimum(1.0, k * p)
+            rows = self._select_pass(
+                _quota_table(cells, frac >= 1.0, _h_threshold(frac), None), round, "sample"
+            )
+            if rows["tokens"].sum(dtype=np.int64) >= budget_tokens or (frac >= 1.0).all():
                 break
-            widen[short] *= 4
-            del rows, group  # before the wider pass
-        # Cells taken whole need no order; the others' candidates in (cell, h, doc_id) order.
-        part = np.nonzero(~whole[group])[0]
-        doc_id, h = rows["doc_id"][part], rows["h"][part]
-        order = part[np.lexsort((doc_id, h, group[part]))]
-        g = group[order]
-        tok = rows["tokens"][order].astype(np.int64)
-        cum = np.cumsum(tok)
-        starts = np.searchsorted(g, np.arange(len(quota)))
-        before = cum - tok - np.concatenate([[0], cum])[starts[g]]
-        q = quota[g]
-        u = rows["u_round"][order]
-        taken = (before + tok <= q) | ((before < q) & (u * tok < q - before))
-        whole_at, taken_at = np.nonzero(whole[group])[0], order[taken]
-        if len(whole_at) + len(taken_at) == 0 and len(order):
-            # Every quota is under one document and no coin came up: the largest quota's cell gives its
-            # first document, so that a budget above zero never selects nothing.
-            first = int(np.searchsorted(g, int(np.argmax(quota))))
-            taken_at = order[first : first + 1]
-        return cells, rows, _in_doc_order(rows, whole_at, taken_at)
+            k *= 2.0
+            del rows  # before the wider pass
+        key = ((rows["h"] >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53 / p[rows["grp"]]
+        taken = _prefix_within(key, rows["h"], rows["doc_id"], rows["tokens"], budget_tokens)
+        if len(taken) == 0 and len(key) and budget_tokens > 0:
+            # the first document in key order is over the budget: it is taken alone, so that a budget above
+            # zero never selects nothing
+            taken = _order_by(key, rows["h"], rows["doc_id"])[:1]
+        return cells, rows, _in_doc_order(rows, taken)
 
     def _ordered_rows(
         self, cells: pa.Table, round: int, budget_tokens: int, mode: str
@@ -1031,10 +1038,10 @@ class Console:
 
     def _select_pass(self, quotas: pa.Table, round: int, mode: str) -> dict[str, np.ndarray]:
         """The candidates of a selection (`pass_select`) as numpy columns: doc_id, row_group, tokens, grp,
-        h, and `fine` (gumbel, topk by score) or `u_round` (sample) where the mode needs it."""
+        h, and `fine` (gumbel, topk by score) where the mode needs it."""
         cfg = self.config
         by_score = mode == "topk" and cfg.tie_break != "hash"
-        extra = ["fine"] if mode == "gumbel" or by_score else ["u_round"] if mode == "sample" else []
+        extra = ["fine"] if mode == "gumbel" or by_score else []
         names = ["doc_id", "row_group", "tokens", "grp", "h", *extra]
         pieces: dict[str, list[np.ndarray]] = {name: [] for name in names}
         with self.db.registered("console_quotas", quotas):

@@ -1,4 +1,4 @@
-"""benchmarks/selection_quality.py (experiment v2) end to end at a tiny size: the demo corpus, the shipped
+"""benchmarks/selection_quality.py (experiment v3) end to end at a tiny size: the demo corpus, the shipped
 LAMBADA sample, two paired seeds, three configurations (one with the noise controls), run twice to check
 that a finished run is not trained again."""
 
@@ -106,6 +106,57 @@ def test_a_lane_starts_only_runs_it_can(tmp_path: Path) -> None:
         args, ("random-eqc", 1), lanes[0], lanes
     )
     assert sq.equal_compute_steps(method) == 2171
+
+
+def result(config: str, seed: int, step: int = 100, loss: float = 6.0, doc_tokens: int = 400) -> dict:
+    """A run result as collect writes it, with what the table reads (a two-point curve)."""
+    return {
+        "run": f"{config}-seed{seed}", "config": config, "seed": seed, "probe_loss": loss,
+        "curve": [{"round": 0, "step": 0, "tokens": 0, "compute_flops": 0.0, "heldout": {"t": 7.0}, "mean": 7.0,
+                   "theta": {}},
+                  {"round": 1, "step": step, "tokens": 1000 * step, "compute_flops": 1.36e9 * step,
+                   "heldout": {"t": loss}, "mean": loss, "theta": {}}],
+        "final_compute": {"train_flops": 1e9 * step},
+        "selection": [{"num_docs": 1, "tokens": 1, "top_cell_share": 0.1},
+                      {"num_docs": 10, "tokens": 10 * doc_tokens, "top_cell_share": 0.1}],
+    }  # fmt: skip
+
+
+def test_v3_carries_the_unsampled_runs_over_and_compares_the_sampled_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """random, random-2x and method-paper come from v2 as they are (marked); random-eqc only once v3's method
+    run of its seed spends the compute the v2 random-eqc was sized for; a sampled configuration is trained
+    again and compared with its v2 run of the same seed."""
+    import argparse
+
+    previous, results = tmp_path / "selection_quality_v2", tmp_path / sq.NAME
+    monkeypatch.setattr(sq, "PREVIOUS", previous)
+    monkeypatch.setattr(sq, "RESULTS", tmp_path)
+    for run in (result("random", 0), result("method-paper", 0), result("method", 0, loss=5.9, doc_tokens=300),
+                result("random-eqc", 0, step=136), result("random-eqc", 1, step=136)):  # fmt: skip
+        sq.atomic_json(previous / "runs" / f"{run['run']}.json", run)
+    args = argparse.Namespace(preset="cpu", tiny=False, results=results)
+    assert sq.carry_over(args) == 2  # random and method-paper; never the method, random-eqc not yet
+    carried = json.loads(sq.result_path(args, "random-seed0").read_text())
+    assert carried == {**result("random", 0), "carried_from": "selection_quality_v2"}
+    assert not sq.result_path(args, "method-seed0").is_file()
+    sq.atomic_json(sq.result_path(args, "method-seed0"), result("method", 0, loss=6.1, doc_tokens=420))
+    sq.atomic_json(sq.result_path(args, "method-seed1"), result("method", 1, step=90))  # another compute
+    assert sq.carry_over(args, [0, 1]) == 1 and sq.result_path(args, "random-eqc-seed0").is_file()
+    assert not sq.result_path(args, "random-eqc-seed1").is_file()
+    assert sq.carry_over(argparse.Namespace(preset="gpu", tiny=False, results=results)) == 0
+
+    summary = sq.summarize(sq.load_results(results), ["domain"])
+    assert summary["carried"] == {"random": [0], "random-eqc": [0], "method-paper": [0]}
+    (row,) = sq.against(sq.load_results(results), sq.load_results(previous), ["domain"])
+    assert row["config"] == "method" and row["seeds"] == [0]
+    assert row["final"]["mean"] == pytest.approx(0.2)  # 6.1 now - 5.9 with the prefix sampler
+    assert (row["doc_tokens"], row["doc_tokens_previous"]) == (420, 300)
+    text = sq.markdown({**summary, "against_previous": [row]}, {
+        "command": "c", "date": "d", "machine": {"cpu_model": "m", "cores": 2, "ram_gb": 1}, "preset": "cpu",
+        "versions": {}, "settings": {}, "unigram_entropy": {}})  # fmt: skip
+    assert "carried over from selection_quality_v2" in text and "| method | 0 |" in text
 
 
 @pytest.mark.slow

@@ -194,47 +194,28 @@ FROM prioritised;
 SELECT cell, seen, tokens, score FROM console_cells ORDER BY cell, seen;
 
 -- name: select_sample
--- `sample`: cell (cell, seen) gets `quota` tokens (`console_quotas`, computed by console.py). Its documents
--- go in the order of a hash seeded by (seed, round); those that fit the quota whole are taken, and the
--- one that crosses it is taken with probability (quota - tokens before it) / its tokens, so a cell's
--- expected tokens are its quota. Buckets of the hash (its top 12 bits) keep this linear: whole buckets
--- are taken or left on their sums, and only the bucket where a cell's quota falls is sorted.
+-- `sample`: cell (cell, seen) gets `quota` tokens (`console_quotas`, computed by console.py), so each of its
+-- documents the inclusion probability p = quota / the cell's tokens. Sequential Poisson sampling: a
+-- document's key is u / p, with u uniform from a hash seeded by (seed, round), and the selection is the
+-- longest prefix of the key order (ties: hash, doc_id) within $budget; when even the first document is over
+-- it, that one alone. (Rewritten with the unbiased sampler; the per-document console cut each cell's hash
+-- order at its quota instead.)
 WITH docs AS (
-    SELECT k.doc_id, k.row_group, k.tokens, k.cell, k.seen, c.priority, q.quota,
-           hash(k.doc_id, CAST($seed AS BIGINT), CAST($round AS BIGINT)) AS h, CAST(h >> 52 AS BIGINT) AS bucket
+    SELECT k.doc_id, k.row_group, k.tokens, k.cell, c.priority,
+           hash(k.doc_id, CAST($seed AS BIGINT), CAST($round AS BIGINT)) AS h,
+           (CAST(h >> 11 AS DOUBLE) + 0.5) / CAST(2 ** 53 AS DOUBLE) / least(1.0, q.quota / greatest(c.tokens, 1)) AS key
     FROM console_docs k
     JOIN console_quotas q ON q.cell = k.cell AND q.seen = k.seen
     JOIN console_cells c ON c.cell = k.cell AND c.seen = k.seen
     WHERE q.quota > 0
 ),
-buckets AS (
-    SELECT cell, seen, bucket, sum(tokens) AS tokens, any_value(quota) AS quota FROM docs GROUP BY ALL
-),
-placed AS (
-    SELECT cell, seen, bucket, quota,
-           sum(tokens) OVER (PARTITION BY cell, seen ORDER BY bucket ROWS UNBOUNDED PRECEDING) - tokens AS before,
-           before + tokens AS upto
-    FROM buckets
-),
-whole AS (
-    SELECT d.* FROM docs d JOIN placed p USING (cell, seen, bucket) WHERE p.upto <= p.quota
-),
-boundary AS (
-    SELECT d.*, p.before + sum(d.tokens) OVER (PARTITION BY d.cell, d.seen ORDER BY d.h, d.doc_id
-                                                ROWS UNBOUNDED PRECEDING) - d.tokens AS cum_before
-    FROM docs d JOIN placed p USING (cell, seen, bucket)
-    WHERE p.before < p.quota AND p.upto > p.quota
-),
-taken AS (
-    SELECT doc_id, row_group, tokens, cell, priority FROM whole
-    UNION ALL
-    SELECT doc_id, row_group, tokens, cell, priority FROM boundary
-    WHERE cum_before + tokens <= quota
-       OR (cum_before < quota
-           AND (CAST(hash(doc_id, CAST($seed AS BIGINT), CAST($round AS BIGINT), 'rounding') >> 11 AS DOUBLE) + 0.5)
-               / CAST(2 ** 53 AS DOUBLE) * tokens < quota - cum_before)
+ordered AS (
+    SELECT *, sum(tokens) OVER (ORDER BY key, h, doc_id ROWS UNBOUNDED PRECEDING) AS upto,
+           row_number() OVER (ORDER BY key, h, doc_id) AS position
+    FROM docs
 )
 SELECT doc_id, CAST(doc_id >> 32 AS INTEGER) AS shard_id, CAST(doc_id & 4294967295 AS INTEGER) AS row_idx,
        row_group, priority, tokens, cell
-FROM taken
+FROM ordered
+WHERE upto <= $budget OR (position = 1 AND $budget > 0)
 ORDER BY doc_id;
