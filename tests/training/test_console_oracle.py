@@ -219,9 +219,18 @@ def test_passes_that_fall_short_are_widened_to_the_same_result(
         console_module, "_fraction", lambda quota, tokens, docs: np.minimum(1.0, 0.3 * quota / tokens)
     )
     monkeypatch.setattr(console_module, "_probe_fraction", lambda m, docs: np.minimum(1.0, 0.3 * m / docs))
+    monkeypatch.setattr(console_module, "_key_bound", lambda p, tokens, docs, budget: 0.3)  # sample's
     console = learnt(catalog, "tight", 1, preset="v2", probes_per_label=40, decay_lambda=0.5)
+    passes: list[str] = []
+    select_pass = console_module.Console._select_pass
+    monkeypatch.setattr(
+        console_module.Console,
+        "_select_pass",
+        lambda self, quotas, round, mode: passes.append(mode) or select_pass(self, quotas, round, mode),
+    )
     for mode in ("sample", "gumbel", "random"):
         same_selection(console, tmp_path / f"{mode}.parquet", 2, 9_000, mode)
+        assert passes.count(mode) > 1 or mode == "gumbel", passes  # gumbel's threshold is not made tight
 
 
 def test_runs_whose_cells_are_not_the_catalogs_agree(catalog: Catalog, tmp_path: Path) -> None:
