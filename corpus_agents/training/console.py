@@ -392,6 +392,24 @@ def _gumbel_threshold(z: np.ndarray, tokens: np.ndarray, target: float) -> float
     return lo
 
 
+def _sample_key(h: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """`sample`'s key u / p of hashes `h` (uint64) in cells of inclusion probability `p`: u = ((h >> 11) + 0.5)
+    / 2**53, uniform in (0, 1) and non-decreasing in h (as tests/training/console_oracle.sql computes it)."""
+    return ((h >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53 / p
+
+
+def _sample_cut(
+    key: np.ndarray, h: np.ndarray, doc_id: np.ndarray, tokens: np.ndarray, budget: int
+) -> np.ndarray:
+    """`sample`'s selection of its candidates: the longest prefix of the key order (ties: h, doc_id) within
+    the budget; when even the first document is over it, that one alone, so that a budget above zero never
+    selects nothing."""
+    taken = _prefix_within(key, h, doc_id, tokens, budget)
+    if len(taken) == 0 and len(key) and budget > 0:
+        taken = _order_by(key, h, doc_id)[:1]
+    return taken
+
+
 def _key_bound(p: np.ndarray, tokens: np.ndarray, docs: np.ndarray, budget: float) -> float:
     """`sample`'s key bound k: the documents of key u / p(c) <= k are expected to hold the budget with a
     margin of about four standard deviations (the tokens a cell gives at k, min(1, k p(c)) of its tokens,
@@ -925,8 +943,9 @@ class Console:
         """`sample`: per-cell quotas (`sample_quotas`), then sequential Poisson sampling. A document of cell
         c has inclusion probability p(c) = quota(c) / tokens(c), whatever its length; its key is u / p(c),
         with u uniform from a hash seeded by (seed, round), and the selection is the longest prefix of the
-        key order within the budget. So every document of a cell is taken at the same rate per token, each
-        cell's expected tokens are its quota, and the round's tokens are the budget up to one document.
+        key order within the budget. So a document's chance of being taken does not depend on its length
+        (up to the cut), each cell's expected tokens are about its quota, and the round's tokens are the
+        budget up to one document.
         Returns the cells with a quota, the pass's candidates (`_select_pass`) and the selected ones' indices
         in doc_id order."""
         cfg = self.config
@@ -939,24 +958,33 @@ class Console:
         keep = quota > 0
         cells, quota, tokens = cells.filter(pa.array(keep)), quota[keep], tokens[keep]
         p = np.minimum(1.0, quota / np.maximum(tokens, 1.0))
-        # the candidates are the documents of key <= k (u <= k p(c)); k is chosen to hold the budget with a
-        # margin, and a pass that falls short is run again, wider
+        # the candidates are the documents of u <= k p(c) (a hash threshold per cell); k is chosen to hold
+        # the budget with a margin. Of them, those of key below the least key a document left out can have
+        # (that of the first hash above its cell's threshold) are the first documents of the whole key order;
+        # a pass whose first documents fall short of the budget is run again, wider.
         k = _key_bound(p, tokens, cells["num_docs"].to_numpy(), float(budget_tokens))
         while True:
             frac = np.minimum(1.0, k * p)
-            rows = self._select_pass(
-                _quota_table(cells, frac >= 1.0, _h_threshold(frac), None), round, "sample"
+            whole, h_max = frac >= 1.0, _h_threshold(frac)
+            rows = self._select_pass(_quota_table(cells, whole, h_max, None), round, "sample")
+            key = _sample_key(rows["h"], p[rows["grp"]])
+            edge = _sample_key(h_max[~whole] + np.uint64(1), p[~whole]).min() if not whole.all() else np.inf
+            inside = None if edge == np.inf else np.flatnonzero(key < edge)
+            got = (
+                rows["tokens"].sum(dtype=np.int64)
+                if inside is None
+                else rows["tokens"][inside].sum(dtype=np.int64)
             )
-            if rows["tokens"].sum(dtype=np.int64) >= budget_tokens or (frac >= 1.0).all():
+            if got >= budget_tokens or whole.all():
                 break
             k *= 2.0
-            del rows  # before the wider pass
-        key = ((rows["h"] >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53 / p[rows["grp"]]
-        taken = _prefix_within(key, rows["h"], rows["doc_id"], rows["tokens"], budget_tokens)
-        if len(taken) == 0 and len(key) and budget_tokens > 0:
-            # the first document in key order is over the budget: it is taken alone, so that a budget above
-            # zero never selects nothing
-            taken = _order_by(key, rows["h"], rows["doc_id"])[:1]
+            del rows, key, inside  # before the wider pass
+        if inside is None or len(inside) == len(key):
+            taken = _sample_cut(key, rows["h"], rows["doc_id"], rows["tokens"], budget_tokens)
+        else:
+            columns = (key[inside], rows["h"][inside], rows["doc_id"][inside], rows["tokens"][inside])
+            taken = inside[_sample_cut(*columns, budget_tokens)]
+            del columns
         return cells, rows, _in_doc_order(rows, taken)
 
     def _ordered_rows(
