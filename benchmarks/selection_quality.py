@@ -54,9 +54,12 @@ Sizing, preset `cpu` (the default), for a 2-core machine, two lanes of one threa
 hours of lanes for the whole table). Preset `gpu` (~22M parameters, 20 tokens per parameter, bf16):
 GPU_SIZING below, which also says why the whole table cannot fit 10 minutes of one H200 at that scale. `--tiny` shrinks either preset to seconds (tests).
 
-    python benchmarks/selection_quality.py                          # the whole table, resumable
-    python benchmarks/selection_quality.py --seeds 0 1 --configs random method     # a part of it
-    python benchmarks/selection_quality.py --summary-only           # the table from the runs written so far
+    python benchmarks/selection_quality.py --out DIR                # the whole table at this checkout, resumable
+    python benchmarks/selection_quality.py --out DIR --seeds 0 1 --configs random method     # a part of it
+    python benchmarks/selection_quality.py --summary-only           # the committed table from its runs
+
+The committed runs were trained from a frozen copy of the training code (benchmarks/README.md says which);
+a run trained by another checkout is not paired with them, so train a table of your own into `--out DIR`.
     python benchmarks/selection_quality.py --preset gpu             # the GPU scale
 """
 
