@@ -3,8 +3,9 @@
 The oracle is that console's SQL, kept verbatim in tests/training/console_oracle.sql (commit 88d35a1): it
 builds `console_docs` (every selectable document with its packed labels and seen count), then ranks, buckets
 and cuts documents one by one. Its `select_sample` is the one block rewritten since, when `sample` became
-sequential Poisson sampling (no length preference): it orders every document by its key and cuts there. It runs here on the new console's own cursor, with the new console's learnt
-state, so that any difference is in how the documents are chosen, never in the state they are chosen by.
+sequential Poisson sampling (no length preference): it orders every document by its key and cuts there. It
+runs here on the new console's own cursor, with the new console's learnt state, so that any difference is in
+how the documents are chosen, never in the state they are chosen by.
 """
 
 # ruff: noqa: F401, F811  (`catalog` is the fixture of test_console.py, imported as such)

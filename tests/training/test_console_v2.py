@@ -347,10 +347,8 @@ def test_sample_selection_realises_q_per_cell(catalog: Catalog, tmp_path: Path) 
         p = quota / cell_tokens[c]
         z.append((realised[c] - quota) / math.sqrt(p * (1 - p) * squares[c]))
     assert max(abs(v) for v in z) < 4.5 and sum(v * v for v in z) < 45.3, z
-    total = sum(realised.values())
-    assert (
-        budget - max(doc_tokens(i) for i in range(N_DOCS)) < total <= budget
-    )  # the budget, up to a document
+    total, longest = sum(realised.values()), max(doc_tokens(i) for i in range(N_DOCS))
+    assert budget - longest < total <= budget  # the budget, up to a document
     shares = np.array([v / total for v in realised.values()])
     entropy, top, cells = catalog.execute(
         "SELECT cell_entropy, top_cell_share, num_cells FROM selections WHERE run_id = 'run' AND round = 2"
@@ -381,9 +379,8 @@ def test_sample_selection_takes_short_and_long_documents_at_equal_rates(
         cell_tokens[cell_of[i]] = cell_tokens.get(cell_of[i], 0) + doc_tokens(i)
     taken = np.zeros(N_DOCS)
     for r in range(2, 2 + rounds):
-        for d in read_snapshot(console.select(r, budget, tmp_path / f"sel-{r}.parquet"))[0][
-            "doc_id"
-        ].to_pylist():
+        selected = read_snapshot(console.select(r, budget, tmp_path / f"sel-{r}.parquet"))[0]
+        for d in selected["doc_id"].to_pylist():
             taken[index_of(d)] += 1
     length = np.array([doc_tokens(i) for i in range(N_DOCS)], dtype=np.float64)
     p = np.array([quotas[cell_of[i]] / cell_tokens[cell_of[i]] for i in range(N_DOCS)])
