@@ -1071,15 +1071,15 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
 def write_table(args: argparse.Namespace, real: list[str], meta: dict[str, Any]) -> str:
     """Regenerate the table (selection_quality_v3{,_gpu}.{json,md}) from every run result written so far, with
     each sampled configuration against its v2 run of the same seed when v2's results are there."""
-    summary = summarize(load_results(args.results), real, args.selection_seeds)
+    results = load_results(args.results)
+    summary = summarize(results, real, args.selection_seeds)
     if (
         args.preset == "cpu"
         and not args.tiny
         and PREVIOUS.resolve() != args.results.resolve()
         and PREVIOUS.is_dir()
     ):
-        summary["against_previous"] = against(load_results(args.results), load_results(PREVIOUS), real,
-                                              args.selection_seeds)  # fmt: skip
+        summary["against_previous"] = against(results, load_results(PREVIOUS), real, args.selection_seeds)
     text = markdown(summary, meta)
     atomic_json(args.out / f"{args.results.name}.json", {"meta": meta, **summary})
     (args.out / f"{args.results.name}.md").write_text(text)
